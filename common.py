@@ -1,0 +1,371 @@
+"""Shared pieces of nano-fleming: JSONL I/O, the unified record, the prompt, the one answer rule and the
+reward, an LLM client (OpenAI-compatible HTTP endpoint or a local HF-format folder), progress and metrics.
+
+Unified record (every stage reads and writes these):
+    {"id": "medqa-17", "source": "medqa", "question": "...", "options": {"A": "...", "B": "...", ...},
+     "answer": "C", "difficulty": "easy"|"moderate"|"difficult"|None, "meta": {...}}
+
+The answer rule (Fleming-R1, arXiv 2509.15279, Table 3 instructs the model to answer inside <answer></answer>):
+    extract_answer("<think>...</think>\n<answer>C</answer>", "ABCD") -> "C"
+    extract_answer("<answer>A or B</answer>", "ABCD")               -> None   (several options: never guessed)
+eval.py scores with it and grpo.py rewards with it, so accuracy and reward can never disagree.
+"""
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+import time
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTU"  # JMED has 21 options, A..U
+DIFFICULTIES = ("easy", "moderate", "difficult")
+
+# ----------------------------------------------------------------------------------------------------------
+# JSONL I/O
+
+def read_jsonl(path):
+    """Rows of a JSONL file (blank lines skipped); bad JSON raises ValueError("path:line: ...")."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: invalid JSON: {e.msg} (column {e.colno})") from None
+    return rows
+
+
+def _atomic_write(path, text):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)  # readers see the old file or the new one, never half of one
+
+
+def write_jsonl(path, rows):
+    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def append_jsonl(path, row):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:  # one write call per row: a crash loses at most the last line
+        f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+# ----------------------------------------------------------------------------------------------------------
+# the unified record
+
+def check_record(rec):
+    """The first problem of a unified record as a string naming the field, or None if it is valid."""
+    if not isinstance(rec, dict):
+        return "record is not a JSON object"
+    for k in ("id", "source", "question"):
+        if not isinstance(rec.get(k), str) or not rec[k].strip():
+            return f"field {k!r} must be a non-empty string"
+    opts = rec.get("options")
+    if not isinstance(opts, dict) or len(opts) < 2:
+        return "field 'options' must be an object with at least 2 options"
+    if list(opts) != list(LETTERS[:len(opts)]):
+        return f"field 'options' keys must be {LETTERS[:len(opts)]!r} in order, got {''.join(map(str, opts))!r}"
+    for k, v in opts.items():
+        if not isinstance(v, str) or not v.strip():
+            return f"field 'options.{k}' must be a non-empty string"
+    if rec.get("answer") not in opts:
+        return f"field 'answer' must be one of {''.join(opts)!r}, got {rec.get('answer')!r}"
+    if rec.get("difficulty") not in (None,) + DIFFICULTIES:
+        return f"field 'difficulty' must be one of {DIFFICULTIES} or null, got {rec.get('difficulty')!r}"
+    if not isinstance(rec.get("meta", {}), dict):
+        return "field 'meta' must be an object"
+    return None
+
+
+def read_records(path):
+    """Unified records of a JSONL file; raises ValueError("path:line: field ...") on the first bad one."""
+    recs = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: invalid JSON: {e.msg}") from None
+            problem = check_record(rec)
+            if problem:
+                raise ValueError(f"{path}:{i}: {problem}")
+            recs.append(rec)
+    return recs
+
+# ----------------------------------------------------------------------------------------------------------
+# the prompt
+
+SYSTEM_PROMPT = ("You are a medical expert answering a multiple-choice question. First think step by step "
+                 "inside <think> </think> tags, then give only the letter of the single best option inside "
+                 "<answer> </answer> tags, for example <answer>C</answer>.")
+
+
+def build_messages(record):
+    options = "\n".join(f"{k}. {v}" for k, v in record["options"].items())
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": f"{record['question'].strip()}\n\n{options}"}]
+
+
+def chat_ids(tokenizer, messages):
+    """Token ids of a conversation rendered with the chat template, ending with the assistant header."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    if hasattr(out, "keys"):  # transformers 5 returns a BatchEncoding
+        out = out["input_ids"]
+    if hasattr(out, "tolist"):
+        out = out.tolist()
+    if out and isinstance(out[0], list):
+        out = out[0]
+    return [int(t) for t in out]
+
+
+def prompt_ids(tokenizer, record):
+    return chat_ids(tokenizer, build_messages(record))
+
+
+def eos_ids(tokenizer):
+    """Ids that end a completion: ChatML <|im_end|> and <|endoftext|> (instruct models emit either)."""
+    ids = []
+    vocab = tokenizer.get_vocab()
+    for t in ("<|im_end|>", "<|endoftext|>"):
+        if t in vocab:
+            ids.append(vocab[t])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+# ----------------------------------------------------------------------------------------------------------
+# the answer rule and the reward
+
+_ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
+_PREFIX = re.compile(r"^(?:(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|option|choice)(?:\s+is)?|答案|选项)\s*[:\-]?\s*",
+                     re.I)
+_LETTER = re.compile(r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=$|[.:)]))[.:)]?(.*)$", re.S)
+_OTHER_MARK = re.compile(r"(?:^|\s)(?:\([A-Z]\)|\[[A-Z]\]|[A-Z][.)])\s+\S")  # "B. text" naming another option
+_FULLWIDTH = str.maketrans("（）【】：．", "()[]:.")
+
+
+def extract_answer(text, letters):
+    """The option letter in the LAST <answer>...</answer> block of `text`, or None.
+
+    Accepted block contents (surrounding whitespace ignored): "C", "(C)", "[C]", "C.", "C)", "C:",
+    "C. <option text>", "(C) <option text>", "Option C", "Answer: C", "The answer is (C)"; lowercase only as the
+    whole content ("c", "(c)"). None for: no block, a last block without its close tag, a letter not in
+    `letters`, several options ("A or B", "A, C", "A. x B. y"), a letter inside a word ("Aspirin", "I think").
+    Only the block is read, so words like "I" or "A" in the reasoning can never be taken for options (JMED: A..U).
+    """
+    if not isinstance(text, str):
+        return None
+    start = text.rfind(_ANSWER_OPEN)
+    if start < 0:
+        return None
+    end = text.find(_ANSWER_CLOSE, start)
+    if end < 0:
+        return None  # truncated answer: unparsable, never guessed
+    s = text[start + len(_ANSWER_OPEN):end].translate(_FULLWIDTH).strip()
+    m = re.fullmatch(r"[(\[]?([a-z])[)\].]?", s)  # lowercase only when it is the whole content
+    if m:
+        letter = m.group(1).upper()
+    else:
+        m = _LETTER.match(_PREFIX.sub("", s, count=1))
+        if not m:
+            return None
+        letter = m.group(1) or m.group(2) or m.group(3)
+        rest = m.group(4)
+        if rest and (not rest[0].isspace() and rest[0] not in ".:)") or _OTHER_MARK.search(rest or ""):
+            return None
+    return letter if letter in letters else None
+
+
+_EOS_TEXT = re.compile(r"(?:\s|<\|im_end\|>|<\|endoftext\|>)+$")
+_WELL_FORMED = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>", re.S)
+
+
+def is_well_formed(text, letters):
+    """True iff the completion (prompt excluded) is exactly one non-empty <think>...</think>, then one
+    <answer>...</answer> holding a valid letter, and nothing after it but whitespace / the chat EOS text."""
+    if not isinstance(text, str):
+        return False
+    body = _EOS_TEXT.sub("", text)
+    m = _WELL_FORMED.fullmatch(body)
+    if not m or not m.group(1).strip():
+        return False
+    inner = m.group(1) + m.group(2)
+    if any(tag in inner for tag in ("<think>", "</think>", "<answer>", "</answer>")):
+        return False
+    return extract_answer(body, letters) is not None
+
+
+def reward(text, record):
+    """The GRPO reward (Fleming-R1 Sec. 3.3: a rule-based verifiable reward of answer correctness and format):
+
+        1.0  well-formed and correct       (one <think> block, then one <answer> block with the right letter)
+        0.0  well-formed and wrong
+       -0.5  malformed, whatever letter it holds
+
+    Why these weights: only the paper's two criteria, no length term. A malformed output never earns more
+    than a well-formed wrong one (so a correct letter in a broken format is not fully rewarded and the policy
+    learns the format), and the format is never rewarded by itself above a correct answer (a wrong but tidy
+    output gets 0, not a bonus that could be farmed). GRPO subtracts the group mean, so only the differences
+    between these three levels matter.
+    """
+    letters = "".join(record["options"])
+    if not is_well_formed(text, letters):
+        return -0.5
+    return 1.0 if extract_answer(text, letters) == record["answer"] else 0.0
+
+# ----------------------------------------------------------------------------------------------------------
+# LLM client: llm(conversations, n, temperature, max_tokens, seed) -> [[text] * n per conversation]
+
+def make_llm(spec, model_name=None, cache_dir=None, concurrency=4, api_key_env="OPENAI_API_KEY", max_retries=5,
+             backoff=1.0, timeout=600, device=None, batch_size=64):
+    """An LLM callable. `spec` is an http(s) base URL of an OpenAI-compatible API (POST {spec}/chat/completions)
+    or a local HF-format folder (loaded with model.load_model, sampled with sampler.generate).
+    HTTP: the API key is read from the env var `api_key_env` (never logged or cached); 429/5xx/connection errors
+    are retried with exponential backoff; `concurrency` requests run in parallel; with `cache_dir`, each call is
+    cached as one JSON file keyed by a hash of (model, messages, n, temperature, max_tokens, seed), so a killed
+    run resumes without paying twice."""
+    if re.match(r"https?://", spec):
+        return _http_llm(spec.rstrip("/"), model_name or "default", cache_dir, concurrency, api_key_env,
+                         max_retries, backoff, timeout)
+    import torch
+    from transformers import AutoTokenizer
+    from model import load_model
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_model(spec, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    return make_local_llm(model, AutoTokenizer.from_pretrained(spec), batch_size=batch_size)
+
+
+def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries, backoff, timeout):
+    import requests
+    session = requests.Session()
+    stats = {"requests": 0, "cache_hits": 0, "retries": 0}
+    lock = threading.Lock()
+
+    def post(payload):
+        headers = {"Content-Type": "application/json"}
+        if os.environ.get(api_key_env):
+            headers["Authorization"] = "Bearer " + os.environ[api_key_env]
+        for attempt in range(max_retries + 1):
+            err = None
+            try:
+                with lock:
+                    stats["requests"] += 1
+                r = session.post(base + "/chat/completions", json=payload, headers=headers, timeout=timeout)
+                if r.status_code == 200:
+                    return r.json()
+                err = f"HTTP {r.status_code}: {r.text[:300]}"
+                if r.status_code != 429 and r.status_code < 500:
+                    raise RuntimeError(f"{base}/chat/completions: {err}")  # a client error will not heal
+            except (requests.ConnectionError, requests.Timeout) as e:
+                err = f"{type(e).__name__}: {e}"
+            if attempt == max_retries:
+                raise RuntimeError(f"{base}/chat/completions failed after {max_retries + 1} tries: {err}")
+            with lock:
+                stats["retries"] += 1
+            time.sleep(backoff * 2 ** attempt)
+
+    def one(messages, n, temperature, max_tokens, seed):
+        key = hashlib.sha256(json.dumps([model_name, messages, n, temperature, max_tokens, seed],
+                                        sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        path = os.path.join(cache_dir, key + ".json") if cache_dir else None
+        if path and os.path.exists(path):
+            with lock:
+                stats["cache_hits"] += 1
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)["texts"]
+        texts = []
+        while len(texts) < n:  # some servers ignore n: ask again (new seed) for the missing samples
+            payload = {"model": model_name, "messages": messages, "n": n - len(texts), "temperature": temperature,
+                       "max_tokens": max_tokens, "seed": seed + len(texts)}
+            choices = post(payload).get("choices") or []
+            if not choices:
+                raise RuntimeError(f"{base}/chat/completions: response without choices")
+            for c in choices[:n - len(texts)]:
+                msg = c.get("message") or {}
+                content = msg.get("content") or ""
+                reasoning = msg.get("reasoning_content") or msg.get("reasoning")
+                if reasoning and "<think>" not in content:  # servers that split reasoning out of the content
+                    content = f"<think>{reasoning}</think>\n{content}"
+                texts.append(content)
+        if path:
+            _atomic_write(path, json.dumps({"model": model_name, "messages": messages, "n": n,
+                                            "temperature": temperature, "max_tokens": max_tokens, "seed": seed,
+                                            "texts": texts}, ensure_ascii=False))
+        return texts
+
+    def llm(conversations, n=1, temperature=0.0, max_tokens=512, seed=0):
+        with concurrent.futures.ThreadPoolExecutor(max(1, concurrency)) as pool:
+            return list(pool.map(lambda m: one(m, n, temperature, max_tokens, seed), conversations))
+
+    llm.stats = stats
+    return llm
+
+
+def make_local_llm(model, tokenizer, batch_size=64):
+    """The LLM callable over an already loaded model.py Transformer + tokenizer (sampler.generate, batched).
+    Prompts are sorted by length so each batch wastes little left padding."""
+    from sampler import generate
+    stops = eos_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def llm(conversations, n=1, temperature=0.0, max_tokens=512, seed=0):
+        prompts = [chat_ids(tokenizer, m) for m in conversations]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out = [None] * len(prompts)
+        for b in range(0, len(order), batch_size):
+            idx = order[b:b + batch_size]
+            comps = generate(model, [prompts[i] for i in idx], max_tokens, temperature=temperature,
+                             eos_ids=stops, seed=seed + b, pad_id=pad, k=n)
+            for j, i in enumerate(idx):
+                rows = comps[j * n:(j + 1) * n]
+                out[i] = [tokenizer.decode(r[:-1] if r and r[-1] in stops else r, skip_special_tokens=False)
+                          for r in rows]
+        return out
+
+    llm.model, llm.tokenizer = model, tokenizer
+    return llm
+
+# ----------------------------------------------------------------------------------------------------------
+# progress and metrics
+
+def _fmt_secs(s):
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class Progress:
+    """Progress(total, name).update(n=1, **metrics) prints 'name 120/1000 12.3 it/s ETA 1m10s k=v' every ~2 s."""
+
+    def __init__(self, total, name="", every=2.0):
+        self.total, self.name, self.every = total, name, every
+        self.done, self.t0, self.last = 0, time.time(), 0.0
+
+    def update(self, n=1, **metrics):
+        self.done += n
+        now = time.time()
+        if now - self.last < self.every and self.done < self.total:
+            return
+        self.last = now
+        rate = self.done / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else 0
+        extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+        print(f"{self.name} {self.done}/{self.total} {rate:.1f} it/s ETA {_fmt_secs(eta)} {extra}".strip(),
+              file=sys.stderr, flush=True)
+
+
+class MetricsLog:
+    """MetricsLog(path).log(dict): append one JSON line with a 'time' field (unix seconds)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def log(self, row):
+        append_jsonl(self.path, {"time": round(time.time(), 3), **row})
