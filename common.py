@@ -39,7 +39,7 @@ def read_jsonl(path):
     return rows
 
 
-def _atomic_write(path, text):
+def atomic_write(path, text):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -48,7 +48,7 @@ def _atomic_write(path, text):
 
 
 def write_jsonl(path, rows):
-    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def append_jsonl(path, row):
@@ -204,7 +204,7 @@ def is_well_formed(text, letters):
 
 
 def reward(text, record):
-    """The GRPO reward (Fleming-R1 Sec. 3.3: a rule-based verifiable reward of answer correctness and format):
+    """The GRPO reward r_i of the paper's objective (eq. 1-3): a rule-based verifiable reward, correctness + format:
 
         1.0  well-formed and correct       (one <think> block, then one <answer> block with the right letter)
         0.0  well-formed and wrong
@@ -296,7 +296,7 @@ def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries
                     content = f"<think>{reasoning}</think>\n{content}"
                 texts.append(content)
         if path:
-            _atomic_write(path, json.dumps({"model": model_name, "messages": messages, "n": n,
+            atomic_write(path, json.dumps({"model": model_name, "messages": messages, "n": n,
                                             "temperature": temperature, "max_tokens": max_tokens, "seed": seed,
                                             "texts": texts}, ensure_ascii=False))
         return texts

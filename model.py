@@ -197,3 +197,238 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, mask, cache, cache_pos)
         x = self.model.norm(x)
         return x if return_hidden else self.lm_head(x).float()
+
+
+# ----------------------------------------------------------------------------------------------- load / save
+
+
+def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
+    """Load an HF-format folder (single or sharded safetensors). Errors name the missing/unexpected/bad key."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face model folder)")
+    with open(cfg_path) as f:
+        config = ModelConfig.from_hf(json.load(f))
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+    elif os.path.isfile(os.path.join(path, "model.safetensors")):
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{path}: neither model.safetensors nor model.safetensors.index.json")
+    sd = {}
+    for fn in files:
+        sd.update(load_file(os.path.join(path, fn), device=str(device)))
+    with torch.device("meta"):  # no wasted random init: tensors are assigned straight from the checkpoint
+        model = Transformer(config)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+        sd.pop("lm_head.weight", None)  # some tied checkpoints still carry a copy
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{path}: checkpoint does not match config: missing tensors {missing[:8]}"
+                         f"{' ...' if len(missing) > 8 else ''}, unexpected tensors {unexpected[:8]}")
+    for k, shape in expected.items():
+        if sd[k].shape != shape:
+            raise ValueError(f"{path}: tensor {k} has shape {tuple(sd[k].shape)}, config expects {tuple(shape)}")
+    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False, assign=True)
+    model.tie()  # assign=True replaced the Parameter objects: re-tie
+    return model.to(device)
+
+
+def _is_dist():
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _rank():
+    return torch.distributed.get_rank() if _is_dist() else 0
+
+
+def full_state_dict(model) -> dict:
+    """The full (unsharded) CPU state dict on rank 0 ({} on other ranks). Collective under FSDP."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    if not _is_dist():
+        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    else:
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if model.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)  # HF omits the tied copy (and safetensors refuses shared storage)
+    return sd
+
+
+def _atomic_dir(path, write):
+    """Call write(tmp_dir), then swap tmp_dir into place: readers never see a half-written folder."""
+    tmp, old = f"{path}.tmp{os.getpid()}", f"{path}.old{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    write(tmp)
+    if os.path.exists(path):
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_hf(d, model, sd, tokenizer):
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(model.config.to_hf(), f, indent=2)
+    save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(d, "model.safetensors"),
+              metadata={"format": "pt"})
+    if tokenizer is not None:
+        tokenizer.save_pretrained(d)
+
+
+def save_model(model, path, tokenizer=None):
+    """Write an HF folder (config.json + model.safetensors [+ tokenizer]). Every rank calls it; rank 0 writes."""
+    sd = full_state_dict(model)
+    if _rank() == 0:
+        _atomic_dir(path, lambda d: _write_hf(d, model, sd, tokenizer))
+    if _is_dist():
+        torch.distributed.barrier()
+
+
+# ----------------------------------------------------------------------------------------------- tiny mode
+
+CHATML = ("{%- for m in messages %}{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+
+
+def train_tokenizer(texts, out_dir, vocab_size=4096):
+    """Train a byte-level BPE on an iterable of strings; save an HF tokenizer folder with ChatML specials.
+
+    <|endoftext|> is pad, <|im_end|> is eos; <think> </think> <answer> </answer> are added (non-special)
+    tokens, so they stay single ids and survive decode(skip_special_tokens=True).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    tok.add_tokens([AddedToken(t, normalized=False) for t in ("<think>", "</think>", "<answer>", "</answer>")])
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                 chat_template=CHATML)
+    os.makedirs(out_dir, exist_ok=True)
+    hf.save_pretrained(out_dir)
+    return hf
+
+
+def init_model(out_dir, vocab_size, seed=0, tokenizer=None, **dims) -> Transformer:
+    """Write a freshly initialised tiny Qwen2-shaped model folder (HF init: N(0, 0.02), norms 1, biases 0)."""
+    dims = {**dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True), **dims}
+    dims.setdefault("head_dim", dims["hidden_size"] // dims["num_attention_heads"])
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(vocab_size=vocab_size, **dims))
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            nn.init.ones_(p)
+        elif name.endswith("bias"):
+            nn.init.zeros_(p)
+        else:
+            nn.init.normal_(p, std=0.02)
+    save_model(model, out_dir, tokenizer)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------- distributed
+
+
+def setup_dist():
+    """-> (rank, world_size, device). torchrun sets WORLD_SIZE: gloo on CPU, nccl on CUDA; else one process."""
+    cuda = torch.cuda.is_available()
+    if "WORLD_SIZE" not in os.environ:
+        return 0, 1, torch.device("cuda" if cuda else "cpu")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if cuda:
+        torch.cuda.set_device(local)
+    if not _is_dist():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    dev = torch.device("cuda", local) if cuda else torch.device("cpu")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), dev
+
+
+def shard_model(model, mixed_precision=False):
+    """FSDP2: fully_shard each block, then the root (embeddings, final norm, lm_head). No-op single-process."""
+    if not _is_dist() or torch.distributed.get_world_size() == 1:
+        return model
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
+    for block in model.layers:
+        fully_shard(block, **({"mp_policy": mp} if mp else {}))
+    root_mp = MixedPrecisionPolicy(torch.bfloat16, torch.float32, output_dtype=torch.float32)  # output on root only
+    fully_shard(model, **({"mp_policy": root_mp} if mp else {}))
+    return model
+
+
+def _rng_state():
+    s = {"torch": torch.get_rng_state().tolist(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state().tolist()
+    return s
+
+
+def save_state(dir, model, optimizer, extra: dict):
+    """Resumable checkpoint: model (an HF folder, loadable by load_model), optimizer, per-rank RNG, extra.
+
+    Optimizer tensors are flattened into optim.safetensors as "state/<param fqn>/<key>"; everything else
+    (param_groups, scalar state, RNG, extra) goes to state.json. No pickle. Collective under FSDP.
+    """
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    sd = full_state_dict(model)
+    osd = get_optimizer_state_dict(model, optimizer,
+                                   options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    rngs = [_rng_state()]
+    if _is_dist():
+        rngs = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(rngs, _rng_state())
+    if _rank() == 0:
+        tensors, scalars = {}, {}
+        for fqn, st in osd["state"].items():
+            for key, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"state/{fqn}/{key}"] = v.detach().cpu().contiguous()
+                else:
+                    scalars[f"state/{fqn}/{key}"] = v
+        meta = {"param_groups": osd["param_groups"], "scalars": scalars, "rng": rngs, "extra": extra}
+
+        def write(d):
+            _write_hf(d, model, sd, None)
+            save_file(tensors, os.path.join(d, "optim.safetensors"))
+            with open(os.path.join(d, "state.json"), "w") as f:
+                json.dump(meta, f)
+        _atomic_dir(dir, write)
+    if _is_dist():
+        torch.distributed.barrier()
+
+
+def load_state(dir, model, optimizer):
+    """Restore what save_state wrote (into a sharded or plain model); -> extra, or None if there is no state."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+    if not os.path.isfile(os.path.join(dir, "state.json")):
+        return None
+    with open(os.path.join(dir, "state.json")) as f:
+        meta = json.load(f)
+    dist = _is_dist()
+    sd, osd = {}, {}
+    if _rank() == 0 or not dist:  # rank 0 reads; broadcast_from_rank0 sends each rank its shards
+        sd = load_model(dir).state_dict()
+        osd = {"state": {}, "param_groups": meta["param_groups"]}
+        for k, v in list(load_file(os.path.join(dir, "optim.safetensors")).items()) + list(meta["scalars"].items()):
+            _, fqn, key = k.split("/")  # "state/<fqn>/<key>": fqns use dots, never slashes
+            osd["state"].setdefault(fqn, {})[key] = v
+    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=dist)
+    set_model_state_dict(model, dict(sd), options=opts)  # it consumes the dict it is given: pass a copy
+    set_optimizer_state_dict(model, optimizer, osd, options=opts)
+    rng = meta["rng"][min(_rank(), len(meta["rng"]) - 1)]
+    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
+    random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(rng["cuda"], dtype=torch.uint8))
+    return meta["extra"]

@@ -1,0 +1,297 @@
+"""Teacher trajectories for the CoT cold start (Fleming-R1, arXiv 2509.15279, Sec. 3.2).
+
+Reads unified records (train.jsonl), writes sft.jsonl rows
+    {"id", "messages": [system, user (common.build_messages), assistant "<think>...</think>\n<answer>X</answer>"],
+     "meta": {"teacher", "k", "round", "pass", "checks"}}
+and OUT.rejects.jsonl rows {"id", "teacher", "round", "reasons", "text"} for items no candidate passed.
+
+For each item the teacher sees the question AND its gold answer and writes k candidate chains that bridge the two
+(pass@k). Each candidate is verified (`check`): the final <answer> is the gold letter, the format is what
+common.reward scores as well-formed, the chain does not just restate the hint, it fits the length budget, and for
+synthetic items it names the path's hidden intermediate entity (alignment with the KG). The shortest passing
+candidate is kept (the paper filters by verifiable signals and brevity). Items with no passing candidate go
+through refinement rounds -- backtracking, path exploration, self-correction, one per round in that order -- where
+the teacher sees its failed chain and the checker's reasons.
+
+Teachers:
+  kg            deterministic, offline: writes the chain from a synthetic item's meta.path (the tiny pipeline)
+  http(s)://..  an OpenAI-compatible server (vLLM/SGLang/any provider; key from $OPENAI_API_KEY)
+  FOLDER        a local HF-format model sampled with sampler.py
+
+    python distill.py --data train.jsonl --teacher kg --out sft.jsonl
+    python distill.py --data train.jsonl --teacher http://localhost:8000/v1 --model-name gpt-oss-120b --out sft.jsonl
+"""
+import argparse
+import json
+import os
+import re
+
+from common import (Progress, append_jsonl, build_messages, extract_answer, is_well_formed, make_llm,
+                    read_records)
+
+# ----------------------------------------------------------------------------------------------------------
+# the checks
+
+HINT_PHRASES = re.compile(r"\b(as given|given answer|answer (?:provided|given|key)|(?:provided|stated|correct) answer"
+                          r" is given|the answer provided|(?:we are|we're|i am|i was|we were) told|"
+                          r"(?:already|we are|we were) given the answer|as stated in the (?:prompt|hint))\b", re.I)
+
+
+def check(text, record, max_chars):
+    """Reasons the candidate fails (empty list = it passes). Order: format, answer, hint, length, alignment."""
+    letters = "".join(record["options"])
+    reasons = []
+    if not is_well_formed(text, letters):
+        reasons.append("malformed: expected <think>...</think> then <answer>LETTER</answer> and nothing else")
+    got = extract_answer(text, letters)
+    if got != record["answer"]:
+        reasons.append(f"wrong answer: {got or 'none'} instead of {record['answer']}")
+    m = HINT_PHRASES.search(text)
+    if m:
+        reasons.append(f"restates the hint: '{m.group(0)}'")
+    if len(text) > max_chars:
+        reasons.append(f"too long: {len(text)} > {max_chars} characters")
+    hidden = (record.get("meta") or {}).get("hidden")
+    think = text.split("</think>")[0]
+    if hidden and hidden.casefold() not in think.casefold():
+        reasons.append(f"does not name the intermediate entity '{hidden}'")
+    return reasons
+
+
+CHECKS = ["format", "answer", "no_hint", "length", "names_hidden"]  # what a passing row has passed
+
+# ----------------------------------------------------------------------------------------------------------
+# the KG-path teacher: a chain written from meta.path (given findings -> hidden entity -> relation -> answer)
+
+POS = {  # one sentence per (head, relation, tails)
+    "has_symptom": "{h} presents with {t}", "has_complication": "{h} can lead to {t}",
+    "caused_by": "{h} is caused by {t}", "risk_factor": "{t} {be} a risk factor for {h}",
+    "diagnosed_by": "{h} is diagnosed by {t}", "differential": "{h} is a differential of {t}",
+    "prevented_by": "{h} is prevented by {t}", "treated_by": "{h} is treated by {t}",
+    "treated_with": "{h} is treated with {t}", "specialty": "{h} is managed in {t}",
+    "drug_class": "{h} belongs to the class {t}", "contraindicated_in": "{h} is contraindicated in {t}",
+    "adverse_effect": "{h} can cause {t}", "interacts_with": "{h} interacts with {t}",
+    "mechanism": "{h} acts by {t}", "location": "{h} affects {t}",
+}
+NEG_TAIL = {  # distractors {d} stand where the answer is the tail of (h, relation, answer)
+    "has_symptom": "{d} {be} not a feature of {h}", "has_complication": "{d} {be} not a complication of {h}",
+    "caused_by": "{d} {do} not cause {h}", "diagnosed_by": "{d} {do} not establish {h}",
+    "treated_by": "{d} {do} not treat {h}; {it} treat{s} other conditions",
+    "treated_with": "{d} {do} not treat {h}; {it} treat{s} other conditions",
+    "prevented_by": "{d} {do} not prevent {h}", "risk_factor": "{d} {be} not a risk factor for {h}",
+    "adverse_effect": "{d} {be} not an adverse effect of {h}", "drug_class": "{d} {be} not the class of {h}",
+}
+NEG_HEAD = {  # distractors stand where the answer is the head, e.g. a competing diagnosis
+    "has_symptom": "{d} {be} competing diagnos{es} but {do} not explain {t}",
+    "has_complication": "{d} {do} not lead to {t}", "treated_with": "{d} {be} not treated with {t}",
+    "diagnosed_by": "{d} {be} not diagnosed by {t}", "adverse_effect": "{d} {do} not cause {t}",
+    "contraindicated_in": "{d} {be} not contraindicated in {t}",
+}
+EVIDENCE = ["{g} point{s} to {x}.", "{g} suggest{s} {x}.", "The findings {g} fit {x}.", "{x} explains {g}."]
+MAPPING = ["So the answer is {e}, option {L}.", "{e} is option {L}.", "Therefore {e}, option {L}.",
+           "The answer is {e}, which is option {L}."]
+
+
+def _join(names):
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _plain(name):  # "Fever" -> "fever" mid-sentence; acronyms ("HIV", "pH") kept
+    return name[0].lower() + name[1:] if len(name) > 1 and name[0].isupper() and name[1].islower() else name
+
+
+def _fill(tmpl, n, **kw):  # singular/plural agreement for n subjects
+    one = n == 1
+    return tmpl.format(be="is" if one else "are", do="does" if one else "do", s="s" if one else "",
+                       it="it" if one else "they", es="is" if one else "es", **kw)
+
+
+def kg_chains(record, k):
+    """k phrasing variants of the chain for a synthetic record, or [] when it has no meta.path.
+
+    Example (2-hop, hidden "Dengue"):
+      <think>Fever and rash point to Dengue. Dengue is treated with Paracetamol. Aspirin (A) and Heparin (B) do not
+      treat Dengue; they treat other conditions. So the answer is Paracetamol, option C.</think>
+      <answer>C</answer>
+    """
+    meta = record.get("meta") or {}
+    path, L = meta.get("path") or [], record["answer"]
+    if not path:
+        return []
+    answer = record["options"][L]
+    gset = {g.casefold() for g in meta.get("given") or []}
+    given_edges = [e for e in path if e["tail"].casefold() in gset]  # disease -> finding edges (the vignette)
+    groups = {}  # the other edges by (head, relation) -> tails, in path order
+    for e in path:
+        if e not in given_edges:
+            groups.setdefault((e["head"], e["relation"]), []).append(e["tail"])
+    # the answer's own edge decides how the distractors are refuted
+    edge = next((e for e in path if answer.casefold() in (e["head"].casefold(), e["tail"].casefold())), path[-1])
+    wrong = [f"{v} ({x})" for x, v in record["options"].items() if x != L]
+    if edge["tail"].casefold() == answer.casefold():
+        neg = _fill(NEG_TAIL.get(edge["relation"], "{d} {be} not linked to {h}"), len(wrong), d=_join(wrong),
+                    h=edge["head"])
+    else:
+        t = "these findings" if edge in given_edges else edge["tail"]
+        neg = _fill(NEG_HEAD.get(edge["relation"], "{d} {do} not fit {t}"), len(wrong), d=_join(wrong), t=t)
+    findings = [_plain(e["tail"]) for e in given_edges]
+    out = []
+    for v in range(k):
+        sents = [_fill(EVIDENCE[v % len(EVIDENCE)], len(findings), g=_join(findings), x=given_edges[0]["head"])
+                 ] if given_edges else []  # the given findings -> the hidden (or asked) entity
+        sents += [_fill(POS.get(rel, "{h} " + rel.replace("_", " ") + " {t}"), len(tails), h=h, t=_join(tails))
+                  + "." for (h, rel), tails in groups.items()]  # -> the asked relation -> the answer
+        sents += [neg + ".", MAPPING[(v // len(EVIDENCE) + v) % len(MAPPING)].format(e=answer, L=L)]
+        chain = " ".join(sents)
+        out.append(f"<think>{chain[0].upper() + chain[1:]}</think>\n<answer>{L}</answer>")
+    return list(dict.fromkeys(out))  # identical variants count once
+
+
+def kg_teacher(records, k, feedback):
+    """Deterministic: feedback cannot change its chain, so distill() runs it without refinement rounds."""
+    return [kg_chains(r, k) for r in records]
+
+# ----------------------------------------------------------------------------------------------------------
+# the LLM teacher: shown the question and its gold answer, asked for the bridging chain
+
+TEACHER_PROMPT = """Question:
+{question}
+
+Options:
+{options}
+
+The correct answer is {L} ({answer}). Write the reasoning that reaches this answer from the question alone: a few
+short, logically ordered steps from the findings to the key intermediate conclusion (name it), then to the answer;
+say in a few words why each other option is wrong; end with "So the answer is <answer text>, option {L}."
+Never mention that you were told the answer. Reply in exactly this form and nothing else:
+<think>your reasoning</think>
+<answer>{L}</answer>"""
+
+STRATEGIES = [  # the paper's refinement loop, one per round in this order
+    ("backtracking", "Backtrack: re-examine each assumption in your chain, find the step where it went wrong, and "
+                     "rebuild the chain from that point."),
+    ("path exploration", "Explore alternative paths: treat each option as a hypothesis, test it against the "
+                         "findings, and keep the one path that leads to the correct answer."),
+    ("self-correction", "Self-correct: fix every logical and format error listed above in a new, shorter chain."),
+]
+
+
+def teacher_messages(record):
+    opts = "\n".join(f"{x}. {v}" for x, v in record["options"].items())
+    return [{"role": "user", "content": TEACHER_PROMPT.format(question=record["question"].strip(), options=opts,
+                                                             L=record["answer"],
+                                                             answer=record["options"][record["answer"]])}]
+
+
+def llm_teacher(llm, temperature=0.8, max_tokens=1024, seed=0):
+    def teacher(records, k, feedback):
+        convs = []
+        for rec, fb in zip(records, feedback):
+            msgs = teacher_messages(rec)
+            if fb:  # fb = (failed text, reasons, round)
+                text, reasons, rnd = fb
+                msgs += [{"role": "assistant", "content": text},
+                         {"role": "user", "content": "That chain failed these checks: " + "; ".join(reasons) +
+                          ". " + STRATEGIES[(rnd - 1) % len(STRATEGIES)][1] + " Reply in the same format."}]
+            convs.append(msgs)
+        return llm(convs, n=k, temperature=temperature if k > 1 else 0.0, max_tokens=max_tokens, seed=seed)
+    return teacher
+
+# ----------------------------------------------------------------------------------------------------------
+# selection and refinement
+
+
+def distill(records, teacher, k=4, rounds=3, max_chars=1500, name="teacher"):
+    """Yields ("ok", sft_row) or ("reject", reject_row) for each record, round by round over the batch."""
+    pending, feedback = list(records), [None] * len(records)
+    for rnd in range(rounds + 1):
+        if not pending:
+            break
+        cands = teacher(pending, k, feedback)
+        still, fb_next = [], []
+        for rec, texts in zip(pending, cands):
+            texts = [t.strip() for t in texts]
+            scored = [(check(t, rec, max_chars), t) for t in texts]
+            passing = sorted((t for r, t in scored if not r), key=len)
+            if passing:
+                yield "ok", {"id": rec["id"], "messages": build_messages(rec) + [
+                    {"role": "assistant", "content": passing[0]}],
+                    "meta": {"teacher": name, "k": k, "round": rnd, "pass": len(passing), "checks": CHECKS,
+                             "source": rec["source"], "difficulty": rec.get("difficulty")}}
+                continue
+            if not scored:
+                reasons, text = ["teacher produced no candidate (no meta.path for the KG teacher?)"], ""
+            else:  # refine the closest miss: fewest failed checks, then shortest
+                reasons, text = min(scored, key=lambda s: (len(s[0]), len(s[1])))
+            if rnd == rounds or not scored:
+                yield "reject", {"id": rec["id"], "teacher": name, "round": rnd, "reasons": reasons, "text": text}
+            else:
+                still.append(rec)
+                fb_next.append((text, reasons, rnd + 1))
+        pending, feedback = still, fb_next
+
+
+def done_ids(path):
+    """Ids already written to `path` (resume). A torn last line from a kill is dropped from the file."""
+    if not os.path.exists(path):
+        return set()
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    ids, good = set(), []
+    for i, line in enumerate(lines):
+        try:
+            ids.add(json.loads(line)["id"])
+            good.append(line)
+        except (json.JSONDecodeError, KeyError):
+            if i != len(lines) - 1:
+                raise ValueError(f"{path}:{i + 1}: not a JSON row with an 'id'") from None
+    if len(good) != len(lines):
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(good)
+    return ids
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="unified records (JSONL)")
+    p.add_argument("--teacher", required=True, help="kg | http(s)://BASE_URL | local HF folder")
+    p.add_argument("--out", required=True, help="sft.jsonl (appended; rejects go to OUT.rejects.jsonl)")
+    p.add_argument("--k", type=int, default=4, help="candidates per item (pass@k)")
+    p.add_argument("--rounds", type=int, default=3, help="refinement rounds for items with no passing candidate")
+    p.add_argument("--max-chars", type=int, default=3000, help="length budget of a chain")
+    p.add_argument("--model-name", default=None, help="model name sent to the OpenAI-compatible server")
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--max-tokens", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=64, help="items in flight at once")
+    p.add_argument("--concurrency", type=int, default=16, help="parallel HTTP requests")
+    p.add_argument("--cache-dir", default=None, help="cache teacher replies here (resume without paying twice)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N records")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="preset for the tiny CPU pipeline (short chains)")
+    a = p.parse_args(argv)
+    if a.tiny:
+        a.max_chars = min(a.max_chars, 600)
+    records = read_records(a.data)[:a.limit]
+    base, _ = os.path.splitext(a.out)
+    rejects = base + ".rejects.jsonl"
+    done = done_ids(a.out) | done_ids(rejects)
+    todo = [r for r in records if r["id"] not in done]
+    if a.teacher == "kg":
+        teacher, name, rounds = kg_teacher, "kg", 0  # deterministic: a retry would write the same chain
+    else:
+        llm = make_llm(a.teacher, model_name=a.model_name, cache_dir=a.cache_dir, concurrency=a.concurrency)
+        teacher, rounds = llm_teacher(llm, a.temperature, a.max_tokens, a.seed), a.rounds
+        name = a.model_name or os.path.basename(a.teacher.rstrip("/"))
+    print(f"distill: {len(records)} records, {len(records) - len(todo)} already done, teacher {name}, k={a.k}, "
+          f"rounds={rounds}", flush=True)
+    prog, n_ok, n_rej = Progress(len(todo), "distill"), 0, 0
+    for b in range(0, len(todo), a.batch):
+        for kind, row in distill(todo[b:b + a.batch], teacher, a.k, rounds, a.max_chars, name):
+            append_jsonl(a.out if kind == "ok" else rejects, row)
+            n_ok, n_rej = n_ok + (kind == "ok"), n_rej + (kind == "reject")
+            prog.update(1, ok=n_ok, rejected=n_rej)
+    print(f"distill: wrote {n_ok} rows to {a.out}, {n_rej} rejects to {rejects}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

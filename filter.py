@@ -1,0 +1,431 @@
+"""Build the training pool: format filter, dedup, decontamination, label verification, anonymisation,
+difficulty and mixing (Fleming-R1, arXiv 2509.15279, §3.1 "Reasoning-Oriented Data Strategy").
+
+Reads synth.py's train.jsonl (--synthetic) and public training sets (--public name=path, loaded with eval.py's
+loaders: medqa, medmcqa, pubmedqa, cmexam, ... or `jsonl` for unified records); writes
+    OUT/train.jsonl    the pool: unified records, every one with `difficulty`
+    OUT/rejects.jsonl  {"source", "where", "id", "reason", "record"}: what was dropped and why
+    OUT/review.jsonl   items no verifier trial answered correctly, with the trials (not silently dropped)
+    OUT/stats.json, OUT/stats.md   counts per stage and the source x difficulty table
+Stages, in order: load -> format filter -> anonymise -> exact / near duplicates -> decontamination against the
+eval benchmarks -> label verification (k trials) -> difficulty -> mix.
+
+Difficulty (--difficulty):
+  llm        a judge model labels each item with the three definitions in JUDGE (paraphrasing the paper's).
+  passrate   empirical pass rate p of a model over k samples (the verifier trials when --verify is given):
+             p > 2/3 easy, 1/3 < p <= 2/3 moderate, p <= 1/3 difficult.
+  heuristic  for synthetic items when no LLM runs (the tiny pipeline), from meta.hops and meta.rarity: an answer
+             is rare when its inlinks are at or below the --rare-quantile of the synthetic pool;
+             1 hop common = easy; 1 hop rare or 2 hops common = moderate; 2 hops rare or 3+ hops = difficult.
+             Records without hops keep a difficulty they already have, else "moderate" (meta.difficulty_source
+             says "default"), so every record has one.
+"""
+import argparse
+import hashlib
+import json
+import os
+import random
+import re
+import unicodedata
+from collections import Counter, defaultdict
+
+from common import (LETTERS, DIFFICULTIES, check_record, write_jsonl, atomic_write, build_messages,
+                    extract_answer, Progress)
+
+# ----------------------------------------------------------------------------------------------------------
+# loading
+
+def load_unified(path, source):
+    """Unified-record JSONL (synth.py output); bad JSON goes to rejects instead of stopping the run."""
+    recs, rejects = [], []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                rejects.append({"source": source, "where": f"{path}:{i}", "reason": f"bad_json: {e.msg}"})
+                continue
+            if isinstance(rec, dict):
+                rec.setdefault("source", source)
+                rec.setdefault("meta", {})
+                rec["meta"] = rec["meta"] if isinstance(rec["meta"], dict) else {}
+                rec["meta"]["origin"] = f"{path}:{i}"
+            recs.append(rec)
+    return recs, rejects
+
+
+def load_source(name, path):
+    """(records, rejects) of one source. Public formats go through eval.load_benchmark, whose row-level
+    rejects (e.g. CMExam multi-letter answers: not single-choice) are kept with their reason and row."""
+    if name == "synthetic" or name.startswith("synthetic"):
+        return load_unified(path, name)
+    import eval as ev
+    bad = []
+    recs = ev.load_benchmark(name, path, rejects=bad)
+    for r in recs:
+        r["source"] = name
+        r.setdefault("meta", {})["origin"] = f"{path}:{r['id']}"
+    return recs, [{"source": name, "where": f"{path}:{b['row']}", "reason": "load: " + b["reason"]} for b in bad]
+
+# ----------------------------------------------------------------------------------------------------------
+# format filter
+
+MOJIBAKE = re.compile(r"Ã[\x80-\xbf]|â€|Â[\xa0-\xbf]|\ufffd|ï¿½")  # UTF-8 decoded as Latin-1 / cp1252
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]*)\b[^<>]*?(/?)>")
+VOID = {"br", "hr", "img", "wbr", "input", "meta", "link"}
+
+
+def norm(text):
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().lower()
+
+
+def unbalanced(text):
+    depth = Counter()
+    for close, tag, selfclose in TAG.findall(text):
+        if not selfclose and tag.lower() not in VOID:
+            depth[tag.lower()] += -1 if close else 1
+    return any(depth.values()) or text.count("[[") != text.count("]]") or text.count("{{") != text.count("}}")
+
+
+def check_format(rec):
+    """The reason a record is unusable, or None. Reasons: not_a_record, empty_question, too_few_options,
+    empty_option, duplicate_options, multi_answer, answer_not_in_options, mojibake, control_chars,
+    unbalanced_markup, invalid_record (check_record's message)."""
+    if not isinstance(rec, dict):
+        return "not_a_record"
+    q, opts, ans = rec.get("question"), rec.get("options"), rec.get("answer")
+    if not isinstance(q, str) or not q.strip():
+        return "empty_question"
+    if not isinstance(opts, dict) or len([v for v in opts.values() if v is not None]) < 2:
+        return "too_few_options"
+    if any(not isinstance(v, str) or not v.strip() for v in opts.values()):
+        return "empty_option"
+    if len({norm(v) for v in opts.values()}) < len(opts):
+        return "duplicate_options"
+    if isinstance(ans, list) and len(ans) == 1:
+        ans = rec["answer"] = ans[0]
+    if isinstance(ans, (str, list)) and len(ans) > 1 and all(a in opts for a in ans):
+        return "multi_answer"
+    if ans not in opts:
+        return "answer_not_in_options"
+    texts = [q] + list(opts.values())
+    for reason, bad in (("mojibake", MOJIBAKE.search), ("control_chars", CONTROL.search), ("unbalanced_markup", unbalanced)):
+        if any(bad(t) for t in texts):
+            return reason
+    problem = check_record(rec)
+    return f"invalid_record: {problem}" if problem else None
+
+# ----------------------------------------------------------------------------------------------------------
+# anonymisation: personal data only; numbers with units, ages, doses and lab values do not match these
+
+_MONTH = r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|" \
+         r"Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
+ANON = [
+    ("email", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)+\b"), "[EMAIL]"),
+    ("id", re.compile(r"\b(?:MRN|SSN|ID|patient (?:ID|number)|(?:medical )?record (?:no\.?|number))\s*[:#]?\s*"
+                      r"(?=[\w-]*\d)[A-Z0-9][\w-]{3,}", re.I), "[ID]"),
+    ("date", re.compile(rf"\b{_MONTH}\.? \d{{1,2}}(?:st|nd|rd|th)?,? \d{{4}}\b|\b\d{{1,2}}(?:st|nd|rd|th)? {_MONTH},? "
+                        r"\d{4}\b|\b\d{4}-\d{1,2}-\d{1,2}\b|\b\d{1,2}([/-])\d{1,2}\1(?:\d{4}|\d{2})\b"), "[DATE]"),
+    ("phone", re.compile(r"(?<![\w/.])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}\b"), "[PHONE]"),
+    ("id", re.compile(r"(?<![\w.,/])\d{8,}(?![\w.,/%])"), "[ID]"),  # long bare digit runs (record numbers)
+    ("name", re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?\s+[A-Z][a-z'-]+(?:\s+[A-Z][a-z'-]+)?"), "[NAME]"),
+]
+
+
+def anonymise(text):
+    """(text with personal data replaced, Counter of kinds replaced)."""
+    found = Counter()
+    for kind, rx, repl in ANON:
+        text, n = rx.subn(repl, text)
+        found[kind] += n
+    return text, +found
+
+# ----------------------------------------------------------------------------------------------------------
+# duplicates and contamination
+
+def tokens(text):
+    """Words, and single CJK characters (Chinese has no spaces), of normalised text."""
+    return re.findall(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W_\u3400-\u9fff\uf900-\ufaff]+", norm(text))
+
+
+def ngrams(toks, n):
+    return {" ".join(toks[i:i + n]) for i in range(len(toks) - n + 1)} or ({" ".join(toks)} if toks else set())
+
+
+def item_text(rec):
+    return rec["question"] + "\n" + "\n".join(rec["options"].values())
+
+
+def dedup(recs, threshold=0.8, n=5, cap=300):
+    """(kept, [(rec, reason)]): exact duplicates (same normalised question and option set) and near duplicates
+    (Jaccard of token n-gram shingles >= threshold with an earlier kept item). Candidates come from an inverted
+    index over shingles; shingles shared by more than `cap` items (template phrases) are not used to find
+    candidates, only to score them, which keeps it near-linear."""
+    kept, dropped, exact, index, shingles = [], [], {}, defaultdict(list), []
+    for rec in recs:
+        key = hashlib.sha1((norm(rec["question"]) + "\x00" + "\x00".join(sorted(map(norm, rec["options"].values()))))
+                           .encode()).hexdigest()
+        if key in exact:
+            dropped.append((rec, f"duplicate of {exact[key]}"))
+            continue
+        sh = ngrams(tokens(item_text(rec)), n)
+        hits = Counter(j for s in sh if len(index[s]) <= cap for j in index[s])
+        best = max(((len(sh & shingles[j]) / len(sh | shingles[j]), j) for j in hits), default=(0, None))
+        if best[0] >= threshold:
+            dropped.append((rec, f"near_duplicate of {kept[best[1]]['id']} (jaccard {best[0]:.2f})"))
+            continue
+        exact[key] = rec["id"]
+        for s in sh:
+            index[s].append(len(kept))
+        shingles.append(sh)
+        kept.append(rec)
+    return kept, dropped
+
+
+def decontaminate(recs, benches, n=13, min_frac=0.2):
+    """(kept, [(rec, reason)], per-benchmark counts): an item is removed when >= min_frac of its question's token
+    n-grams occur in one benchmark's questions (items shorter than n tokens compare as a whole). A fraction, not
+    "any shared n-gram": MedQA-style boilerplate ("... oxygen saturation is 98% on room air. Physical exam is
+    notable for ...") shares 13-grams between unrelated items (<= 0.1 of their n-grams on the real files), while
+    a copy with light edits keeps > 0.5."""
+    grams = {name: set().union(*[ngrams(tokens(b["question"]), n) for b in items]) for name, items in benches.items()}
+    kept, dropped, per = [], [], Counter({name: 0 for name in benches})
+    for rec in recs:
+        mine = ngrams(tokens(rec["question"]), n)
+        frac, hit = max(((len(mine & g) / max(1, len(mine)), name) for name, g in grams.items()), default=(0, None))
+        if frac >= min_frac:
+            per[hit] += 1
+            dropped.append((rec, f"contaminated: {frac:.0%} of its {n}-grams are in {hit}"))
+        else:
+            kept.append(rec)
+    return kept, dropped, dict(per)
+
+# ----------------------------------------------------------------------------------------------------------
+# label verification and difficulty
+
+def verify(recs, llm, k=5, temperature=0.7, max_tokens=1024, chunk=256):
+    """k independent trials per item; meta.verify = {"k", "correct"}. Returns (kept, review rows). The client
+    caches every call, so a killed run resumes where it stopped."""
+    kept, review, prog = [], [], Progress(len(recs), "verify")
+    for s in range(0, len(recs), chunk):
+        part = recs[s:s + chunk]
+        outs = llm([build_messages(r) for r in part], n=k, temperature=temperature, max_tokens=max_tokens)
+        for r, texts in zip(part, outs):
+            picks = [extract_answer(t, "".join(r["options"])) for t in texts]
+            r["meta"]["verify"] = {"k": k, "correct": sum(p == r["answer"] for p in picks)}
+            if r["meta"]["verify"]["correct"]:
+                kept.append(r)
+            else:
+                review.append({**r, "trials": texts, "picks": picks})
+        prog.update(len(part), review=len(review))
+    return kept, review
+
+
+JUDGE = ("Rate the difficulty of this medical multiple-choice question for a well-trained physician.\n"
+         "easy: answerable by recalling a single well-known fact; no integration of findings needed.\n"
+         "moderate: requires combining several findings or one inferential step (e.g. identify the disease, "
+         "then recall one fact about it), with common knowledge.\n"
+         "difficult: requires multi-step reasoning over several findings, rare diseases or drugs, or telling "
+         "apart close competing diagnoses.\nReply with one word: easy, moderate or difficult.\n\n")
+
+
+def tier_from_passrate(p):
+    return "easy" if p > 2 / 3 else "moderate" if p > 1 / 3 else "difficult"
+
+
+def difficulty_heuristic(recs, rare_quantile=0.33):
+    """meta.hops + meta.rarity.answer_inlinks -> tier (mapping in the module docstring)."""
+    inl = sorted(r["meta"]["rarity"]["answer_inlinks"] for r in recs if "answer_inlinks" in r["meta"].get("rarity", {}))
+    cut = inl[int(rare_quantile * (len(inl) - 1))] if inl else 0
+    for r in recs:
+        hops, m = r["meta"].get("hops"), r["meta"]
+        if hops is None:
+            r["difficulty"] = r.get("difficulty") or "moderate"
+            m.setdefault("difficulty_source", "given" if r["difficulty"] != "moderate" else "default")
+            continue
+        rare = m.get("rarity", {}).get("answer_inlinks", cut + 1) <= cut
+        r["difficulty"] = "easy" if hops == 1 and not rare else "moderate" if hops == 1 or (hops == 2 and not rare) \
+            else "difficult"
+        m["difficulty_source"] = "heuristic"
+    return cut
+
+
+def difficulty_llm(recs, llm):
+    outs = llm([[{"role": "user", "content": JUDGE + build_messages(r)[1]["content"]}] for r in recs], n=1,
+               temperature=0.0, max_tokens=8)
+    for r, (text,) in zip(recs, outs):
+        word = re.search(r"easy|moderate|difficult", text.lower())
+        r["difficulty"] = word.group(0) if word else "moderate"
+        r["meta"]["difficulty_source"] = "llm" if word else "llm_unparsed"
+
+# ----------------------------------------------------------------------------------------------------------
+# mixing and the report
+
+def parse_mix(spec):
+    """'public=0.6,synthetic=0.4' (fractions) or 'medqa=2000,synthetic=5000' (counts) -> dict."""
+    out = {}
+    for part in filter(None, spec.split(",")):
+        k, _, v = part.partition("=")
+        out[k.strip()] = float(v)
+    return out
+
+
+def group_of(rec, mix):
+    src = rec["source"]
+    return src if src in mix else "synthetic" if src.startswith("synthetic") and "synthetic" in mix else \
+        "public" if not src.startswith("synthetic") and "public" in mix else None
+
+
+def mix_pool(recs, mix, seed=0):
+    """Sample each mix group to its share; within a group, tiers keep their proportions (stratified)."""
+    rng = random.Random(seed)
+    groups = defaultdict(list)
+    for r in recs:
+        g = group_of(r, mix)
+        if g:
+            groups[g].append(r)
+    fractions = all(v <= 1 for v in mix.values())
+    if fractions:
+        total = min((len(groups[g]) / f for g, f in mix.items() if f > 0), default=0)
+        want = {g: int(f * total) for g, f in mix.items()}
+    else:
+        want = {g: min(int(c), len(groups[g])) for g, c in mix.items()}
+    pool = []
+    for g, items in sorted(groups.items()):
+        by_tier = defaultdict(list)
+        for r in items:
+            by_tier[r["difficulty"]].append(r)
+        share = {t: want[g] * len(v) / len(items) for t, v in by_tier.items()}
+        take = {t: int(s) for t, s in share.items()}
+        for t in sorted(share, key=lambda t: take[t] - share[t])[:want[g] - sum(take.values())]:
+            take[t] += 1  # largest remainder: the group gets exactly want[g]
+        for t in sorted(by_tier):
+            pool += rng.sample(by_tier[t], take[t])
+    rng.shuffle(pool)
+    return pool
+
+
+def table(recs):
+    cnt = Counter((r["source"], r["difficulty"]) for r in recs)
+    rows = ["| source | " + " | ".join(DIFFICULTIES) + " | total |", "|---" * (len(DIFFICULTIES) + 2) + "|"]
+    for s in sorted({s for s, _ in cnt}) + ["total"]:
+        vals = [sum(v for (ss, t), v in cnt.items() if t == d and s in (ss, "total")) for d in DIFFICULTIES]
+        rows.append(f"| {s} | " + " | ".join(map(str, vals)) + f" | {sum(vals)} |")
+    return "\n".join(rows)
+
+
+def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=None, k=5, seed=0,
+        near_threshold=0.8, ngram=13, rare_quantile=0.33, llm_model=None, contam_frac=0.2):
+    """The whole filter; `sources`/`benches` are [(name, path)]. Returns the stats dict."""
+    from common import make_llm
+    stats, rejects, recs = {"loaded": {}, "rejects": Counter()}, [], []
+    reject = lambda rec, reason, where=None: rejects.append(
+        {"source": (rec or {}).get("source"), "where": where or (rec or {}).get("meta", {}).get("origin"),
+         "id": (rec or {}).get("id"), "reason": reason, "record": rec})
+    for name, path in sources:
+        got, bad = load_source(name, path)
+        stats["loaded"][name] = len(got)
+        for b in bad:
+            rejects.append(dict(b, id=None, record=None))
+        for r in got:
+            why = check_format(r)
+            if why:
+                reject(r, why, where=r.get("meta", {}).get("origin") if isinstance(r, dict) else None)
+            else:
+                recs.append(r)
+    anon = Counter()
+    for r in recs:
+        r["question"], found = anonymise(r["question"])
+        for k_ in r["options"]:
+            r["options"][k_], f2 = anonymise(r["options"][k_])
+            found += f2
+        if found:
+            r["meta"]["anonymised"] = dict(found)
+            anon.update(found)
+    stats["anonymised"] = dict(anon)
+    recs, dropped = dedup(recs, near_threshold)
+    for r, why in dropped:
+        reject(r, why)
+    bench_recs = {}
+    for name, path in benches:
+        bench_recs[name] = load_source(name, path)[0]
+    recs, dropped, stats["decontaminated"] = decontaminate(recs, bench_recs, ngram, contam_frac)
+    for r, why in dropped:
+        reject(r, why)
+    review = []
+    mk = lambda spec: make_llm(spec, model_name=llm_model, cache_dir=os.path.join(out, "llm_cache"))
+    if verify_spec:
+        recs, review = verify(recs, mk(verify_spec), k=k)
+    if difficulty == "heuristic":
+        stats["rare_inlinks_cut"] = difficulty_heuristic(recs, rare_quantile)
+    elif difficulty == "passrate":
+        if not verify_spec:
+            raise SystemExit("--difficulty passrate needs --verify (the pass rate over its k trials)")
+        for r in recs:
+            r["difficulty"] = tier_from_passrate(r["meta"]["verify"]["correct"] / r["meta"]["verify"]["k"])
+            r["meta"]["difficulty_source"] = "passrate"
+    elif difficulty == "llm":
+        if not verify_spec:
+            raise SystemExit("--difficulty llm needs a judge model: --verify URL_OR_FOLDER")
+        difficulty_llm(recs, mk(verify_spec))
+    stats["before_mix"] = len(recs)
+    pool = mix_pool(recs, mix, seed) if mix else recs
+    for r in rejects:
+        stats["rejects"][r["reason"].split(":")[0].split(" of ")[0]] += 1
+    stats.update(rejects=dict(stats["rejects"]), review=len(review), pool=len(pool),
+                 table={f"{s}|{d}": v for (s, d), v in Counter((r["source"], r["difficulty"]) for r in pool).items()})
+    write_jsonl(os.path.join(out, "train.jsonl"), pool)
+    write_jsonl(os.path.join(out, "rejects.jsonl"), rejects)
+    write_jsonl(os.path.join(out, "review.jsonl"), review)
+    atomic_write(os.path.join(out, "stats.json"), json.dumps(stats, indent=1))
+    md = (f"# filter.py report\n\nloaded: {stats['loaded']}\n\nrejects by reason: {stats['rejects']}\n\n"
+          f"decontaminated per benchmark: {stats['decontaminated']}\n\nanonymised: {stats['anonymised']}\n\n"
+          f"sent to review (no verifier trial right): {len(review)}\n\npool: {len(pool)}\n\n{table(pool)}\n")
+    atomic_write(os.path.join(out, "stats.md"), md)
+    print(md)
+    return stats
+
+
+def pairs(items, flag):
+    out = []
+    for s in items or []:
+        name, eq, path = s.partition("=")
+        if not eq:
+            raise SystemExit(f"{flag} expects name=path, got {s!r}")
+        out.append((name, path))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--synthetic", action="append", default=[], help="synth.py train.jsonl (repeatable)")
+    p.add_argument("--public", nargs="*", default=[], help="name=path, name as in eval.py (medqa, cmexam, ...)")
+    p.add_argument("--decontaminate", nargs="*", default=[], help="name=path of evaluation benchmarks")
+    p.add_argument("--out", required=True)
+    p.add_argument("--verify", default=None, help="verifier: OpenAI-compatible base URL or model folder")
+    p.add_argument("--llm-model", default=None, help="model name sent to the HTTP endpoint")
+    p.add_argument("--k", type=int, default=5, help="verification trials per item")
+    p.add_argument("--difficulty", choices=["heuristic", "passrate", "llm"], default="llm")
+    p.add_argument("--mix", default=None, help="public=0.6,synthetic=0.4 (fractions) or counts per source")
+    p.add_argument("--near-threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
+    p.add_argument("--ngram", type=int, default=13, help="decontamination n-gram length (tokens)")
+    p.add_argument("--contam-frac", type=float, default=0.2, help="share of n-grams found in a benchmark")
+    p.add_argument("--rare-quantile", type=float, default=0.33)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="tiny pipeline: no LLM, heuristic difficulty")
+    a = p.parse_args(argv)
+    if a.tiny:
+        a.difficulty, a.verify = "heuristic", None
+    sources = [("synthetic", s) for s in a.synthetic] + pairs(a.public, "--public")
+    if not sources:
+        p.error("give --synthetic and/or --public")
+    run(sources, a.out, pairs(a.decontaminate, "--decontaminate"), a.verify, a.difficulty,
+        parse_mix(a.mix) if a.mix else None, a.k, a.seed, a.near_threshold, a.ngram, a.rare_quantile, a.llm_model,
+        a.contam_frac)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""GRPO, the two RL stages of Fleming-R1 (arXiv 2509.15279, sec. 3.3, eq. 1-3): `torchrun grpo.py --stage 1|2`.
+
+Reads  --data pool.jsonl (filter.py's pool: unified records with a difficulty), --init CKPT (HF folder with its
+       tokenizer: the SFT cold start for stage 1, stage 1's RUN_DIR/final or best for stage 2), --val (validation
+       records: checkpoint selection), stage 2 also --pool hard_pool.jsonl (mine.py; mined at step 0 if absent).
+Writes RUN_DIR/metrics.jsonl (one row per step, eval rows too), RUN_DIR/final (HF folder + tokenizer),
+       RUN_DIR/best (best greedy accuracy on --val, never on a test set), RUN_DIR/state (resumable: re-running
+       the same command continues the same run), stage 2: RUN_DIR/mine_STEP/{pass_rates,hard_pool}.jsonl.
+
+The objective. For a prompt x, k completions y_1..y_k are sampled at --temperature (top_p 1, so the log-probs
+below describe the sampling distribution), scored by common.reward (answer correctness + format, no length
+term) and given group advantages A_i = r_i - mean_j r_j (eq. 2-3). The loss (eq. 1) is
+    L = -(1/N) * sum_i A_i * sum_t log pi(y_i,t | x, y_i,<t) / loss_norm
+over the N completions of the *global* batch; loss_norm is a constant (--loss-norm, default max_new_tokens), so
+no per-sequence length normalisation biases long or short answers (Dr. GRPO's observation). On-policy, one
+update per rollout batch: this is the paper's gradient. Variants, all off by default:
+    --std-norm          A_i / (std_j r_j + eps)                                       DeepSeekMath GRPO
+    --kl-coef B         + B * KL(pi || pi_ref) per token, k3 estimator, frozen init    DeepSeekMath GRPO
+    --clip-eps E --ppo-epochs U   clipped ratio pi/pi_old, U updates per rollout batch PPO / DeepSeekMath GRPO
+    --token-mean        divide by the global count of completion tokens instead       DAPO token-level loss
+    --drop-zero-var     groups with all-equal rewards leave the loss and its divisor  DAPO dynamic sampling
+                        (without re-sampling to refill the batch)
+Stage 1: easy + moderate items, until --max-steps or the plateau test (see plateau()). Stage 2: the hard pool
+(mine.py's rules: repeated failures, difficult first, a share of moderate items, all-fail items capped),
+k raised to 16, re-mined with the current weights every --remine-every steps.
+
+Memory, Qwen2.5-7B on 8 x 80 GB with the defaults (FSDP2, bf16 compute, fp32 master weights + AdamW):
+16 B/param x 7.6e9 / 8 ranks = 15 GB sharded state; the rollout unshards bf16 weights (15 GB) plus a KV cache of
+57 KB/token x 64 rows x 1.6k tokens = 6 GB (freed before training); training: micro-batch of 2 completions x
+1.6k tokens of activations (~25 GB without activation checkpointing). token_logprobs never builds (tokens x
+vocab) logits. Fits in 80 GB with room; raise --micro-batch if memory allows.
+"""
+import argparse
+import os
+import random
+import time
+import types
+
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+from torch.distributed.fsdp import register_fsdp_forward_method
+
+import common
+import mine
+import model as M
+import sampler
+import sft
+from kernels.logprob import token_logprobs
+
+TINY = dict(prompts=8, max_new_tokens=48, micro_batch=64, lr=1e-4, max_steps=60, eval_every=20, save_every=20,
+            plateau_window=10, plateau_patience=10, remine_every=20, mine_n=8, mine_batch=64, val_limit=200,
+            mixed_precision=False)
+
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description="GRPO stage 1 / stage 2 (Fleming-R1 sec. 3.3)")
+    a = p.add_argument
+    a("--stage", type=int, choices=(1, 2), required=True)
+    a("--data", required=True, help="filter.py pool: unified records with difficulty")
+    a("--init", required=True, help="HF folder with tokenizer to start from")
+    a("--out", required=True, help="RUN_DIR")
+    a("--val", help="validation records; greedy accuracy on them selects RUN_DIR/best")
+    a("--pool", help="stage 2: hard_pool.jsonl from mine.py (default: mine it at step 0)")
+    a("--review", help="filter.py review.jsonl: flagged items are never mined")
+    a("--tiny", action="store_true", help="CPU preset: " + ", ".join(f"{k}={v}" for k, v in TINY.items()))
+    a("--seed", type=int, default=0)
+    # rollouts
+    a("--prompts", type=int, default=64, help="prompts per step over all ranks (a multiple of world size)")
+    a("--k", type=int, help="samples per prompt (default 8 in stage 1, 16 in stage 2)")
+    a("--max-new-tokens", type=int, default=1024)
+    a("--temperature", type=float, default=1.0)
+    # objective
+    a("--loss-norm", type=float, help="constant dividing each completion's log-prob sum (default max_new_tokens)")
+    a("--std-norm", action="store_true", help="DeepSeekMath GRPO: divide advantages by the group std")
+    a("--kl-coef", type=float, default=0.0, help="DeepSeekMath GRPO: k3 KL to the frozen --init model")
+    a("--clip-eps", type=float, default=0.0, help="PPO ratio clipping (use with --ppo-epochs > 1)")
+    a("--ppo-epochs", type=int, default=1, help="updates per rollout batch")
+    a("--token-mean", action="store_true", help="DAPO: average over the global count of completion tokens")
+    a("--drop-zero-var", action="store_true", help="drop groups whose rewards are all equal")
+    # optimisation
+    a("--lr", type=float, default=1e-6)
+    a("--weight-decay", type=float, default=0.0)
+    a("--grad-clip", type=float, default=1.0)
+    a("--micro-batch", type=int, default=2, help="completions per forward/backward")
+    a("--mixed-precision", action=argparse.BooleanOptionalAction, default=True, help="FSDP2 bf16 compute")
+    a("--max-steps", type=int, default=500)
+    a("--save-every", type=int, default=25)
+    a("--eval-every", type=int, default=50)
+    a("--val-limit", type=int, default=0, help="use the first N validation records (0: all)")
+    # stage 1 plateau test
+    a("--plateau-window", type=int, default=20, help="moving-average window (steps)")
+    a("--plateau-patience", type=int, default=50, help="steps without the moving reward improving")
+    a("--plateau-eps", type=float, default=0.01, help="smallest improvement that counts")
+    a("--sparsity", type=float, default=0.9, help="stop when this fraction of groups has zero advantage")
+    # stage 2 mining
+    a("--remine-every", type=int, default=100, help="re-mine the hard pool every N steps (0: never)")
+    a("--remine-size", type=int, default=0, help="items evaluated per re-mining (0: the whole --data)")
+    a("--mine-n", type=int, default=8, help="samples per item when mining")
+    a("--mine-batch", type=int, default=64, help="prompts per generate call when mining / evaluating")
+    mine.add_pool_args(p, prefix="mine-")
+    args, _ = p.parse_known_args(argv)
+    if args.tiny:  # the preset changes defaults only: explicit flags still win
+        p.set_defaults(**TINY)
+    args = p.parse_args(argv)
+    args.k = args.k or (8 if args.stage == 1 else 16)
+    args.loss_norm = args.loss_norm or float(args.max_new_tokens)
+    if args.k < 2:
+        p.error("--k must be >= 2: a group of one has no advantage")
+    return args
+
+
+# ----------------------------------------------------------------------------------------------- the objective
+
+def group_advantages(rewards, std_norm=False, eps=1e-4):
+    """Eq. 2-3: A_ij = r_ij - mean_j r_ij over the k samples of prompt i. rewards (P, k) -> (P, k).
+    std_norm (DeepSeekMath GRPO) also divides by the group's std + eps; an all-equal group gives 0, never NaN.
+        group_advantages(torch.tensor([[1., 0., 0., 1.], [0.5, 0.5, 0.5, 0.5]]))
+        -> [[0.5, -0.5, -0.5, 0.5], [0., 0., 0., 0.]]
+    """
+    adv = rewards - rewards.mean(1, keepdim=True)
+    if std_norm:
+        adv = adv / (rewards.std(1, keepdim=True) + eps)
+    return adv
+
+
+def policy_loss(logp, mask, adv, old_logp=None, ref_logp=None, clip_eps=0.0, kl_coef=0.0):
+    """The *summed* per-token loss of a micro-batch; the caller divides by the global count (see update()).
+    logp, mask, old_logp, ref_logp: (B, T) per sampled token; adv (B,). Default: -sum_t A * logp (eq. 1)."""
+    A = adv[:, None]  # (B, 1)
+    if clip_eps > 0:  # PPO surrogate; ratio == 1 at the first epoch, so its gradient is then eq. 1's
+        old_logp = logp.detach() if old_logp is None else old_logp
+        ratio = torch.exp(logp - old_logp)  # (B, T)
+        obj = torch.minimum(ratio * A, ratio.clamp(1 - clip_eps, 1 + clip_eps) * A)
+    else:
+        obj = logp * A
+    if kl_coef > 0:  # k3 estimator of KL(pi || ref) (Schulman 2020): exp(d) - d - 1 >= 0, d = ref - logp
+        d = ref_logp - logp
+        obj = obj - kl_coef * (torch.exp(d) - d - 1)
+    return -(obj * mask).sum()
+
+
+def _seq_logprobs(self, ids, tgt, temperature):
+    """ids (B, T) right-padded prompt + completion, tgt (B, T) the completion token each position predicts
+    (-100 elsewhere: sft.pad_batch; the completion's EOS is in, pads are not, since the mask comes from lengths
+    and a pad id equal to an EOS id is harmless) -> per-token log-probs (B, T) at `temperature` (0 where -100),
+    and the entropy (N,) of the selected positions. A method of the model registered with FSDP2, so that
+    lm_head.weight is unsharded while token_logprobs uses it."""
+    h = self.forward(ids, return_hidden=True)  # (B, T, D) final-normed hidden states; right pads are never seen
+    sel = tgt != -100
+    logp, ent = token_logprobs(h[sel], self.lm_head.weight, tgt[sel], temperature, return_entropy=True,
+                               backend="triton" if h.is_cuda else "torch")  # (N,)
+    return torch.zeros(tgt.shape, device=h.device).masked_scatter(sel, logp), ent.detach()
+
+
+def attach_logprobs(model):
+    """model.seq_logprobs(ids, tgt, temperature); call it after model.shard_model."""
+    model.seq_logprobs = types.MethodType(_seq_logprobs, model)
+    register_fsdp_forward_method(model, "seq_logprobs")  # no-op without FSDP
+    return model
+
+
+def _sync(t):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.time() - t
+
+
+def update(policy, opt, rows, adv, keep, args, world, ref=None):
+    """Micro-batched forward/backward and optimizer step(s) on this rank's rollouts.
+    rows [(prompt, completion)], adv (n,), keep (n,) 0/1 (--drop-zero-var). Every rank holds the same number n
+    of completions, so all ranks run the same number of FSDP collectives.
+
+    Normalisation: the loss of the global batch is sum over all ranks' completions / D, with D = (global count
+    of kept completions) * loss_norm, or the global count of kept completion tokens with --token-mean. FSDP2
+    *averages* gradients over ranks, so each rank backpropagates world * (its share of the sum) / D: the mean
+    over ranks is then exactly the global loss, whatever the number of ranks or micro-batches.
+    Returns timings and stats, or None when no completion is kept anywhere (the step is skipped)."""
+    n, mb, dev = len(rows), args.micro_batch, next(policy.parameters()).device
+    lens = torch.tensor([float(len(c)) for _, c in rows])
+    denom = torch.stack([(keep * lens).sum() if args.token_mean else keep.sum() * args.loss_norm])
+    if dist.is_initialized():
+        dist.all_reduce(denom)
+    if denom.item() == 0:
+        return None
+    scale = world / denom.item()
+    chunks = [[sft.pad_batch([p + c for p, c in rows[i:i + mb]], [len(p) for p, _ in rows[i:i + mb]],
+                             args.pad_id, dev), slice(i, i + mb)] for i in range(0, n, mb)]
+    t = time.time()
+    with torch.no_grad():  # pi_old for the PPO ratio, pi_ref for the KL: fixed for all epochs
+        for ch in chunks:
+            ch.append(policy.seq_logprobs(*ch[0], args.temperature)[0] if args.ppo_epochs > 1 else None)
+            ch.append(ref.seq_logprobs(*ch[0], args.temperature)[0] if ref is not None else None)
+    st = dict(t_logprob=_sync(t), t_backward=0.0, t_opt=0.0, ent_sum=0.0, ent_n=0, loss=0.0)
+    for epoch in range(args.ppo_epochs):
+        for (ids, tgt), s, old, ref_lp in chunks:
+            t = time.time()
+            logp, ent = policy.seq_logprobs(ids, tgt, args.temperature)  # (B, T), (N,)
+            mask = (tgt != -100).float() * keep[s, None].to(dev)  # (B, T)
+            loss = policy_loss(logp, mask, adv[s].to(dev), old, ref_lp, args.clip_eps, args.kl_coef) * scale
+            st["t_logprob"] += _sync(t)
+            t = time.time()
+            loss.backward()
+            st["t_backward"] += _sync(t)
+            if epoch == 0:
+                st["ent_sum"] += ent.sum().item()
+                st["ent_n"] += ent.numel()
+                st["loss"] += loss.item() / world
+        t = time.time()
+        st["grad_norm"] = sft.clip_grad(policy, args.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        st["t_opt"] += _sync(t)
+    return st
+
+
+# ----------------------------------------------------------------------------------------------- stage control
+
+def plateau(rewards, zero_fracs, window, patience, eps, sparsity):
+    """Stage 1's stop test (the paper: train until performance plateaus, signalled by reward sparsity).
+    Fires, and returns the reason, when either
+      reward plateau: the moving average of the step reward over `window` steps has not risen by more than
+        `eps` during the last `patience` steps: max(ma[-patience:]) <= max(ma[:-patience]) + eps;
+      reward sparsity: over the last `window` steps, on average >= `sparsity` of the groups had zero advantage
+        (all k samples right, or all wrong): almost no gradient is left.
+    Returns None otherwise, and always before `window` steps."""
+    if len(rewards) < window:
+        return None
+    zf = sum(zero_fracs[-window:]) / window
+    if zf >= sparsity:
+        return f"reward sparsity: {zf:.3f} of groups had zero advantage over the last {window} steps"
+    if len(rewards) >= window + patience:
+        ma = [sum(rewards[i - window:i]) / window for i in range(window, len(rewards) + 1)]
+        if max(ma[-patience:]) <= max(ma[:-patience]) + eps:
+            return (f"reward plateau: moving average {ma[-1]:.4f} has not improved by > {eps} in {patience} "
+                    f"steps (best before {max(ma[:-patience]):.4f})")
+    return None
+
+
+def sample_prompts(pool, n, seed, step):
+    """The step's global batch of prompts: a function of (seed, step) only, hence the same for any number of
+    ranks and after a resume. Without replacement within a step."""
+    return random.Random(seed * 1_000_003 + step).sample(pool, min(n, len(pool)))
+
+
+def remine(policy, tok, records, review, args, step, rank, world):
+    """Stage 2: evaluate the current weights on the items, select the hard pool (mine.select_pool's rules)."""
+    items = records
+    if args.remine_size and args.remine_size < len(records):
+        items = random.Random(args.seed + step).sample(records, args.remine_size)
+    rates = mine.mine(policy, tok, items, args.mine_n, batch_size=args.mine_batch,
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed + step)
+    pool = mine.select_pool(items, rates, review=review, **mine.pool_kwargs(args, prefix="mine_"))
+    if rank == 0:
+        mine.write_outputs(os.path.join(args.out, f"mine_{step}"), rates, pool)
+    return pool
+
+
+def evaluate(policy, tok, val, args):
+    """Greedy accuracy on the validation records (data-parallel through mine.mine with n=1, temperature 0)."""
+    rates = mine.mine(policy, tok, val, 1, batch_size=args.mine_batch, max_new_tokens=args.max_new_tokens,
+                      temperature=0.0)
+    return sum(r["pass_rate"] for r in rates) / max(len(rates), 1)
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+def train(args, rank, world, device):
+    from transformers import AutoTokenizer
+    torch.manual_seed(args.seed)
+    os.makedirs(args.out, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(args.init)
+    stops = common.eos_ids(tok)
+    args.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    records = common.read_records(args.data)
+    by_id = {r["id"]: r for r in records}
+    val = common.read_records(args.val)[:args.val_limit or None] if args.val else []
+    review = mine.review_ids(args.review)
+    if args.prompts % world:
+        raise SystemExit(f"--prompts {args.prompts} must be a multiple of the world size {world}")
+    if args.stage == 1:
+        pool = [r for r in records if r.get("difficulty") in ("easy", "moderate")]
+    else:
+        pool = common.read_records(args.pool) if args.pool else None
+        by_id.update({r["id"]: r for r in pool or []})
+    if pool is not None and len(pool) < args.prompts:
+        raise SystemExit(f"{args.data}: the stage {args.stage} pool has {len(pool)} items, fewer than --prompts")
+
+    policy = attach_logprobs(M.shard_model(M.load_model(args.init, device), args.mixed_precision))
+    ref = None
+    if args.kl_coef > 0:  # the frozen reference for the KL variant: the --init weights
+        ref = attach_logprobs(M.shard_model(M.load_model(args.init, device).requires_grad_(False),
+                                            args.mixed_precision))
+    opt = sft.make_optimizer(policy, args.lr, args.weight_decay, betas=(0.9, 0.99))  # constant lr, as usual in RL
+    st = dict(step=0, best=-1.0, eval_step=-1, rewards=[], zero_fracs=[], stop=None, pool_ids=None)
+    state_dir = os.path.join(args.out, "state")
+    if os.path.isdir(state_dir):  # resume: same run, same step, same RNG
+        st.update(M.load_state(state_dir, policy, opt) or {})
+        if st["pool_ids"] is not None:
+            pool = [by_id[i] for i in st["pool_ids"]]
+        mpath = os.path.join(args.out, "metrics.jsonl")
+        if rank == 0 and os.path.exists(mpath):  # drop rows a killed run logged after its last checkpoint
+            common.write_jsonl(mpath, [r for r in common.read_jsonl(mpath) if r["step"] < st["step"]])
+            print(f"resumed {state_dir} at step {st['step']}", flush=True)
+    log = common.MetricsLog(os.path.join(args.out, "metrics.jsonl"))
+    prog = common.Progress(args.max_steps, f"grpo stage {args.stage}")
+    prog.done = st["step"]
+    K, per_rank = args.k, args.prompts // world
+
+    while True:
+        step = st["step"]
+        done = step >= args.max_steps or st["stop"] is not None
+        # ---- validation: greedy accuracy on --val; RUN_DIR/best is chosen on it alone
+        if val and st["eval_step"] != step and (step % args.eval_every == 0 or done):
+            acc = evaluate(policy, tok, val, args)
+            st["eval_step"] = step
+            if acc > st["best"]:
+                st["best"] = acc
+                M.save_model(policy, os.path.join(args.out, "best"), tok)
+            if rank == 0:
+                log.log(dict(step=step, val_acc=acc, best_val_acc=st["best"]))
+                print(f"step {step} val_acc {acc:.4f} (best {st['best']:.4f})", flush=True)
+        if done:
+            break
+        # ---- stage 2: (re-)mine the hard pool with the current weights
+        t0 = time.time()
+        if args.stage == 2 and (pool is None or (args.remine_every and step and step % args.remine_every == 0)):
+            pool = remine(policy, tok, records, review, args, step, rank, world)
+            st["pool_ids"] = [r["id"] for r in pool]
+            if len(pool) < args.prompts:
+                st["stop"] = f"hard pool has {len(pool)} items, fewer than --prompts {args.prompts}"
+                continue
+        t_mine = time.time() - t0
+        # ---- 1. prompts: the global batch is fixed by (seed, step); each rank takes its own slice
+        batch = sample_prompts(pool, args.prompts, args.seed, step)[rank * per_rank:(rank + 1) * per_rank]
+        prompts = [common.prompt_ids(tok, r) for r in batch]
+        # ---- 2. rollouts: k samples per prompt, all on this rank (rows i*k .. i*k+k-1 belong to prompt i)
+        t0 = time.time()
+        comps = sampler.generate(policy, prompts, args.max_new_tokens, temperature=args.temperature, top_p=1.0,
+                                 eos_ids=stops, seed=args.seed * 1_000_003 + step * world + rank,
+                                 pad_id=args.pad_id, k=K)
+        t_gen = _sync(t0)
+        # ---- 3. rewards (common.reward: correctness + format) and group advantages (eq. 2-3)
+        texts = [tok.decode(c, skip_special_tokens=False) for c in comps]
+        rewards = torch.tensor([common.reward(t, batch[i // K]) for i, t in enumerate(texts)]).view(-1, K)
+        adv = group_advantages(rewards, args.std_norm)  # (P_rank, k)
+        zero = rewards.amax(1) == rewards.amin(1)  # (P_rank,) groups with no learning signal
+        keep = (~zero).float().repeat_interleave(K) if args.drop_zero_var else torch.ones(len(comps))
+        # ---- 4. log-probs at the sampling temperature, loss (eq. 1), backward, optimizer step
+        t0 = time.time()
+        rows = [(prompts[i // K], c) for i, c in enumerate(comps)]
+        us = update(policy, opt, rows, adv.flatten(), keep, args, world, ref)
+        t_train = time.time() - t0
+        # ---- 5. metrics, summed over ranks
+        trunc = [not c or c[-1] not in stops for c in comps]
+        sums = torch.tensor([float(x) for x in (rewards.sum(), (rewards == 1).sum(), (rewards != -0.5).sum(),
+                             zero.sum(), sum(map(len, comps)), sum(trunc), len(comps), len(batch),
+                             us["ent_sum"] if us else 0, us["ent_n"] if us else 0)], dtype=torch.float64)
+        if dist.is_initialized():
+            dist.all_reduce(sums)
+        R, acc, fmt, nz, ntok, ntr, N, G, es, en = sums.tolist()
+        st["rewards"].append(R / N)
+        st["zero_fracs"].append(nz / G)
+        m = dict(step=step, reward=R / N, accuracy=acc / N, format_rate=fmt / N, zero_adv_frac=nz / G,
+                 mean_len=ntok / N, trunc_rate=ntr / N, entropy=es / max(en, 1), skipped=us is None,
+                 tokens_per_s=ntok / (t_gen + t_train), t_gen=t_gen, t_train=t_train, t_mine=t_mine)
+        if us:
+            m.update({k: us[k] for k in ("loss", "grad_norm", "t_logprob", "t_backward", "t_opt")})
+        if rank == 0:
+            log.log(m)
+            prog.update(1, reward=m["reward"], acc=m["accuracy"], fmt=m["format_rate"], zero=m["zero_adv_frac"],
+                        len=m["mean_len"], gen_s=t_gen, train_s=t_train)
+        st["step"] = step + 1
+        # ---- stage 1 stop test, checkpoint
+        if args.stage == 1:
+            st["stop"] = plateau(st["rewards"], st["zero_fracs"], args.plateau_window, args.plateau_patience,
+                                 args.plateau_eps, args.sparsity)
+        if st["step"] % args.save_every == 0 or st["stop"] or st["step"] >= args.max_steps:
+            M.save_state(state_dir, policy, opt, st)
+
+    reason = st["stop"] or f"reached --max-steps {args.max_steps}"
+    M.save_model(policy, os.path.join(args.out, "final"), tok)
+    if rank == 0:
+        log.log(dict(step=st["step"], stop=reason, best_val_acc=st["best"]))
+        print(f"stage {args.stage} stopped at step {st['step']}: {reason}", flush=True)
+
+
+@record
+def main(argv=None):
+    args = get_args(argv)
+    rank, world, device = M.setup_dist()
+    try:
+        train(args, rank, world, device)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Per-token log-probabilities fused with the lm_head, without ever materialising the (N, V) logits.
+
+GRPO (Fleming-R1, arXiv 2509.15279, eq. 1) needs log pi(y_t | x, y_<t) for every sampled token. The naive
+`log_softmax(h @ W.T).gather(...)` stores a (tokens x vocab) fp32 tensor, and its backward makes two more; with
+Qwen's 151,936-token vocabulary that is the first thing to run out of memory. This file computes the same
+numbers exactly in O(N + tile) extra memory.
+
+    token_logprobs(hidden (N, D), weight (V, D), targets (N,) int64, temperature=1.0, return_entropy=False)
+        -> logp (N,) fp32  [, entropy (N,) fp32];  rows whose target is -100 give 0 and get no gradient.
+
+The math (one row i; z = h_i W^T / T are the tempered logits, y = targets[i]):
+    lse   = log sum_j exp(z_j)            logp = z_y - lse            entropy = lse - sum_j p_j z_j,  p = exp(z - lse)
+  Forward, streaming over vocab blocks (never more than one (rows x block) tile alive), per row keep
+    m (running max), s = sum exp(z - m), t = sum exp(z - m) * z, and z_y when y falls in the block;
+    a new block with max m' rescales: s <- s * exp(m - m') + sum exp(z - m'), t likewise, m <- m'.
+    At the end lse = m + log s and E_p[z] = t / s.          Saved for backward: lse and entropy (2N floats).
+  Backward, given g = dL/dlogp and e = dL/dentropy, recompute each tile z, p = exp(z - lse), and
+    dL/dz_j = g * (1[j = y] - p_j) - e * p_j * (z_j - E_p[z])       (E_p[z] = lse - entropy)
+    grad_hidden  += (dL/dz) W_block / T          grad_weight[block] += (dL/dz)^T h / T
+  Cost: 4 matmuls of N x V x D (forward 1, backward recompute 1 + 2) against the naive 3, in exchange for
+  memory that does not grow with N x V.
+
+Two implementations of this one algorithm:
+  * `_fwd_kernel` / `_bwd_kernel` (Triton): the forward runs one program per block of rows and loops over
+    vocab blocks; the backward runs one program per (row block, vocab block) tile and adds its contributions
+    into fp32 grad_hidden / grad_weight with atomic adds (so on a GPU the summation order, hence the last bits,
+    is not deterministic). Tiles are bf16 or fp32 in, fp32 accumulate; fp32 dots use full IEEE precision.
+  * `_torch_fwd` / `_torch_bwd` (PyTorch): the same loops with big (chunk_n x chunk_v) tiles and a reused
+    buffer; the CPU path, and the tests' second oracle besides the naive fp64 formula.
+Dispatch: CUDA -> Triton; CPU -> PyTorch, or Triton under TRITON_INTERPRET=1 (how CI exercises the kernel).
+"""
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+IGNORE = -100
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # triton reads it at import time, so must we
+TRITON_BLOCKS = dict(block_n=64, block_v=128, block_d=64)  # GPU defaults (no autotune: keep it auditable)
+TORCH_CHUNKS = dict(chunk_n=4096, chunk_v=4096)  # CPU: 64 MB fp32 tiles; see tests/bench_logprob.py
+
+
+# ----------------------------------------------------------------------------- Triton
+@triton.jit
+def _logits_tile(H, W, rows, cols, N, V, D, inv_temp,
+                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                 UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """(BLOCK_N, BLOCK_V) fp32 tile of (H[rows] @ W[cols].T) * inv_temp; out-of-range entries are 0."""
+    acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        h = tl.load(H + rows[:, None] * D + ds[None, :], mask=(rows[:, None] < N) & (ds[None, :] < D), other=0.0)
+        w = tl.load(W + cols[:, None] * D + ds[None, :], mask=(cols[:, None] < V) & (ds[None, :] < D), other=0.0)
+        if UPCAST:  # the interpreter's tl.dot returns garbage on bf16
+            h, w = h.to(tl.float32), w.to(tl.float32)
+        acc = tl.dot(h, tl.trans(w), acc, input_precision=PREC)
+    return acc * inv_temp
+
+
+@triton.jit
+def _fwd_kernel(H, W, T, LOGP, LSE, ENT, N, V, D, inv_temp,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                UPCAST: tl.constexpr, PREC: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    tgt = tl.load(T + rows, mask=rows < N, other=-100)
+    m = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)  # running max
+    s = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum exp(z - m)
+    t = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum exp(z - m) * z
+    zy = tl.zeros([BLOCK_N], dtype=tl.float32)  # z at the target
+    for v0 in range(0, V, BLOCK_V):
+        cols = v0 + tl.arange(0, BLOCK_V)
+        inv = cols[None, :] < V
+        z = _logits_tile(H, W, rows, cols, N, V, D, inv_temp, BLOCK_N, BLOCK_V, BLOCK_D, UPCAST, PREC)
+        m_new = tl.maximum(m, tl.max(tl.where(inv, z, float("-inf")), 1))
+        alpha = tl.exp(m - m_new)
+        e = tl.where(inv, tl.exp(z - m_new[:, None]), 0.0)
+        s = s * alpha + tl.sum(e, 1)
+        t = t * alpha + tl.sum(e * z, 1)
+        zy += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), 1)
+        m = m_new
+    lse = m + tl.log(s)
+    keep = tgt != -100
+    tl.store(LSE + rows, lse, mask=rows < N)
+    tl.store(LOGP + rows, tl.where(keep, zy - lse, 0.0), mask=rows < N)
+    tl.store(ENT + rows, tl.where(keep, lse - t / s, 0.0), mask=rows < N)
+
+
+@triton.jit
+def _bwd_kernel(H, W, T, LSE, ENT, G, GE, DH, DW, N, V, D, inv_temp,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+                UPCAST: tl.constexpr, PREC: tl.constexpr, HAS_ENT: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    rmask = rows < N
+    tgt = tl.load(T + rows, mask=rmask, other=-100)
+    keep = tgt != -100
+    lse = tl.load(LSE + rows, mask=rmask, other=0.0)
+    g = tl.where(keep, tl.load(G + rows, mask=rmask, other=0.0), 0.0)
+    z = _logits_tile(H, W, rows, cols, N, V, D, inv_temp, BLOCK_N, BLOCK_V, BLOCK_D, UPCAST, PREC)
+    p = tl.where(cols[None, :] < V, tl.exp(z - lse[:, None]), 0.0)
+    dz = tl.where(cols[None, :] == tgt[:, None], g[:, None], 0.0) - p * g[:, None]
+    if HAS_ENT:
+        ge = tl.where(keep, tl.load(GE + rows, mask=rmask, other=0.0), 0.0)
+        ez = lse - tl.load(ENT + rows, mask=rmask, other=0.0)  # E_p[z]
+        dz -= ge[:, None] * p * (z - ez[:, None])
+    dz = dz * inv_temp
+    if not UPCAST:
+        dz = dz.to(H.dtype.element_ty)  # tensor-core inputs match; accumulation stays fp32
+    for d0 in range(0, D, BLOCK_D):
+        ds = d0 + tl.arange(0, BLOCK_D)
+        hm = rmask[:, None] & (ds[None, :] < D)
+        wm = (cols[:, None] < V) & (ds[None, :] < D)
+        h = tl.load(H + rows[:, None] * D + ds[None, :], mask=hm, other=0.0)
+        w = tl.load(W + cols[:, None] * D + ds[None, :], mask=wm, other=0.0)
+        if UPCAST:
+            h, w = h.to(tl.float32), w.to(tl.float32)
+        tl.atomic_add(DH + rows[:, None] * D + ds[None, :], tl.dot(dz, w, input_precision=PREC), mask=hm)
+        tl.atomic_add(DW + cols[:, None] * D + ds[None, :], tl.dot(tl.trans(dz), h, input_precision=PREC), mask=wm)
+
+
+def _meta(h, block_n, block_v, block_d):
+    prec = "ieee" if h.dtype == torch.float32 else "tf32"  # tf32 is ignored for bf16/fp16 inputs
+    return dict(BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d, UPCAST=INTERPRET, PREC=prec)
+
+
+class _TritonLogprob(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, w, t, temperature, block_n, block_v, block_d):
+        h, w, t = h.contiguous(), w.contiguous(), t.contiguous()
+        (N, D), V = h.shape, w.shape[0]
+        logp, lse, ent = (torch.empty(N, device=h.device, dtype=torch.float32) for _ in range(3))
+        meta = _meta(h, block_n, block_v, block_d)
+        _fwd_kernel[(triton.cdiv(N, block_n),)](h, w, t, logp, lse, ent, N, V, D, 1.0 / temperature, **meta)
+        ctx.save_for_backward(h, w, t, lse, ent)
+        ctx.args = (temperature, block_n, block_v, block_d)
+        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)  # unused outputs arrive as None: skip their terms
+        return logp, ent, lse
+
+    @staticmethod
+    def backward(ctx, g, ge, _):
+        h, w, t, lse, ent = ctx.saved_tensors
+        temperature, block_n, block_v, block_d = ctx.args
+        (N, D), V = h.shape, w.shape[0]
+        dh = torch.zeros(N, D, device=h.device, dtype=torch.float32)
+        dw = torch.zeros(V, D, device=h.device, dtype=torch.float32)
+        has_ent = ge is not None
+        g = torch.zeros_like(lse) if g is None else g.float().contiguous()
+        ge = ge.float().contiguous() if has_ent else g  # dummy pointer when unused
+        grid = (triton.cdiv(N, block_n), triton.cdiv(V, block_v))
+        _bwd_kernel[grid](h, w, t, lse, ent, g, ge, dh, dw, N, V, D, 1.0 / temperature,
+                          HAS_ENT=has_ent, **_meta(h, block_n, block_v, block_d))
+        return dh.to(h.dtype), dw.to(w.dtype), None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------- PyTorch
+def _tiles(N, V, chunk_n, chunk_v):
+    for n0 in range(0, N, chunk_n):
+        for v0 in range(0, V, chunk_v):
+            yield slice(n0, min(n0 + chunk_n, N)), slice(v0, min(v0 + chunk_v, V))
+
+
+def _tile(buf, hs, w, r, c):
+    """hs[r] @ w[c].T written into the reused flat buffer (no fresh (n, v) allocation per tile)."""
+    n, v = r.stop - r.start, c.stop - c.start
+    return torch.mm(hs[r], w[c].to(hs.dtype).T, out=buf[: n * v].view(n, v))
+
+
+def _torch_fwd(h, w, t, temperature, want_ent, chunk_n, chunk_v):
+    """The kernel's streaming forward with (chunk_n x chunk_v) tiles. Returns logp, entropy, lse (fp32)."""
+    (N, D), V = h.shape, w.shape[0]
+    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    hs = h.to(acc) / temperature  # fold 1/T into the small operand: z = hs @ W.T
+    buf = torch.empty(min(N, chunk_n) * min(V, chunk_v), dtype=acc, device=h.device)
+    m = torch.full((N,), float("-inf"), dtype=acc, device=h.device)
+    s, tz = torch.zeros_like(m), torch.zeros_like(m)
+    for r, c in _tiles(N, V, chunk_n, chunk_v):
+        z = _tile(buf, hs, w, r, c)  # (n, v)
+        m_new = torch.maximum(m[r], z.amax(1))
+        alpha = (m[r] - m_new).exp()
+        e = (z - m_new[:, None]).exp_() if want_ent else z.sub_(m_new[:, None]).exp_()  # in place if we can
+        if want_ent:
+            tz[r] = tz[r] * alpha + (e * z).sum(1)
+        s[r] = s[r] * alpha + e.sum(1)
+        m[r] = m_new
+    lse = m + s.log()
+    keep = t != IGNORE
+    zy = (hs * w[t.clamp(min=0)].to(acc)).sum(1)  # target logits directly: O(N D)
+    logp = torch.where(keep, zy - lse, 0)
+    ent = torch.where(keep, lse - tz / s, 0) if want_ent else torch.zeros_like(logp)
+    return logp, ent, lse
+
+
+def _torch_bwd(h, w, t, lse, ent, g, ge, temperature, chunk_n, chunk_v):
+    """dL/dz = g * (onehot - p) [- e * p * (z - E_p[z])]: the one-hot part is a gather / index_add outside
+    the loop; each tile computes M = p * (g [+ e (z - E_p[z])]) in place and subtracts M W and M^T h."""
+    (N, D), V = h.shape, w.shape[0]
+    acc = lse.dtype
+    keep, y = t != IGNORE, t.clamp(min=0)
+    g = torch.where(keep, g, 0).to(acc)
+    hs = h.to(acc) / temperature
+    dh = g[:, None] * w[y].to(acc) / temperature
+    dw = torch.zeros(V, D, dtype=acc, device=h.device).index_add_(0, y, g[:, None] * hs)
+    if ge is not None:
+        ge, ez = torch.where(keep, ge, 0).to(acc), lse - ent  # E_p[z]
+    buf = torch.empty(min(N, chunk_n) * min(V, chunk_v), dtype=acc, device=h.device)
+    for r, c in _tiles(N, V, chunk_n, chunk_v):
+        z = _tile(buf, hs, w, r, c)
+        if ge is None:
+            M = z.sub_(lse[r, None]).exp_().mul_(g[r, None])
+        else:
+            p = (z - lse[r, None]).exp_()
+            M = z.sub_(ez[r, None]).mul_(ge[r, None]).add_(g[r, None]).mul_(p)
+        dh[r].addmm_(M, w[c].to(acc), alpha=-1 / temperature)
+        dw[c].addmm_(M.T, hs[r], alpha=-1)
+    return dh.to(h.dtype), dw.to(w.dtype)
+
+
+class _TorchLogprob(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, w, t, temperature, want_ent, chunk_n, chunk_v):
+        logp, ent, lse = _torch_fwd(h, w, t, temperature, want_ent, chunk_n, chunk_v)
+        ctx.save_for_backward(h, w, t, lse, ent)
+        ctx.args = (temperature, chunk_n, chunk_v)
+        ctx.set_materialize_grads(False)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, g, ge):
+        h, w, t, lse, ent = ctx.saved_tensors
+        g = torch.zeros_like(lse) if g is None else g
+        dh, dw = _torch_bwd(h, w, t, lse, ent, g, ge, *ctx.args)
+        return dh, dw, None, None, None, None, None
+
+
+# ----------------------------------------------------------------------------- public API
+def _check(hidden, weight, targets, temperature):
+    def bad(msg):
+        raise ValueError(f"token_logprobs: {msg}")
+    if hidden.dim() != 2 or weight.dim() != 2:
+        bad(f"hidden must be (N, D) and weight (V, D); got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+    if hidden.shape[1] != weight.shape[1]:
+        bad(f"hidden {tuple(hidden.shape)} and weight {tuple(weight.shape)} disagree on D")
+    if targets.dim() != 1 or targets.shape[0] != hidden.shape[0]:
+        bad(f"targets must be (N,) = ({hidden.shape[0]},); got {tuple(targets.shape)}")
+    if targets.dtype not in (torch.int64, torch.int32):
+        bad(f"targets must be integer token ids (int64), got {targets.dtype}")
+    if not (hidden.is_floating_point() and hidden.dtype == weight.dtype):
+        bad(f"hidden and weight must share one float dtype; got {hidden.dtype} and {weight.dtype}")
+    if not (hidden.device == weight.device == targets.device):
+        bad(f"tensors on different devices: {hidden.device}, {weight.device}, {targets.device}")
+    if not temperature > 0:
+        bad(f"temperature must be > 0, got {temperature}")
+    V = weight.shape[0]
+    out = ((targets < 0) | (targets >= V)) & (targets != IGNORE)
+    if bool(out.any()):  # one host sync; worth it to turn a silent wrong answer into an error
+        i = int(out.nonzero()[0, 0])
+        bad(f"targets[{i}] = {int(targets[i])} is outside [0, {V}) and is not {IGNORE}")
+
+
+def token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False, backend=None, **blocks):
+    """log_softmax((hidden @ weight.T) / temperature)[i, targets[i]] for each row i, as (N,) fp32.
+
+    Rows with target -100 give 0 (and entropy 0) and no gradient. Differentiable w.r.t. hidden and weight
+    (both outputs). backend: None (auto: Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "triton" or
+    "torch"; `blocks` overrides TRITON_BLOCKS (block_n/v/d) or TORCH_CHUNKS (chunk_n/v), e.g. for tests.
+    Example: token_logprobs(h, lm_head.weight, ids[1:], temperature=0.7) with h the hidden states of ids[:-1].
+    """
+    _check(hidden, weight, targets, temperature)
+    targets = targets.long()
+    if backend is None:
+        backend = "triton" if hidden.is_cuda or INTERPRET else "torch"
+    if backend not in ("triton", "torch"):
+        raise ValueError(f"token_logprobs: unknown backend {backend!r} (use 'triton' or 'torch')")
+    sizes = dict(TRITON_BLOCKS if backend == "triton" else TORCH_CHUNKS)
+    if set(blocks) - set(sizes):
+        raise ValueError(f"token_logprobs: backend {backend!r} takes sizes {sorted(sizes)}, got {sorted(blocks)}")
+    sizes.update(blocks)
+    if backend == "triton":
+        if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"token_logprobs: the Triton path takes fp32/bf16/fp16, got {hidden.dtype}")
+        logp, ent, _ = _TritonLogprob.apply(hidden, weight, targets, float(temperature), *sizes.values())
+    else:
+        logp, ent = _TorchLogprob.apply(hidden, weight, targets, float(temperature), return_entropy, *sizes.values())
+    return (logp, ent) if return_entropy else logp

@@ -1,0 +1,632 @@
+"""kg.py — build a medical knowledge graph with provenance from Wikipedia (Fleming-R1 §3.1, arXiv 2509.15279).
+
+The paper's "autonomous knowledge discovery agent" navigates Wikipedia, links entities and extracts relations
+among diseases, symptoms, tests, drugs, mechanisms and contraindications, favouring rare ones. Here:
+
+  python kg.py --dump pages-articles.xml[.bz2] --out OUT        # scale path: streamed, constant memory per page
+  python kg.py --api https://en.wikipedia.org/w/api.php --seed "Template:Infobox medical condition" \
+               --user-agent "nano-fleming/0.1 (you@example.org)" --max-pages 5000 --out OUT
+  python kg.py --tiny                                           # data/sample_wiki.xml -> out/kg_tiny
+
+Both sources feed one parser (parse_page). Relations come from medical infobox fields (typed by field) and from
+wikilinks inside article sections (typed by section); drug classes also from the lead ("is a [[beta blocker]]");
+optionally an LLM reads the lead (--llm), kept only when the tail is a linked page. Entities are linked through
+wikilinks, redirects and first-letter case, and typed by the page's own infobox, else by the slot they fill.
+mwparserfromhell parses the wikitext (nested templates, refs, comments, links) — regexes are only prefilters.
+
+Reads: a MediaWiki XML export (or the Action API). Writes OUT/entities.jsonl, OUT/edges.jsonl, OUT/stats.json,
+OUT/rejects.jsonl (page + reason) and, for --api, OUT/api_cache/ (every raw response, so a killed crawl resumes).
+"""
+import argparse, bz2, hashlib, json, os, re, sys, time
+import xml.etree.ElementTree as ET
+from array import array
+from collections import Counter
+import mwparserfromhell as mwp
+import numpy as np
+
+TYPES = ("disease", "symptom", "test", "drug", "drug_class", "treatment", "anatomy", "pathogen", "gene",
+         "specialty", "mechanism", "other")
+RELATIONS = ("has_symptom", "has_complication", "caused_by", "risk_factor", "diagnosed_by", "differential",
+             "prevented_by", "treated_by", "treated_with", "specialty", "drug_class", "contraindicated_in",
+             "adverse_effect", "interacts_with", "mechanism", "location")
+
+# infobox template name (lowercase) -> the type of the page that carries it
+INFOBOX_TYPE = {"infobox medical condition (new)": "disease", "infobox medical condition": "disease",
+                "infobox disease": "disease", "infobox drug": "drug", "drugbox": "drug",
+                "infobox drug class": "drug_class", "infobox medical specialty": "specialty",
+                "infobox diagnostic": "test", "infobox medical intervention": "treatment",
+                "infobox interventions": "treatment", "infobox gene": "gene",
+                **{f"infobox {a}": "anatomy" for a in ("anatomy", "artery", "bone", "brain", "muscle", "nerve",
+                                                        "vein", "ligament", "lymph", "organ", "joint")}}
+BOX_RE = re.compile(r"\{\{\s*(?:template:\s*)?(infobox[ _](?:medical|disease|drug|diagnostic|interventions?|gene|"
+                    r"anatomy|artery|bone|brain|muscle|nerve|vein|ligament|lymph|organ|joint)|drugbox)", re.I)
+TAXO_RE = re.compile(r"\{\{\s*(automatic taxobox|taxobox|speciesbox|subspeciesbox|virusbox|infobox virus)\b", re.I)
+
+# (page type, infobox field) -> (relation, slot type of the tail, reversed: the tail is the head)
+FIELDS = {
+    "disease": {"symptoms": ("has_symptom", "symptom"), "complications": ("has_complication", "disease"),
+                "causes": ("caused_by", "other"), "risks": ("risk_factor", "other"),
+                "diagnosis": ("diagnosed_by", "test"), "differential": ("differential", "disease"),
+                "prevention": ("prevented_by", "treatment"), "treatment": ("treated_by", "treatment"),
+                "medication": ("treated_with", "drug"), "specialty": ("specialty", "specialty"),
+                "field": ("specialty", "specialty"), "location": ("location", "anatomy")},
+    # English Wikipedia's drugbox has only `class`; mdwiki.org forks add uses / side_effects / interactions
+    "drug": {"class": ("drug_class", "drug_class"), "uses": ("treated_with", "disease", True),
+             "side_effects": ("adverse_effect", "symptom"), "interactions": ("interacts_with", "drug"),
+             "mechanism": ("mechanism", "mechanism")},
+    "anatomy": {f: ("location", "anatomy") for f in ("partof", "part_of", "system", "location", "isPartOf")},
+}
+# section heading regex -> (relation, slot, reversed); first match wins, so "differential" precedes "diagnos"
+SECTIONS = {
+    "disease": [(r"differential", "differential", "disease"), (r"sign|symptom|presentation", "has_symptom", "symptom"),
+                (r"complication", "has_complication", "disease"), (r"risk", "risk_factor", "other"),
+                (r"cause|etiolog|aetiolog", "caused_by", "other"), (r"diagnos", "diagnosed_by", "test"),
+                (r"prevent", "prevented_by", "treatment"), (r"treatment|management", "treated_by", "treatment")],
+    "drug": [(r"contraindication", "contraindicated_in", "disease"),
+             (r"medical use|^uses|indication", "treated_with", "disease", True),
+             (r"adverse|side effect", "adverse_effect", "symptom"), (r"interaction", "interacts_with", "drug"),
+             (r"mechanism|pharmacolog|pharmacodynamic", "mechanism", "mechanism")],
+}
+# subsections that do not inherit their parent's relation (Diagnosis > Classification, Management > Cost)
+NEUTRAL = re.compile(r"classif|cost|histor|epidemiolog|prognos|research|societ|cultur|econom|terminolog|etymolog|"
+                     r"animal|see also|reference|external|further|notes|legal|brand|name|chemi|synthes", re.I)
+LIST_TEMPLATES = {"ubl", "unbulleted list", "plainlist", "plain list", "hlist", "flatlist", "bulleted list",
+                  "bull list", "ublist", "nowrap", "flat list", "endplainlist", "endflatlist"}
+NAMESPACES = {"file", "image", "category", "template", "wikipedia", "wp", "help", "portal", "special", "talk",
+              "user", "media", "mediawiki", "module", "draft", "wiktionary", "wikt", "commons", "s", "d", "w",
+              "wikisource", "wikibooks", "meta", "mw", "book", "timedtext", "q", "v", "n", "b", "c"}
+STOP = {"disease", "medical condition", "medication", "medicine", "drug", "symptom", "syndrome", "therapy",
+        "treatment", "patient", "physician", "doctor", "hospital", "human", "health", "people", "person",
+        "united states", "food and drug administration", "world health organization", "chemical compound",
+        "none", "unknown", "other", "others", "rare", "common", "uncommon", "various", "variable", "varies",
+        "usually", "often", "rarely", "sometimes", "gram", "milligram", "microgram", "kilogram", "litre", "liter",
+        "millilitre", "hour", "day", "week", "month", "year", "percent", "per cent", "mole (unit)", "baby",
+        "mother", "adult", "child", "children", "women", "men", "male", "female", "medical diagnosis",
+        "diagnosis", "prevention", "prognosis", "epidemiology", "pharmacology", "mechanism of action",
+        "medical sign", "side effect", "adverse effect", "adverse drug reaction", "infant", "elderly"}
+# an unlinked item with one of these is a phrase ("a type of", "before birth"), not an entity name
+FUNCTION_WORDS = {"a", "an", "the", "of", "in", "on", "at", "to", "for", "with", "without", "by", "from", "after",
+                  "before", "during", "may", "can", "is", "are", "be", "not", "no", "due", "risk", "per", "than",
+                  "some", "most", "many", "few", "about", "up", "if", "when", "while", "also", "such", "as"}
+MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
+NONENTITY_RE = re.compile(rf"^(\d[\d,.]*\s*(s|bc|ad|bce|ce)?|\d+(st|nd|rd|th) century|({MONTHS})( \d+)?|"
+                          rf"\d+ ({MONTHS})|list of .*|.*\(disambiguation\))$", re.I)
+
+
+class DumpError(Exception):
+    pass
+
+
+def norm_title(s):
+    """Wikilink target -> canonical page title ('[[diabetes_mellitus#Signs|x]]' -> 'Diabetes mellitus'), or None."""
+    s = re.sub(r"[\s_]+", " ", str(s).split("#")[0].replace("&nbsp;", " ")).strip().lstrip(":").strip()
+    if not s or len(s) > 200 or any(c in s for c in "<>[]{}|"):
+        return None
+    return s[0].upper() + s[1:]
+
+
+def is_entity(title):
+    """False for namespaced/interwiki links, years, dates, units and generic words (never written anywhere)."""
+    if not title:
+        return False
+    if ":" in title:
+        pre = title.split(":", 1)[0].strip().lower()
+        if pre in NAMESPACES or re.fullmatch(r"[a-z]{2,3}(-[a-z]+)?", pre):
+            return False
+    return title.lower() not in STOP and not NONENTITY_RE.match(title)
+
+
+def tname(t):
+    return re.sub(r"[\s_]+", " ", str(t.name).split("<!--")[0]).strip().lower().removeprefix("template:").strip()
+
+
+NOISE_RE = re.compile(r"<!--.*?(?:-->|$)|<ref[^>]*/\s*>|<ref(?:\s[^>]*)?>.*?</ref\s*>|<references\s*/>", re.S | re.I)
+
+
+def strip_noise(text):
+    """Drop comments and <ref>s (their citations link publishers, not entities). A regex, for speed only:
+    mwparserfromhell's node removal is quadratic on long pages; an unclosed <ref> is left for the parser."""
+    return NOISE_RE.sub("", text)
+
+
+def field_items(value, plain=True):
+    """Infobox value -> entity titles. Lists come as <br>, commas, {{ubl}}, {{plainlist}}, {{hlist}}, bullet
+    lines, with refs/comments/nested templates: list templates are flattened, others dropped, wikilinks kept;
+    with plain=True an unlinked item of 1-4 plain words is kept too (many infobox symptoms are plain text)."""
+    code = mwp.parse(strip_noise(str(value)))
+    for _ in range(4):  # list templates may nest ({{plainlist| * {{nowrap|[[a]]}} }})
+        tpls = code.filter_templates(recursive=False)
+        if not tpls:
+            break
+        for t in tpls:
+            keep = tname(t) in LIST_TEMPLATES
+            code.replace(t, "\n".join(str(p.value) for p in t.params if not p.showkey) if keep else "")
+    links = []
+    for l in code.filter_wikilinks():  # recursive: links sit inside ''italics'' and other tags too
+        try:
+            code.replace(l, f"\ue000{len(links)}\ue001")  # private-use marks (mwparserfromhell drops \x00)
+            links.append(l)
+        except ValueError:  # nested in a link replaced already
+            pass
+    out = []
+    for part in re.split(r"<\s*br\s*/?\s*>|\n|[,;•·/()]| or | and |</?(?:small|li|ul|p|div|span)[^>]*>", str(code)):
+        idx = [int(i) for i in re.findall(r"\ue000(\d+)\ue001", part)]
+        if idx:  # "after [[childbirth]]" in "Inability to produce milk after [[childbirth]]" is no item
+            if len(re.sub(r"\ue000\d+\ue001", " ", mwp.parse(part).strip_code()).split()) <= 3:
+                out += [norm_title(links[i].title) for i in idx]
+        elif plain:
+            txt = re.sub(r"^.*:\s*", "", mwp.parse(part).strip_code().replace("'''", "").replace("''", "")).strip()
+            txt = re.sub(r"^(?:\*|#|:)+\s*|\.$", "", txt).strip()
+            w = txt.lower().split()
+            if re.fullmatch(r"[A-Za-z][A-Za-z'\- ]{2,40}", txt) and len(w) <= 4 and not set(w) & FUNCTION_WORDS \
+                    and not txt.isupper():  # BPH: an abbreviation of the item before
+                out.append(norm_title(txt))
+    return [t for t in dict.fromkeys(out) if is_entity(t)]
+
+
+def lead_class(lead):
+    """'X is a [[beta blocker]] used ...' -> 'Beta blocker': the first linked noun phrase after is/are a/an."""
+    for m in re.finditer(r"\b(?:is|are) (?:an?|the|one of the) ((?:[\w\-]+ ){0,3})\[\[([^\]|#]+)", lead):
+        if not set(m.group(1).lower().split()) & {"used", "to", "for", "that", "which", "with", "by", "in"}:
+            t = norm_title(m.group(2))
+            if is_entity(t) and t.lower() not in ("medication", "drug"):
+                return t
+    return None
+
+
+def parse_page(title, text, plain=True):
+    """Wikitext of one article -> {"type", "edges": [(head, rel, tail, field)], "slots": {title: slot type},
+    "links": set of linked titles, "aliases", "lead", "lead_links", "error"}. type None = not medical."""
+    title = norm_title(title)
+    r = {"type": None, "edges": [], "slots": {}, "links": set(), "aliases": [], "lead": "", "lead_links": [],
+         "error": None}
+    m = BOX_RE.search(text)
+    if not m:
+        r["pathogen"] = bool(TAXO_RE.search(text))
+        return r
+    code = mwp.parse(strip_noise(text))
+    box = next((t for t in code.filter_templates(recursive=False) if tname(t) in INFOBOX_TYPE), None)
+    if box is None:
+        line = text.count("\n", 0, m.start()) + 1
+        r["error"] = f"infobox never closes or is malformed ({m.group(0).strip()!r} at line {line})"
+        return r
+    ptype = r["type"] = INFOBOX_TYPE[tname(box)]
+
+    def add(tails, spec, field):
+        rel, slot, rev = (*spec, False)[:3]
+        r["links"].update(tails)
+        for t in tails:
+            if t and t != title:
+                r["edges"].append((t, rel, title, field) if rev else (title, rel, t, field))
+                r["slots"].setdefault(t, slot)
+    fields = {str(p.name).strip().lower(): p.value for p in box.params}
+    for name, spec in FIELDS.get(ptype, {}).items():
+        if name.lower() in fields:
+            add(field_items(fields[name.lower()], plain), spec, f"infobox:{name}")
+    for name in ("synonym", "synonyms", "other_names", "tradename"):
+        if name in fields:
+            r["aliases"] += [a for a in (s.strip(" '") for s in re.split(r"[,;]|<br\s*/?>", fields[name].strip_code()))
+                             if 2 < len(a) < 60 and a.lower() not in ("others", "none")]
+    code.remove(box)
+    sections = code.get_sections(include_lead=True, flat=True)
+    stack = []  # (level, spec) of the enclosing headings: a subsection inherits its parent's relation
+    for i, sec in enumerate(sections):
+        heads = sec.filter_headings(recursive=False)
+        links = [norm_title(l.title) for l in sec.filter_wikilinks()]
+        links = [t for t in dict.fromkeys(links) if is_entity(t)]
+        r["links"].update(links)
+        if i == 0 and not (heads and sec.startswith(str(heads[0]))):  # the lead
+            r["lead"], r["lead_links"] = sec.strip_code().strip(), links
+            if ptype == "drug" and not any(e[1] == "drug_class" for e in r["edges"]) and (c := lead_class(str(sec))):
+                add([c], ("drug_class", "drug_class"), "lead")
+            continue
+        h = heads[0]
+        name = h.title.strip_code().strip()
+        while stack and stack[-1][0] >= h.level:
+            stack.pop()
+        spec = next((s[1:] for s in SECTIONS.get(ptype, []) if re.search(s[0], name.lower())), None)
+        spec = spec or (stack[-1][1] if stack and not NEUTRAL.search(name) else None)
+        stack.append((h.level, spec))
+        if spec:  # a tail the infobox already relates otherwise keeps the infobox relation (more specific)
+            boxed = {}
+            for _, rel, t, f in r["edges"]:
+                if f.startswith("infobox:"):
+                    boxed.setdefault(t, set()).add(rel)
+            add([t for t in links if spec[0] in boxed.get(t, {spec[0]})], spec, f"section:{name}")
+    return r
+
+
+class KG:
+    """Accumulates pages, redirects and edges; finish() links, types and dedupes; write() saves atomically."""
+
+    def __init__(self, out, plain=True, llm=None):
+        self.out, self.plain, self.llm, self.llm_buf = out, plain, llm, []
+        os.makedirs(out, exist_ok=True)
+        self.pages = {}       # title -> {"type", "revid", "length"} for medical pages
+        self.hint = {}        # title -> pathogen, from taxoboxes of non-medical pages
+        self.slots = {}       # title -> Counter of slot types it was linked from
+        self.redirects = {}   # redirect title -> target title
+        self.aliases = {}     # title -> synonyms from its infobox
+        self.edges = {}       # (head, rel, tail) -> [source, count]
+        self.inl = Counter()  # title -> number of medical pages linking to it
+        self.stats = Counter()
+        self.nonmed = array("q")  # 8-byte hashes of pages read and found non-medical: compact at dump scale
+        self.rejects = open(os.path.join(out, "rejects.jsonl"), "w")
+
+    def reject(self, page, reason):
+        self.stats["pages_rejected"] += 1
+        self.rejects.write(json.dumps({"page": page, "reason": reason}) + "\n")
+
+    def add_redirect(self, src, dst):
+        src, dst = norm_title(src), norm_title(dst)
+        if src and dst and src != dst:
+            self.redirects[src] = dst
+            self.stats["redirects"] += 1
+
+    def add_page(self, title, revid, text):
+        """Parse one article and record it; returns parse_page's dict (the crawler follows its edges)."""
+        self.stats["pages_read"] += 1
+        try:
+            r = parse_page(title, text or "", self.plain)
+        except Exception as e:  # one bad page must never lose the graph
+            r = {"type": None, "error": f"parser failed: {type(e).__name__}: {e}"}
+        title = norm_title(title)
+        if r["error"]:
+            self.reject(title, r["error"])
+            return r
+        if r["type"] is None:
+            if r.get("pathogen"):
+                self.hint[title] = "pathogen"
+            self.nonmed.append(thash(title))
+            dab = re.search(r"\{\{\s*(disambig|dab\b|hndis|set index)", text or "", re.I)
+            self.reject(title, "disambiguation page" if dab else "non-medical: no medical infobox")
+            return r
+        self.stats["pages_medical"] += 1
+        self.pages[title] = {"type": r["type"], "revid": revid, "length": len(text)}
+        if r["aliases"]:
+            self.aliases[title] = r["aliases"]
+        self.inl.update(r["links"])
+        for t, s in r["slots"].items():
+            self.slots.setdefault(t, Counter())[s] += 1
+        for h, rel, t, field in r["edges"]:
+            self.add_edge(h, rel, t, {"page": title, "revid": revid, "field": field})
+        if self.llm and r["lead_links"]:  # leads go to the LLM in batches (throughput, not one call a page)
+            self.llm_buf.append((title, revid, r["lead"], r["lead_links"]))
+            if len(self.llm_buf) >= 32:
+                self.flush_llm()
+        return r
+
+    def flush_llm(self):
+        for h, rel, t, src in llm_edges(self.llm, self.llm_buf) if self.llm_buf else []:
+            self.slots.setdefault(t, Counter())["other"] += 1
+            self.add_edge(h, rel, t, src)
+        self.stats["llm_pages"] += len(self.llm_buf)
+        self.llm_buf = []
+
+    def add_edge(self, h, rel, t, src, n=1):  # dedupe: the first provenance is kept, plus a count
+        self.edges.setdefault((h, rel, t), [src, 0])[1] += n
+
+    def canon(self, t):
+        for _ in range(5):  # double redirects exist; cycles end here
+            if t not in self.redirects or t in self.pages:
+                break
+            t = self.redirects[t]
+        return t
+
+    def type_of(self, t):
+        v = self.slots.get(t, Counter())
+        own = self.pages.get(t, {}).get("type") or self.hint.get(t)
+        if own == "disease" and v["symptom"] > v["disease"]:  # symptom pages (Fever) use the condition infobox
+            return "symptom"
+        if own:
+            return own
+        spec = [(n, s) for s, n in v.items() if s != "other"]
+        return max(spec)[1] if spec else "other"
+
+    def finish(self):
+        """Resolve redirects, merge duplicates, type entities, count inlinks. -> (entities, edges, stats)."""
+        slots = {}
+        for t, c in self.slots.items():  # merge slot votes of redirect titles into their targets
+            slots.setdefault(self.canon(t), Counter()).update(c)
+        self.slots = slots
+        self.flush_llm()
+        edges, nonmed = {}, np.sort(np.frombuffer(self.nonmed, dtype=np.int64))
+        isnon = lambda t: (i := np.searchsorted(nonmed, thash(t))) < len(nonmed) and nonmed[i] == thash(t)
+        for (h, rel, t), (src, n) in self.edges.items():
+            h, t = self.canon(h), self.canon(t)
+            if h == t:
+                continue
+            if src["field"].startswith("section:") and (isnon(h) or isnon(t)):  # a link in prose to a page
+                self.stats["edges_dropped_nonmedical"] += 1                      # we read: not an entity
+                continue
+            if rel == "treated_by" and self.type_of(t) == "drug":
+                rel = "treated_with"  # a drug linked from a "Treatment" field/section
+            edges.setdefault((h, rel, t), [src, 0])[1] += n
+        names = set(self.pages) | {x for h, _, t in edges for x in (h, t)}
+        inl = Counter()
+        for t, n in self.inl.items():
+            inl[self.canon(t)] += n
+        aliases = {}
+        for a, t in self.redirects.items():
+            aliases.setdefault(self.canon(t), []).append(a)
+        ents = []
+        for t in sorted(names):
+            p = self.pages.get(t, {})
+            al = {}
+            for a in aliases.get(t, []) + self.aliases.get(t, []):  # first spelling wins, case-insensitively
+                al.setdefault(a.lower(), a)
+            al.pop(t.lower(), None)
+            ents.append({"id": eid(t), "name": t, "type": self.type_of(t), "aliases": list(al.values()), "inlinks": inl[t],
+                         "length": p.get("length", 0),
+                         "source": {"page": t, "revid": p["revid"]} if p else None})
+        out_edges = [{"head": eid(h), "relation": rel, "tail": eid(t), "source": src, "count": n}
+                     for (h, rel, t), (src, n) in edges.items()]
+        st = dict(self.stats, entities=len(ents), edges=len(out_edges),
+                  by_type=dict(Counter(e["type"] for e in ents)),
+                  by_relation=dict(Counter(e["relation"] for e in out_edges)))
+        for k in ("pages_read", "pages_medical", "pages_rejected", "redirects"):
+            st.setdefault(k, 0)
+        return ents, out_edges, st
+
+    def write(self, extra=None):
+        ents, edges, st = self.finish()
+        st.update(extra or {})
+        self.rejects.flush()
+        for name, rows in (("entities.jsonl", ents), ("edges.jsonl", edges)):
+            atomic_write(os.path.join(self.out, name), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write(os.path.join(self.out, "stats.json"), json.dumps(st, indent=1) + "\n")
+        return st
+
+
+def thash(title):
+    return int.from_bytes(hashlib.blake2b(title.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+def eid(title):
+    return title.replace(" ", "_")
+
+
+def atomic_write(path, s):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(s)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- LLM relations from the lead
+LLM_PROMPT = ("Read the opening of the Wikipedia article on {title} and list relations it states between "
+              "{title} (the head) and one of these linked pages (the tail): {links}.\nRelations: {rels}.\n"
+              "Answer with one JSON object per line, {{\"relation\": ..., \"tail\": ...}}, nothing else.\n\n{lead}")
+
+
+def llm_edges(llm, batch):
+    """batch: [(title, revid, lead, lead_links)] -> edges [(head, rel, tail, source)], grounded tails only."""
+    convs = [[{"role": "user", "content": LLM_PROMPT.format(title=t, links="; ".join(ls[:60]),
+                                                            rels=", ".join(RELATIONS), lead=lead[:3000])}]
+             for t, _, lead, ls in batch]
+    out = []
+    for (title, revid, _, links), texts in zip(batch, llm(convs, n=1, temperature=0.0, max_tokens=512)):
+        for m in re.finditer(r"\{[^{}]*\}", texts[0] if texts else ""):
+            try:
+                d = json.loads(m.group(0))
+                rel, tail = d.get("relation"), norm_title(d.get("tail", ""))
+            except (ValueError, AttributeError):
+                continue
+            if rel in RELATIONS and tail in links and tail != title:  # grounded: the tail is linked in the lead
+                out.append((title, rel, tail, {"page": title, "revid": revid, "field": "llm:lead"}))
+    return out
+
+
+# ----------------------------------------------------------------------------- dump path
+def iter_dump(path):
+    """Stream (title, ns, revid, redirect_target|None, text) from a MediaWiki XML export (.xml or .xml.bz2).
+    Elements are cleared as we go, so memory does not grow with the dump. Raises DumpError naming the position."""
+    opener = bz2.open if path.endswith(".bz2") else open
+    last, n = None, 0
+    try:
+        with opener(path, "rb") as f:
+            ctx = ET.iterparse(f, events=("start", "end"))
+            _, root = next(ctx)
+            for ev, el in ctx:
+                if ev != "end" or not el.tag.endswith("page"):
+                    continue
+                kids = {c.tag.rsplit("}", 1)[-1]: c for c in el}
+                rev = {c.tag.rsplit("}", 1)[-1]: c for c in kids.get("revision", [])}
+                red = kids.get("redirect")
+                last, n = kids["title"].text if "title" in kids else None, n + 1
+                yield (last, int(kids["ns"].text or 0) if "ns" in kids else 0,
+                       int(rev["id"].text) if "id" in rev else None,
+                       red.get("title") if red is not None else None,
+                       rev["text"].text or "" if "text" in rev else "")
+                root.clear()  # drop finished pages from the tree
+    except ET.ParseError as e:
+        line, col = e.position
+        raise DumpError(f"{path}: line {line}, column {col}: truncated or malformed XML after page {n} "
+                        f"({last!r}): {e}") from None
+    except (OSError, EOFError, StopIteration) as e:
+        raise DumpError(f"{path}: corrupt or truncated file after page {n} ({last!r}): {e}") from None
+
+
+def build_from_dump(path, out, llm=None, limit=None, plain=True):
+    """Dump -> OUT files. On a broken dump, writes the graph built so far, then raises DumpError."""
+    kg, t0, err = KG(out, plain, llm), time.time(), None
+    tp = t0
+    try:
+        for title, ns, revid, red, text in iter_dump(path):
+            if limit and kg.stats["pages_read"] >= limit:
+                break
+            if red:
+                kg.add_redirect(title, red)
+            elif ns == 0:
+                kg.add_page(title, revid, text)
+            if time.time() - tp > 2:
+                tp, n = time.time(), kg.stats["pages_read"]
+                print(f"kg {n} pages {n / (tp - t0):.0f} pages/s medical {kg.stats['pages_medical']} "
+                      f"edges {len(kg.edges)}", file=sys.stderr, flush=True)
+    except DumpError as e:
+        err = e
+    st = kg.write({"source": path, "seconds": round(time.time() - t0, 2), "error": str(err) if err else None})
+    if err:
+        raise err
+    return st
+
+
+# ----------------------------------------------------------------------------- live API path
+def api_get(url, params, cache_dir, user_agent, session=None, backoff=5.0, max_tries=8):
+    """One Action API GET with format=json&formatversion=2&maxlag=5. The raw response is cached at
+    cache_dir/<sha256 of params>.json (atomic), so a re-run after a kill never refetches it. Backs off on
+    429 / 5xx / maxlag (Retry-After honoured, at least `backoff` seconds)."""
+    import requests
+    params = {**params, "format": "json", "formatversion": "2", "maxlag": "5"}
+    key = hashlib.sha256(json.dumps([url, sorted(params.items())]).encode()).hexdigest()
+    path = os.path.join(cache_dir, key[:2], key + ".json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    sess = session or requests
+    for attempt in range(max_tries):
+        try:
+            r = sess.get(url, params=params, headers={"User-Agent": user_agent}, timeout=60)
+        except (requests.ConnectionError, requests.Timeout) as e:
+            r, why = None, str(e)
+        if r is not None:
+            retry = r.headers.get("Retry-After")
+            if r.status_code == 429 or r.status_code >= 500:
+                why = f"HTTP {r.status_code}"
+            else:
+                r.raise_for_status()
+                d = r.json()
+                err = d.get("error")
+                if not err:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    atomic_write(path, json.dumps(d))
+                    return d
+                if err.get("code") != "maxlag":
+                    raise RuntimeError(f"API error {err.get('code')}: {err.get('info')} (params {params})")
+                why = f"maxlag: {err.get('info')}"
+        wait = max(backoff, float(retry) if r is not None and retry and retry.isdigit() else 0) * 2 ** min(attempt, 5)
+        print(f"kg api: {why}; retry in {wait:.1f}s", file=sys.stderr, flush=True)
+        time.sleep(wait)
+    raise RuntimeError(f"API {url}: gave up after {max_tries} tries ({why})")
+
+
+def list_members(get, kind, title, limit, ns="0"):
+    """list=embeddedin|categorymembers with `continue` -> [{"title", "ns"}], at most `limit`."""
+    p = {"embeddedin": "ei", "categorymembers": "cm"}[kind]
+    params, cont, out = {"action": "query", "list": kind, p + "title": title, p + "limit": "500",
+                         p + "namespace": ns}, {}, []
+    while len(out) < limit:
+        d = get({**params, **cont})
+        out += d.get("query", {}).get(kind, [])
+        if "continue" not in d:
+            break
+        cont = d["continue"]  # copy every key, as the API asks
+    return out[:limit]
+
+
+def crawl(api, seeds, out, user_agent, max_pages=1000, cat_depth=1, cache_dir=None, backoff=5.0, llm=None,
+          plain=True):
+    """Seeds (Template:… -> pages embedding it, Category:… -> members to cat_depth, else a title) -> fetch
+    50 titles a request -> parse; medical pages enqueue the pages their edges link to, unseen ones get fetched
+    and judged medical or rejected from their own text, up to max_pages fetched pages."""
+    import requests
+    cache_dir = cache_dir or os.path.join(out, "api_cache")
+    sess, kg, t0 = requests.Session(), KG(out, plain, llm), time.time()
+    get = lambda p: api_get(api, p, cache_dir, user_agent, sess, backoff)
+    queue, seen, done = [], set(), set()
+
+    def push(t):
+        t = norm_title(t)
+        if is_entity(t) and t not in seen:
+            seen.add(t)
+            queue.append(t)
+    for s in seeds:
+        if s.lower().startswith("template:"):
+            for m in list_members(get, "embeddedin", s, max_pages):
+                push(m["title"])
+        elif s.lower().startswith("category:"):
+            level, cats = 0, [s]
+            while cats and level <= cat_depth:
+                sub = []
+                for c in cats:
+                    for m in list_members(get, "categorymembers", c, max_pages, "0|14"):
+                        sub.append(m["title"]) if m.get("ns") == 14 else push(m["title"])
+                cats, level = sub, level + 1
+        else:
+            push(s)
+    i, fetched, err = 0, 0, None
+    try:
+        while i < len(queue) and fetched < max_pages:
+            batch = []
+            while i < len(queue) and len(batch) < min(50, max_pages - fetched):
+                batch += [queue[i]] if queue[i] not in done else []
+                i += 1
+            q = get({"action": "query", "prop": "revisions", "rvprop": "content|ids", "rvslots": "main",
+                     "redirects": "1", "titles": "|".join(batch)}).get("query", {}) if batch else {}
+            for rd in q.get("redirects", []):
+                kg.add_redirect(rd["from"], rd["to"])
+                seen.add(norm_title(rd["to"]))  # the target comes in this same response
+            for p in q.get("pages", []):
+                title = norm_title(p.get("title", ""))
+                if not p.get("revisions") or title in done:
+                    kg.stats["pages_missing"] += not p.get("revisions")
+                    continue
+                done.add(title)
+                fetched += 1
+                rev = p["revisions"][0]
+                r = kg.add_page(title, rev.get("revid"), rev.get("slots", {}).get("main", {}).get("content", ""))
+                for h, _, t, _ in r.get("edges", []):
+                    push(t if h == title else h)
+            print(f"kg crawl {fetched}/{max_pages} pages, queue {len(queue) - i}, medical "
+                  f"{kg.stats['pages_medical']}, {fetched / (time.time() - t0):.1f} pages/s", file=sys.stderr, flush=True)
+    except (RuntimeError, OSError) as e:  # keep what was built; the cache lets a re-run resume
+        err = e
+    st = kg.write({"source": api, "seconds": round(time.time() - t0, 2), "pages_fetched": fetched,
+                   "error": str(err) if err else None})
+    if err:
+        raise RuntimeError(str(err))
+    return st
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--dump", help="pages-articles .xml or .xml.bz2")
+    ap.add_argument("--api", help="Action API endpoint, e.g. https://en.wikipedia.org/w/api.php")
+    ap.add_argument("--seed", action="append", default=[], help="Template:…, Category:… or a title (repeatable)")
+    ap.add_argument("--out", help="output directory")
+    ap.add_argument("--user-agent", default=os.environ.get("KG_USER_AGENT"),
+                    help="descriptive UA with contact (required for --api; or env KG_USER_AGENT)")
+    ap.add_argument("--max-pages", type=int, default=200000, help="pages to fetch (--api)")
+    ap.add_argument("--limit", type=int, default=0, help="pages to read from --dump (0 = all)")
+    ap.add_argument("--cat-depth", type=int, default=1, help="subcategory depth for Category: seeds")
+    ap.add_argument("--cache", help="API response cache dir (default OUT/api_cache)")
+    ap.add_argument("--backoff", type=float, default=5.0, help="minimum wait (s) on 429/5xx/maxlag")
+    ap.add_argument("--links-only", action="store_true", help="drop unlinked plain-text infobox items")
+    ap.add_argument("--llm", help="OpenAI-compatible base URL or local model dir: relations from the lead")
+    ap.add_argument("--llm-model", help="model name for --llm")
+    ap.add_argument("--tiny", action="store_true", help="data/sample_wiki.xml -> out/kg_tiny")
+    a = ap.parse_args(argv)
+    if a.tiny:
+        a.dump = a.dump or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sample_wiki.xml")
+        a.out = a.out or "out/kg_tiny"
+    if not a.out or bool(a.dump) == bool(a.api):
+        ap.error("give --out and exactly one of --dump / --api (or --tiny)")
+    llm = None
+    if a.llm:
+        from common import make_llm  # only needed for --llm
+        llm = make_llm(a.llm, model_name=a.llm_model, cache_dir=os.path.join(a.out, "llm_cache"))
+    try:
+        if a.dump:
+            st = build_from_dump(a.dump, a.out, llm, a.limit or None, not a.links_only)
+        else:
+            if not a.user_agent:
+                ap.error("--api needs --user-agent (or env KG_USER_AGENT): Wikimedia requires a descriptive one")
+            st = crawl(a.api, a.seed or ["Template:Infobox medical condition", "Template:Infobox drug"], a.out,
+                       a.user_agent, a.max_pages, a.cat_depth, a.cache, a.backoff, llm, not a.links_only)
+    except (DumpError, RuntimeError) as e:
+        sys.exit(f"kg: error: {e} (graph built so far written to {a.out})")
+    print(json.dumps({k: st[k] for k in ("pages_read", "pages_medical", "pages_rejected", "entities", "edges")}))
+
+
+if __name__ == "__main__":
+    main()

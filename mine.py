@@ -1,0 +1,159 @@
+"""Adaptive hard-sample mining for RL stage 2 (Fleming-R1, arXiv 2509.15279, sec. 3.3, stage 2).
+
+Reads  --model CKPT (HF folder + tokenizer), --data pool.jsonl (filter.py's pool), optionally --review
+       review.jsonl (filter.py: items a reviewer flagged; never mined).
+Writes OUT/pass_rates.jsonl ({"id", "difficulty", "passes", "n", "pass_rate"} per item, in --data order),
+       OUT/hard_pool.jsonl (the selected records, highest priority first), and prints the pool's composition.
+
+The paper evaluates the current model over the dataset and takes its repeated failures, especially Difficult
+multi-step items, as high-priority samples for stage 2, re-mining as training goes on (grpo.py calls mine() and
+select_pool() every --remine-every steps). A pass is a sample with reward 1.0 (well-formed and correct).
+Selection rules (select_pool):
+  1. items flagged in the review file are excluded;
+  2. repeated failures: pass rate <= --threshold;
+  3. all-fail items (0 passes) give a GRPO group with no gradient (every reward equal), so they may make up at
+     most --max-zero-share of the pool; the learnable band (some but not all samples right) is always kept;
+  4. --moderate-share of the pool is Moderate items from the learnable band *above* the threshold (lowest
+     pass rate first), so groups are rarely all-zero and stage-1 skills keep being exercised;
+  5. order: difficult, then moderate, then easy; within a tier, partial failures before all-fail items;
+     --pool-size (if set) keeps the first N.
+    python mine.py --model runs/stage1/final --data pool.jsonl --out runs/mine    # torchrun for several ranks
+"""
+import argparse
+import math
+import os
+
+import torch
+import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import record
+
+import common
+import model as M
+import sampler
+
+TIER = {"difficult": 0, "moderate": 1, "easy": 2}
+
+
+def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temperature=1.0, seed=0):
+    """Pass rates of `model` on `records`, n samples each -> [{"id", "difficulty", "passes", "n", "pass_rate"}]
+    in `records` order, on every rank. Data-parallel: rank r takes records r, r+world, ...; every rank makes the
+    same number of generate calls (a rank out of items repeats its first prompt and discards the result) since
+    an FSDP model gathers its weights collectively in each call."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    stops = common.eos_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    idx = list(range(rank, len(records), world))
+    calls = math.ceil(math.ceil(len(records) / world) / batch_size)
+    prog = common.Progress(calls, "mine") if rank == 0 else None
+    out = []
+    for c in range(calls):
+        part = idx[c * batch_size:(c + 1) * batch_size]
+        prompts = [common.prompt_ids(tokenizer, records[i]) for i in (part or [0])]
+        comps = sampler.generate(model, prompts, max_new_tokens, temperature=temperature, top_p=1.0,
+                                 eos_ids=stops, seed=seed * 1_000_003 + c * world + rank, pad_id=pad, k=n)
+        for j, i in enumerate(part):
+            rec = records[i]
+            passes = sum(common.reward(tokenizer.decode(y, skip_special_tokens=False), rec) == 1.0
+                         for y in comps[j * n:(j + 1) * n])
+            out.append((i, dict(id=rec["id"], difficulty=rec.get("difficulty"), passes=passes, n=n,
+                                pass_rate=passes / n)))
+        if prog:
+            prog.update(1)
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, out)
+        out = [x for p in parts for x in p]
+    return [row for _, row in sorted(out, key=lambda x: x[0])]
+
+
+def select_pool(records, rates, threshold=0.5, moderate_share=0.25, max_zero_share=0.25, pool_size=0,
+                review=()):
+    """The hard pool (rules 1-5 in the module docstring). records and rates are aligned lists."""
+    review = set(review)
+    rows = [(r, x) for r, x in zip(records, rates) if r["id"] not in review]
+    fails = [(r, x) for r, x in rows if x["pass_rate"] <= threshold]
+    partial = [(r, x) for r, x in fails if x["passes"] > 0]
+    zero = sorted([(r, x) for r, x in fails if x["passes"] == 0], key=lambda rx: TIER.get(rx[0]["difficulty"], 3))
+    # zeros may be at most max_zero_share of (partial + zeros): z <= share / (1 - share) * partial
+    z_cap = len(zero) if max_zero_share >= 1 else int(max_zero_share / (1 - max_zero_share) * len(partial))
+    hard = partial + zero[:z_cap]
+    extra = sorted([(r, x) for r, x in rows if r.get("difficulty") == "moderate" and threshold < x["pass_rate"] < 1],
+                   key=lambda rx: rx[1]["pass_rate"])
+    m_cap = len(extra) if moderate_share >= 1 else math.ceil(moderate_share / (1 - moderate_share) * len(hard))
+    pool = hard + extra[:m_cap]
+    pool.sort(key=lambda rx: (TIER.get(rx[0]["difficulty"], 3), rx[1]["passes"] == 0, rx[1]["pass_rate"]))
+    return [r for r, _ in pool[:pool_size or None]]
+
+
+def composition(pool, rates):
+    """One line per difficulty tier: items, of which all-fail, mean pass rate."""
+    by_id = {x["id"]: x for x in rates}
+    lines = [f"hard pool: {len(pool)} items of {len(rates)} evaluated"]
+    for d in ("difficult", "moderate", "easy", None):
+        xs = [by_id[r["id"]] for r in pool if r.get("difficulty") == d]
+        if xs:
+            lines.append(f"  {d}: {len(xs)} ({sum(x['passes'] == 0 for x in xs)} all-fail), "
+                         f"mean pass rate {sum(x['pass_rate'] for x in xs) / len(xs):.3f}")
+    return "\n".join(lines)
+
+
+def write_outputs(out, rates, pool):
+    os.makedirs(out, exist_ok=True)
+    common.write_jsonl(os.path.join(out, "pass_rates.jsonl"), rates)
+    common.write_jsonl(os.path.join(out, "hard_pool.jsonl"), pool)
+    print(composition(pool, rates), flush=True)
+
+
+def review_ids(path):
+    """Ids of the items flagged in filter.py's review file (empty set without a file)."""
+    return {r["id"] for r in common.read_jsonl(path)} if path else set()
+
+
+def add_pool_args(p, prefix=""):
+    """The selection flags, shared with grpo.py (which prefixes them with "mine-")."""
+    p.add_argument(f"--{prefix}threshold", type=float, default=0.5, help="max pass rate of a repeated failure")
+    p.add_argument(f"--{prefix}moderate-share", type=float, default=0.25, help="share of learnable Moderate items")
+    p.add_argument(f"--{prefix}max-zero-share", type=float, default=0.25, help="max share of all-fail items")
+    p.add_argument(f"--{prefix}pool-size", type=int, default=0, help="keep the first N (0: all)")
+
+
+def pool_kwargs(args, prefix=""):
+    return {k: getattr(args, prefix + k) for k in ("threshold", "moderate_share", "max_zero_share", "pool_size")}
+
+
+@record
+def main(argv=None):
+    p = argparse.ArgumentParser(description="mine the stage-2 hard pool (Fleming-R1 sec. 3.3)")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--review")
+    p.add_argument("--n", type=int, default=8, help="samples per item")
+    p.add_argument("--batch-size", type=int, default=64, help="items per generate call (per rank)")
+    p.add_argument("--max-new-tokens", type=int, help="default 1024 (48 with --tiny)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="CPU preset")
+    add_pool_args(p)
+    args = p.parse_args(argv)
+    args.max_new_tokens = args.max_new_tokens or (48 if args.tiny else 1024)
+    rank, world, device = M.setup_dist()
+    try:
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(args.model)
+        records = common.read_records(args.data)
+        model = M.load_model(args.model, device)
+        M.shard_model(model)
+        with torch.no_grad():
+            rates = mine(model, tok, records, args.n, args.batch_size, args.max_new_tokens, args.temperature,
+                         args.seed)
+        pool = select_pool(records, rates, review=review_ids(args.review), **pool_kwargs(args))
+        if rank == 0:
+            write_outputs(args.out, rates, pool)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The whole Fleming-R1 recipe at toy scale on a CPU, every stage through the real scripts and their --tiny presets:
+#   kg.py -> synth.py -> filter.py -> distill.py (KG-path teacher) -> tiny.py base (tokenizer, model, pretraining
+#   corpus) -> sft.py (pretrain Base) -> per seed: sft.py (CoT cold start) -> grpo.py --stage 1 -> mine.py ->
+#   grpo.py --stage 2 -> eval.py on the held-out test set -> tiny.py report (the ablation table).
+# Usage: bash run_tiny.sh            (RUN=runs/tiny SEEDS="0 1 2" by default; SMOKE=1 for the CI-sized run)
+# Re-running skips every stage whose output exists; the training stages resume from their last checkpoint.
+set -euo pipefail
+cd "$(dirname "$0")"
+export TRITON_INTERPRET=1 OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
+if [ -z "${NO_INSTALL:-}" ]; then
+  python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
+  pip install -q -r requirements.txt matplotlib
+fi
+RUN=${RUN:-runs/tiny}
+SEEDS=${SEEDS:-"0 1 2"}
+TORCHRUN="torchrun --standalone --nproc_per_node 2"
+if [ -n "${SMOKE:-}" ]; then  # a few steps per stage: checks the plumbing and every artifact, not the numbers
+  N_TRAIN=600; N_TEST=100; N_VAL=40; SFT="--steps 4"; PRE="--steps 4"; RL1="--max-steps 2"; RL2="--max-steps 2"
+  MINE="--n 2"; SEEDS=${SEEDS_SMOKE:-"0"}
+else
+  N_TRAIN=6000; N_TEST=1200; N_VAL=300; SFT=""; PRE=""; RL1=""; RL2=""; MINE=""
+fi
+mkdir -p "$RUN"
+t0=$(date +%s)
+stage() { echo; echo "=== [$(( $(date +%s) - t0 ))s] $*"; }
+
+stage "kg.py: sample dump -> knowledge graph"
+[ -f "$RUN/kg/stats.json" ] || python kg.py --dump data/sample_wiki.xml --out "$RUN/kg"
+
+stage "synth.py: KG -> multiple-choice questions (train, held-out val + test)"
+if [ ! -f "$RUN/synth/test.jsonl" ]; then
+  python synth.py --kg "$RUN/kg" --out "$RUN/synth" --n "$N_TRAIN" --test-n $((N_TEST + N_VAL)) --seed 0
+  head -n "$N_VAL" "$RUN/synth/test.jsonl" > "$RUN/synth/val_items.jsonl"    # checkpoint selection only
+  tail -n +$((N_VAL + 1)) "$RUN/synth/test.jsonl" > "$RUN/synth/test_items.jsonl"  # reported, never selected on
+fi
+
+stage "filter.py: format filter, dedup, difficulty (heuristic: hops + rarity), mixing"
+for split in train val test; do
+  src="$RUN/synth/${split}.jsonl"; [ "$split" = train ] || src="$RUN/synth/${split}_items.jsonl"
+  [ -f "$RUN/pool_$split/train.jsonl" ] || python filter.py --synthetic "$src" --out "$RUN/pool_$split" --tiny
+done
+POOL="$RUN/pool_train/train.jsonl"; VAL="$RUN/pool_val/train.jsonl"; TEST="$RUN/pool_test/train.jsonl"
+
+stage "distill.py: CoT cold-start data from the KG-path teacher"
+python distill.py --data "$POOL" --teacher kg --out "$RUN/sft.jsonl" --tiny
+
+stage "tiny.py base + sft.py: tokenizer, random Qwen2-shaped model, pretraining = the Base model"
+[ -f "$RUN/base_init/pretrain.jsonl" ] || python tiny.py base --kg "$RUN/kg" --pool "$POOL" --out "$RUN/base_init"
+[ -f "$RUN/base/final/config.json" ] || $TORCHRUN sft.py --tiny --data "$RUN/base_init/pretrain.jsonl" \
+  --init "$RUN/base_init/init" --out "$RUN/base" --epochs 1 $PRE
+
+stage "eval.py: Base on the held-out test set (one Base for all seeds: it precedes the recipe)"
+[ -f "$RUN/eval_base/results.json" ] || python eval.py --model "$RUN/base/final" --bench "jsonl=$TEST" \
+  --out "$RUN/eval_base" --max-new-tokens 160 --batch-size 256
+
+for s in $SEEDS; do
+  S="$RUN/seed$s"
+  stage "seed $s: sft.py cold start"
+  [ -f "$S/sft/final/config.json" ] || $TORCHRUN sft.py --tiny --data "$RUN/sft.jsonl" --init "$RUN/base/final" \
+    --out "$S/sft" --seed "$s" $SFT
+  stage "seed $s: grpo.py --stage 1 (Easy + Moderate)"
+  [ -f "$S/rl1/final/config.json" ] || $TORCHRUN grpo.py --tiny --stage 1 --data "$POOL" --val "$VAL" \
+    --init "$S/sft/final" --out "$S/rl1" --seed "$s" $RL1
+  stage "seed $s: mine.py hard pool with the stage-1 model"
+  [ -f "$S/mine/hard_pool.jsonl" ] || $TORCHRUN mine.py --tiny --model "$S/rl1/best" --data "$POOL" \
+    --out "$S/mine" --seed "$s" $MINE
+  stage "seed $s: grpo.py --stage 2 (hard pool, larger k, re-mining)"
+  [ -f "$S/rl2/final/config.json" ] || $TORCHRUN grpo.py --tiny --stage 2 --data "$POOL" --pool "$S/mine/hard_pool.jsonl" \
+    --val "$VAL" --init "$S/rl1/best" --out "$S/rl2" --seed "$s" $RL2
+  for st in sft rl1 rl2; do
+    m="$S/$st/final"; [ "$st" = sft ] || m="$S/$st/best"  # RL: the checkpoint selected on the validation split
+    [ -f "$S/eval/$st/results.json" ] || python eval.py --model "$m" --bench "jsonl=$TEST" --out "$S/eval/$st" \
+      --max-new-tokens 160 --batch-size 256
+  done
+done
+
+stage "eval.py plumbing on a few real-format records (shipped sample files)"
+[ -f "$RUN/eval_formats/results.json" ] || python eval.py --model "$RUN/seed${SEEDS%% *}/rl2/best" \
+  --bench medqa=data/sample_medqa.jsonl pubmedqa=data/sample_pubmedqa.json --out "$RUN/eval_formats" \
+  --max-new-tokens 160
+
+stage "tiny.py report: the ablation table"
+python tiny.py report --run "$RUN" --seeds $SEEDS
+echo "total $(( $(date +%s) - t0 ))s; every artifact is in $RUN"

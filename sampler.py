@@ -1,0 +1,101 @@
+"""Batched KV-cache sampler for model.Transformer: rollouts (GRPO groups), teacher/verifier calls, evaluation.
+
+gpt-fast style: a static preallocated KV cache, prompts left-padded with per-row positions, one batched prefill,
+then one token per step for every row. Group mode (k samples per prompt, GRPO, Fleming-R1 sec. 3.3) prefills
+each prompt once and replicates its cache k times. Under FSDP2 the weights are all-gathered once per call,
+not once per decode step.
+
+    >>> generate(model, [[5, 6, 7], [8]], max_new_tokens=4, eos_ids=[2])
+    [[11, 12, 2], [9, 9, 9, 9]]   # row 0 stopped at its EOS (kept), row 1 hit max_new_tokens
+"""
+from contextlib import contextmanager
+
+import torch
+
+
+@contextmanager
+def unsharded(model):
+    """FSDP2: gather every unit's full weights once and keep them until the rollout ends (no per-step
+    all-gather, and ranks may take different numbers of decode steps). No-op for a plain model."""
+    from torch.distributed.fsdp import FSDPModule
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+            m.set_reshard_after_forward(m is not model, recurse=False)  # FSDP's defaults: root keeps its weights
+
+
+def sample(logits, temperature, top_p, gen):
+    """logits (N, V) fp32 -> token (N,), log-prob (N,) of that token under softmax(logits / temperature)
+    (the full distribution the training forward sees; at temperature 0, under softmax(logits))."""
+    if temperature == 0:
+        tok = logits.argmax(-1)
+        return tok, logits.log_softmax(-1).gather(1, tok[:, None])[:, 0]
+    logp = (logits / temperature).log_softmax(-1)  # (N, V)
+    probs = logp.exp()
+    if top_p < 1.0:  # nucleus: keep the smallest prefix of the sorted distribution with mass >= top_p
+        sp, si = probs.sort(-1, descending=True)
+        drop = sp.cumsum(-1) - sp >= top_p  # mass strictly before this token already reaches top_p
+        probs = probs.scatter(1, si, sp.masked_fill(drop, 0.0))
+    tok = torch.multinomial(probs, 1, generator=gen)[:, 0]  # (N,)
+    return tok, logp.gather(1, tok[:, None])[:, 0]
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids=(), seed=None, pad_id=0,
+             k=1, return_logprobs=False):
+    """prompts: list of token-id lists -> len(prompts)*k completions (rows i*k .. i*k+k-1 belong to prompt i),
+    each ending at its first EOS (kept) or after max_new_tokens. With return_logprobs: (completions, logprobs)."""
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"generate: prompt {i} is empty (it needs at least one token, e.g. a BOS)")
+    if not prompts or max_new_tokens < 1:
+        return ([], []) if return_logprobs else []
+    c = model.config
+    dev = next(model.parameters()).device
+    B, N, P = len(prompts), len(prompts) * k, max(map(len, prompts))
+    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, P + max_new_tokens, dtype=torch.long)  # 1 = real token, over the whole cache
+    for i, p in enumerate(prompts):  # left padding: every row's last prompt token sits in slot P-1
+        ids[i, P - len(p):] = torch.tensor(p)
+        mask[i, P - len(p):] = 1
+    ids, mask = ids.to(dev), mask.to(dev)
+    lens = mask[:, :P].sum(1)  # (B,) next position of each row
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(seed) if seed is not None else gen.seed()
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=dev)
+    with unsharded(model):
+        dtype = model.lm_head.weight.dtype  # the compute dtype (bf16 under FSDP mixed precision)
+        shape = (c.num_hidden_layers, B, c.num_key_value_heads, P + max_new_tokens, c.head_dim)
+        cache = (torch.zeros(shape, dtype=dtype, device=dev), torch.zeros(shape, dtype=dtype, device=dev))
+        # ---- prefill: the whole left-padded batch at once; only the last position's logits are needed
+        h = model(ids, attention_mask=mask[:, :P], kv_cache=cache, cache_pos=0, return_hidden=True)  # (B, P, D)
+        logits = model.lm_head(h[:, -1]).float()  # (B, V)
+        if k > 1:  # group mode: replicate prompt state k times, rows of a group contiguous
+            cache = tuple(x.repeat_interleave(k, dim=1) for x in cache)  # (L, N, K, T_max, hd)
+            logits, mask, lens = (x.repeat_interleave(k, dim=0) for x in (logits, mask, lens))
+        out = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+        lps = torch.zeros(N, max_new_tokens, device=dev)
+        done = torch.zeros(N, dtype=torch.bool, device=dev)
+        # ---- decode: one token per row per step; finished rows keep stepping (their output is discarded)
+        # so the batch keeps its shape; rows never interact, so they cannot change anyone else's result
+        for t in range(max_new_tokens):
+            tok, lp = sample(logits, temperature, top_p, gen)  # (N,), (N,)
+            out[:, t], lps[:, t] = tok, lp
+            done |= torch.isin(tok, eos)
+            if t == max_new_tokens - 1 or bool(done.all()):
+                break
+            h = model(tok[:, None], position_ids=(lens + t)[:, None], attention_mask=mask[:, :P + t + 1],
+                      kv_cache=cache, cache_pos=P + t, return_hidden=True)  # (N, 1, D)
+            logits = model.lm_head(h[:, -1]).float()  # (N, V)
+    comps, logps = [], []
+    for row, lp in zip(out.tolist(), lps.tolist()):
+        n = next((j + 1 for j, x in enumerate(row[:t + 1]) if x in set(eos_ids)), t + 1)
+        comps.append(row[:n])
+        logps.append(lp[:n])
+    return (comps, logps) if return_logprobs else comps

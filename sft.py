@@ -1,0 +1,307 @@
+"""Supervised fine-tuning: the CoT cold start (Fleming-R1, arXiv 2509.15279, Sec. 3.2, "thinking before answering").
+
+Reads sft.jsonl (distill.py rows {"messages": [system, user, assistant]}; or {"text": ...} rows, trained as plain
+LM on every token -- the tiny pipeline pre-trains Base that way) and an HF-format model folder; writes
+    RUN_DIR/final          HF folder (config.json + model.safetensors + tokenizer) loadable by transformers
+    RUN_DIR/state          resumable state (model, optimizer, step, RNG), rewritten atomically every --save-every
+    RUN_DIR/metrics.jsonl  loss, val_loss, lr, grad_norm, tokens/s per step
+    RUN_DIR/rejects.jsonl  rows longer than --max-len (skipped, not truncated: a cut chain loses its answer)
+
+    torchrun --standalone --nproc_per_node 8 sft.py --data sft.jsonl --init Qwen2.5-7B --out runs/sft
+    python sft.py --tiny --data sft.jsonl --init tiny_base --out runs/sft        # one process
+
+Chat rows: loss only on the assistant turn, its closing <|im_end|> included (so the model learns to stop), never
+on the prompt. FSDP2 (model.shard_model): each block then the root; bf16 compute on CUDA, fp32 on CPU (gloo).
+Determinism across ranks and micro-batches: the global batch of step s is a fixed function of (seed, s); it is
+split over ranks and micro-batches after sorting by length (little padding), and the summed token loss is divided
+by the number of loss tokens in the whole global batch, so 1 or N processes, any --micro-batch, give the same
+update. The data position is therefore just the step: a killed run resumes from RUN_DIR/state and ends where an
+uninterrupted run ends.
+"""
+import argparse
+import math
+import os
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.elastic.multiprocessing.errors import record
+
+import model as M
+from common import MetricsLog, Progress, read_jsonl, write_jsonl
+
+IGNORE = -100
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers grpo.py shares
+
+
+def lr_at(step, total, warmup, peak, min_ratio=0.1):
+    """Linear warmup over `warmup` steps, then cosine decay to min_ratio * peak at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def pad_batch(seqs, starts, pad_id, device="cpu"):
+    """Right-pad token lists into (B, T) inputs and next-token targets; tokens before starts[i] get no loss.
+
+    seqs [[5, 6, 7, 8]], starts [2] -> x [[5, 6, 7, 8]], y [[-100, 7, 8, -100]] (6 predicts 7, 7 predicts 8).
+    Right padding needs no attention mask: under the causal mask real tokens never see the pads after them.
+    """
+    T = max(len(s) for s in seqs)
+    x = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    y = torch.full((len(seqs), T), IGNORE, dtype=torch.long)
+    for i, (s, st) in enumerate(zip(seqs, starts)):
+        x[i, :len(s)] = torch.tensor(s)
+        y[i, max(st, 1) - 1:len(s) - 1] = torch.tensor(s[max(st, 1):])
+    return x.to(device), y.to(device)
+
+
+def make_optimizer(model, lr, weight_decay=0.0, betas=(0.9, 0.95)):
+    """AdamW; no weight decay on norms and biases (1-D tensors)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
+
+
+def clip_grad(model, max_norm):
+    """Clip the global gradient norm; -> the norm before clipping as a float (a DTensor under FSDP)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def split_for_rank(items, lengths, rank, world, micro):
+    """Split one global batch (list of indices) for this rank: sorted by length, dealt round-robin to ranks, cut
+    into micro-batches of `micro`. Every rank gets the same number of micro-batches (FSDP collectives run in
+    lockstep); a rank short of data gets None slots, to be run as zero-loss dummies."""
+    order = sorted(items, key=lambda i: -lengths[i])
+    mine = order[rank::world]
+    n_micro = math.ceil(math.ceil(len(order) / world) / micro)
+    out = [mine[j * micro:(j + 1) * micro] for j in range(n_micro)]
+    return [m if m else None for m in out]
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+
+
+def _template_ids(tokenizer, messages, gen):
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=gen, tokenize=True)
+    if hasattr(out, "keys"):  # transformers 5 returns a BatchEncoding
+        out = out["input_ids"]
+    return [int(t) for t in (out[0] if out and isinstance(out[0], list) else out)]
+
+
+def encode(tokenizer, row, where):
+    """-> (ids, start): the loss covers ids[start:]. `where` ("path:line") prefixes every error."""
+    if "text" in row:
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise ValueError(f"{where}: field 'text' must be a non-empty string")
+        eot = tokenizer.get_vocab().get("<|endoftext|>", tokenizer.eos_token_id)  # the document separator
+        return tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [eot], 1
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        raise ValueError(f"{where}: row needs a 'messages' list or a 'text' string")
+    last = msgs[-1]
+    if not isinstance(last, dict) or last.get("role") != "assistant" or not str(last.get("content", "")).strip():
+        raise ValueError(f"{where}: field 'messages' must end with a non-empty assistant turn (got role "
+                         f"{last.get('role') if isinstance(last, dict) else last!r})")
+    if not tokenizer.chat_template:
+        raise ValueError(f"{where}: the tokenizer has no chat template")
+    prompt = _template_ids(tokenizer, msgs[:-1], True)
+    full = _template_ids(tokenizer, msgs, False)
+    if full[:len(prompt)] != prompt:
+        raise ValueError(f"{where}: the chat template renders the prompt differently inside the full conversation")
+    eos = tokenizer.get_vocab().get("<|im_end|>", tokenizer.eos_token_id)
+    ends = [i for i in range(len(prompt), len(full)) if full[i] == eos]
+    if not ends:
+        raise ValueError(f"{where}: the chat template does not close the assistant turn with EOS id {eos}")
+    return full[:ends[-1] + 1], len(prompt)  # what follows <|im_end|> (a newline) is not the model's to write
+
+
+def load_data(path, tokenizer, max_len, val_frac, seed):
+    """-> (train [(ids, start)], val [(ids, start)], rejects). Rows over max_len are rejected with their reason."""
+    rows, data, rejects = read_jsonl(path), [], []
+    for i, row in enumerate(rows, 1):
+        ids, start = encode(tokenizer, row, f"{path}:{i}")
+        if len(ids) > max_len:
+            rejects.append({"line": i, "id": row.get("id"), "reason": f"{len(ids)} tokens > --max-len {max_len}"})
+        else:
+            data.append((ids, start))
+    if not data:
+        raise ValueError(f"{path}: no usable rows ({len(rows)} rows, {len(rejects)} longer than --max-len)")
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = int(len(data) * val_frac)
+    return [data[i] for i in sorted(perm[n_val:])], [data[i] for i in sorted(perm[:n_val])], rejects
+
+
+def global_batch(n, batch_size, step, seed):
+    """Indices of the global batch of `step`: epoch e = a fixed permutation seeded with seed + e."""
+    per_epoch = max(1, n // batch_size)  # the partial last batch is dropped: every step sees batch_size rows
+    e, pos = divmod(step, per_epoch)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + e)).tolist()
+    return perm[pos * batch_size:(pos + 1) * batch_size]
+
+# ----------------------------------------------------------------------------------------------------------
+# training
+
+
+def token_loss_sum(model, data, idx, pad_id, device, amp):
+    """Summed next-token loss over the micro-batch (None -> a zero-loss dummy that still runs FSDP's collectives)."""
+    if idx is None:
+        x = torch.full((1, 1), pad_id, dtype=torch.long, device=device)
+        with amp:
+            return model(x).sum() * 0.0, 0
+    x, y = pad_batch([data[i][0] for i in idx], [data[i][1] for i in idx], pad_id, device)
+    with amp:
+        logits = model(x)  # (B, T, V) fp32
+    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+    return loss, sum(len(data[i][0]) for i in idx)
+
+
+@torch.no_grad()
+def evaluate(model, data, rank, world, micro, pad_id, device, amp):
+    """Held-out loss per token over all of `data`, sharded over ranks."""
+    lengths = [len(d[0]) for d in data]
+    tot = torch.zeros(2, dtype=torch.float64, device=device)
+    for idx in split_for_rank(list(range(len(data))), lengths, rank, world, micro):
+        loss, _ = token_loss_sum(model, data, idx, pad_id, device, amp)
+        tot += torch.stack([loss.double(), torch.tensor(0.0 if idx is None else sum(
+            len(data[i][0]) - max(data[i][1], 1) for i in idx), dtype=torch.float64, device=device)])
+    if world > 1:
+        dist.all_reduce(tot)
+    return (tot[0] / tot[1]).item()
+
+
+def train(a):
+    rank, world, device = M.setup_dist()
+    torch.manual_seed(a.seed)
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(a.init)
+    model = M.load_model(a.init, device=device, dtype=torch.float32)  # fp32 master weights
+    cfg = model.config
+    if len(tokenizer) > cfg.vocab_size:
+        raise ValueError(f"tokenizer of {a.init} has {len(tokenizer)} tokens but the model's vocab_size is "
+                         f"{cfg.vocab_size}: they do not belong together")
+    if a.max_len > cfg.max_position_embeddings:
+        raise ValueError(f"--max-len {a.max_len} exceeds the model context max_position_embeddings "
+                         f"{cfg.max_position_embeddings}")
+    train_set, val_set, rejects = load_data(a.data, tokenizer, a.max_len, a.val_frac, a.seed)
+    lengths = [len(d[0]) for d in train_set]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # pad positions carry no loss
+    cuda = device.type == "cuda"
+    model = M.shard_model(model, mixed_precision=cuda)
+    # single-GPU runs are not sharded: bf16 autocast there, FSDP's mixed precision policy otherwise
+    amp = torch.autocast("cuda", torch.bfloat16) if cuda and world == 1 else nullcontext()
+    opt = make_optimizer(model, a.lr, a.weight_decay)
+    bs = min(a.batch_size, len(train_set))
+    total = a.steps or a.epochs * max(1, len(train_set) // bs)
+    warmup = a.warmup if a.warmup >= 1 else int(a.warmup * total)
+    state_dir, final_dir = os.path.join(a.out, "state"), os.path.join(a.out, "final")
+    extra = M.load_state(state_dir, model, opt) if os.path.isdir(state_dir) else None
+    step = extra["step"] if extra else 0
+    if extra and (extra.get("total") != total or extra.get("batch_size") != bs):
+        raise ValueError(f"{state_dir}: saved for total={extra.get('total')} batch_size={extra.get('batch_size')}, "
+                         f"this run has total={total} batch_size={bs}: use a new --out")
+    log = MetricsLog(os.path.join(a.out, "metrics.jsonl")) if rank == 0 else None
+    if rank == 0:
+        os.makedirs(a.out, exist_ok=True)
+        write_jsonl(os.path.join(a.out, "rejects.jsonl"), rejects)
+        print(f"sft: {len(train_set)} train / {len(val_set)} val rows ({len(rejects)} rejected as too long), "
+              f"{world} rank(s) on {device}, steps {step}->{total}, global batch {bs}"
+              + (f", resumed from {state_dir}" if extra else ""), flush=True)
+    prog = Progress(total - step, "sft") if rank == 0 else None
+
+    def save():
+        M.save_state(state_dir, model, opt, {"step": step, "total": total, "batch_size": bs, "seed": a.seed})
+
+    while step < total:
+        t0 = time.time()
+        lr = lr_at(step, total, warmup, a.lr, a.min_lr_ratio)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        items = global_batch(len(train_set), bs, step, a.seed)
+        n_tok = sum(lengths[i] - max(train_set[i][1], 1) for i in items)  # loss tokens of the GLOBAL batch:
+        # every rank knows the whole batch, so this count needs no all-reduce and equals the all-reduced one
+        micros = split_for_rank(items, lengths, rank, world, a.micro_batch)
+        loss_sum, seen = torch.zeros((), device=device), 0
+        for j, idx in enumerate(micros):
+            if hasattr(model, "set_requires_gradient_sync"):  # FSDP: reduce-scatter once, on the last micro-batch
+                model.set_requires_gradient_sync(j == len(micros) - 1)
+            loss, n = token_loss_sum(model, train_set, idx, pad_id, device, amp)
+            # FSDP averages gradients over ranks: * world turns that mean back into the sum over the global batch
+            (loss * world / n_tok).backward()
+            loss_sum, seen = loss_sum + loss.detach(), seen + n
+        gnorm = clip_grad(model, a.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        stats = torch.tensor([loss_sum.item(), seen], dtype=torch.float64, device=device)
+        if world > 1:
+            dist.all_reduce(stats)
+        if rank == 0:
+            dt = time.time() - t0
+            row = {"step": step, "loss": stats[0].item() / n_tok, "lr": lr, "grad_norm": gnorm,
+                   "tokens_per_s": stats[1].item() / dt, "epoch": step / max(1, len(train_set) // bs)}
+            log.log(row)
+            prog.update(1, loss=row["loss"], lr=lr, gnorm=gnorm)
+        if val_set and (step % a.eval_every == 0 or step == total):
+            vl = evaluate(model, val_set, rank, world, a.micro_batch, pad_id, device, amp)
+            if rank == 0:
+                log.log({"step": step, "val_loss": vl})
+                print(f"sft: step {step} val_loss {vl:.4f}", flush=True)
+        if step % a.save_every == 0 or step == a.stop_after:
+            save()
+        if step == a.stop_after:  # simulate a kill (tests): the state is saved, the run just ends here
+            return
+    M.save_model(model, final_dir, tokenizer)
+    save()  # a re-run finds step == total and only rewrites final
+    if rank == 0:
+        print(f"sft: wrote {final_dir}", flush=True)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="sft.jsonl: {'messages': [...]} or {'text': ...} rows")
+    p.add_argument("--init", required=True, help="HF-format model folder (with its tokenizer)")
+    p.add_argument("--out", required=True, help="RUN_DIR")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    p.add_argument("--batch-size", type=int, default=128, help="global batch (rows per optimizer step)")
+    p.add_argument("--micro-batch", type=int, default=4, help="rows per forward on each rank")
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--min-lr-ratio", type=float, default=0.1)
+    p.add_argument("--warmup", type=float, default=0.03, help="warmup steps (>= 1) or fraction of all steps")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--max-len", type=int, default=4096, help="longer rows are rejected (RUN_DIR/rejects.jsonl)")
+    p.add_argument("--val-frac", type=float, default=0.02, help="held-out share for the validation loss")
+    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--stop-after", type=int, default=None, help="save state and stop after this step (tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help="preset for the tiny CPU pipeline")
+    a = p.parse_args(argv)
+    if a.tiny:  # a 0.5M-parameter model learns fast and cheaply: larger lr, small batches, short rows
+        for k, v in dict(lr=1e-3, batch_size=16, micro_batch=16, max_len=512, eval_every=50, save_every=100,
+                         warmup=0.05, val_frac=0.05).items():
+            if getattr(a, k) == p.get_default(k):
+                setattr(a, k, v)
+    return a
+
+
+@record
+def main(argv=None):
+    try:
+        train(parse_args(argv))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

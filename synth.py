@@ -1,0 +1,366 @@
+"""KG-guided question synthesis (Fleming-R1, arXiv 2509.15279, §3.1 "Reasoning-Oriented Data Strategy").
+
+Reads kg.py's KG_DIR/entities.jsonl + edges.jsonl; writes OUT/train.jsonl, OUT/test.jsonl (unified records,
+source "synthetic") and OUT/stats.json.
+
+A question is a typed path through the KG with part of it masked: the given findings (2-4 symptoms of a
+disease, sometimes with one risk factor) are stated, the disease is either asked (diagnosis, 1 hop) or kept
+hidden and a fact one or two hops further is asked:
+    diagnosis      findings -> disease                                        1 hop
+    test           findings -> [disease] -diagnosed_by-> test                 2 hops
+    treatment      findings -> [disease] -treated_with/treated_by-> drug       2 hops
+    complication   findings -> [disease] -has_complication-> condition        2 hops
+    contraindication findings -> [disease] <-contraindicated_in- drug          2 hops
+    drug_class     findings -> [disease] -treated_with-> [drug] -drug_class-> class      3 hops
+    mechanism      findings -> [disease] -treated_with-> [drug] -mechanism-> mechanism  3 hops
+Soundness: the given set is chosen so that no other disease in the KG has all given findings (one diagnosis),
+the correct set of an item is everything the KG says answers it (e.g. every drug that treats the disease), and
+no distractor is in that set. Distractors have the answer's type and come first from competing hypotheses
+(diseases sharing some but not all given findings, and their tests / drugs / ...), as in the paper's
+"relation-preserving perturbation"; then from any entity of that type.
+
+Sampling (the paper's "deliberate focus on less common diseases and drugs"): a candidate (family, disease,
+answer) is drawn with weight  hop_weight**(hops-1) * prod_e 1/(1+inlinks_e)**alpha  over the disease and the
+answer (alpha=0, hop_weight=1: uniform). Each draw consumes one unused given-subset of that (family, disease).
+A question instance is the key (family, given set); instances are unique, so the train/test split (a seeded
+shuffle of instances) never shares one. stats.json compares the sampled hops / families / mean answer inlinks
+with uniform sampling and counts how many distinct instances the KG supports.
+"""
+import argparse
+import hashlib
+import itertools
+import json
+import os
+import random
+import re
+import sys
+from collections import Counter, defaultdict
+
+from common import LETTERS, read_jsonl, write_jsonl, atomic_write
+
+# relation -> type the head should have; kg.py edges written the other way round are flipped on load
+HEAD_TYPE = {"has_symptom": "disease", "risk_factor": "disease", "diagnosed_by": "disease",
+             "treated_with": "disease", "treated_by": "disease", "has_complication": "disease",
+             "contraindicated_in": "drug", "drug_class": "drug", "mechanism": "drug"}
+TREATS = ("treated_with", "treated_by")
+FAMILIES = {"diagnosis": 1, "test": 2, "treatment": 2, "complication": 2, "contraindication": 2,
+            "drug_class": 3, "mechanism": 3}
+
+# several phrasings per family; {f} = the given findings in plain words
+STEMS = ["A patient presents with {f}.", "A patient is seen with {f}.", "A patient has {f}.",
+         "On examination, a patient shows {f}.", "A clinician evaluates a patient who has {f}."]
+ASKS = {
+    "diagnosis": ["What is the most likely diagnosis?", "Which condition best explains these findings?",
+                  "Which disease is the most likely cause?"],
+    "test": ["Which test is used to diagnose the most likely condition?",
+             "Which investigation helps confirm the most likely diagnosis?",
+             "Which of the following is used in the diagnosis of this patient's condition?"],
+    "treatment": ["Which of the following is used to treat the most likely condition?",
+                  "Which treatment is appropriate for this patient's most likely diagnosis?",
+                  "The most likely condition is treated with which of the following?"],
+    "complication": ["Which of the following is a recognised complication of the most likely condition?",
+                     "If untreated, the most likely condition can lead to which of the following?",
+                     "Which complication is associated with this patient's most likely diagnosis?"],
+    "contraindication": ["Which drug is contraindicated in a patient with the most likely condition?",
+                         "Which of the following medications should be avoided given the most likely diagnosis?",
+                         "In this patient's most likely condition, which drug is contraindicated?"],
+    "drug_class": ["A drug used to treat the most likely condition belongs to which drug class?",
+                   "Which drug class contains a medication used for the most likely diagnosis?",
+                   "A medication for this patient's most likely condition is a member of which class?"],
+    "mechanism": ["What is the mechanism of action of a drug used to treat the most likely condition?",
+                  "A drug used for the most likely diagnosis acts by which mechanism?",
+                  "Which mechanism of action belongs to a medication used for this patient's condition?"],
+}
+RISK = [", with a history of {r}", "; a known risk factor is {r}", ", and the history includes {r}"]
+
+
+def load_kg(kg_dir):
+    """Entities by id and adjacency out[rel][head] -> {tail: source}; edges with unknown ids are skipped."""
+    ents = {e["id"]: e for e in read_jsonl(os.path.join(kg_dir, "entities.jsonl"))}
+    out = defaultdict(lambda: defaultdict(dict))
+    for e in read_jsonl(os.path.join(kg_dir, "edges.jsonl")):
+        h, r, t = e.get("head"), e.get("relation"), e.get("tail")
+        if h not in ents or t not in ents or h == t:
+            continue
+        want = HEAD_TYPE.get(r)
+        if want and ents[h]["type"] != want and ents[t]["type"] == want:
+            h, t = t, h  # the same fact written tail-first
+        out[r][h].setdefault(t, e.get("source") or {})
+    return ents, out
+
+
+def rarity(ent, alpha):
+    return 1.0 / (1.0 + ent.get("inlinks", 0)) ** alpha
+
+
+def findings_of(d, out):
+    """[(entity id, relation)] of disease d: symptoms, then risk factors."""
+    return [(s, "has_symptom") for s in sorted(out["has_symptom"].get(d, {}))] + \
+           [(s, "risk_factor") for s in sorted(out["risk_factor"].get(d, {})) if s not in out["has_symptom"].get(d, {})]
+
+
+def unique_subsets(d, fset, out, sizes=(2, 3, 4), max_per_size=2000, rng=None):
+    """Given-sets of disease d (2-4 findings, at least one symptom, at most one risk factor) that no other
+    disease also has in full. Returns {size: [tuple of (id, rel)]}. Large combinatorics are subsampled."""
+    others = [set(f for f, _ in fs) for dd, fs in fset.items() if dd != d]
+    res = {}
+    for k in sizes:
+        combos = itertools.combinations(fset[d], k)
+        picked = []
+        for c in combos:
+            if sum(r == "risk_factor" for _, r in c) > 1 or all(r == "risk_factor" for _, r in c):
+                continue
+            ids = {f for f, _ in c}
+            if any(ids <= o for o in others):
+                continue  # another disease has every given finding: two right diagnoses
+            picked.append(c)
+            if len(picked) >= max_per_size * 4:
+                break
+        if rng is not None and len(picked) > max_per_size:
+            picked = rng.sample(picked, max_per_size)
+        if picked:
+            res[k] = picked
+    return res
+
+
+def answers(family, d, out, ents):
+    """[(answer id, path edges [(h, rel, t)], correct set)] of a family for hidden/asked disease d."""
+    treats = sorted(set().union(*[out[r].get(d, {}) for r in TREATS]))
+    drugs = [x for x in treats if ents[x]["type"] == "drug"]
+    if family == "diagnosis":
+        return [(d, [], {d})]
+    if family == "test":
+        c = set(out["diagnosed_by"].get(d, {}))
+        return [(t, [(d, "diagnosed_by", t)], c) for t in sorted(c)]
+    if family == "treatment":
+        rel = {t: r for r in TREATS for t in out[r].get(d, {})}
+        return [(t, [(d, rel[t], t)], set(treats)) for t in treats]
+    if family == "complication":
+        c = set(out["has_complication"].get(d, {})) | {d}
+        return [(t, [(d, "has_complication", t)], c) for t in sorted(c - {d})]
+    if family == "contraindication":
+        c = {x for x, tails in out["contraindicated_in"].items() if d in tails}
+        return [(x, [(x, "contraindicated_in", d)], c) for x in sorted(c)]
+    rel = family  # drug_class / mechanism: any class/mechanism of any drug that treats d is correct
+    c = set().union(set(), *[out[rel].get(x, {}) for x in drugs])
+    rows = []
+    for x in drugs:
+        r1 = "treated_with" if x in out["treated_with"].get(d, {}) else "treated_by"
+        rows += [(t, [(d, r1, x), (x, rel, t)], c) for t in sorted(out[rel].get(x, {}))]
+    return rows
+
+
+def build_candidates(ents, out, families, alpha, hop_weight):
+    """All (family, disease, answer, path, correct) candidates with their sampling weights."""
+    fset = {d: findings_of(d, out) for d, e in ents.items() if e["type"] == "disease"}
+    fset = {d: f for d, f in fset.items() if sum(r == "has_symptom" for _, r in f) >= 1 and len(f) >= 2}
+    cands = []
+    for fam in families:
+        for d in sorted(fset):
+            for a, path, correct in answers(fam, d, out, ents):
+                w = hop_weight ** (FAMILIES[fam] - 1) * rarity(ents[a], alpha) * (rarity(ents[d], alpha) if a != d else 1)
+                cands.append({"family": fam, "disease": d, "answer": a, "path": path, "correct": correct, "w": w,
+                              "inlinks": ents[a].get("inlinks", 0)})
+    return fset, cands
+
+
+def distractors(c, given, fset, out, ents, k, rng):
+    """k names of the answer's type, not correct per the KG: competing hypotheses first, then any of the type."""
+    atype, fam, d = ents[c["answer"]]["type"], c["family"], c["disease"]
+    gids = {f for f, _ in given}
+    rivals = sorted((dd for dd in fset if dd != d), key=lambda dd: (-len(gids & {f for f, _ in fset[dd]}), dd))
+    rivals = [dd for dd in rivals if gids & {f for f, _ in fset[dd]}]
+    pool = []
+    if fam == "contraindication":  # drugs that treat this very disease but are safe in it: the closest lure
+        pool = [a for a, _, _ in answers("treatment", d, out, ents)]
+    for dd in rivals:  # the rival disease itself, or what the KG says about it along the same path
+        alts = [dd] if fam == "diagnosis" else [a for a, _, _ in answers(fam, dd, out, ents)]
+        rng.shuffle(alts)
+        pool += alts
+    rest = sorted(e for e, v in ents.items() if v["type"] == atype)
+    rng.shuffle(rest)
+    names, seen = [], {ents[x]["name"].strip().lower() for x in c["correct"]}
+    for x in pool + rest:
+        nm = ents[x]["name"]
+        if x in c["correct"] or ents[x]["type"] != atype or nm.strip().lower() in seen:
+            continue
+        seen.add(nm.strip().lower())
+        names.append(nm)
+        if len(names) == k:
+            return names
+    return None  # not enough same-type entities: the candidate is skipped
+
+
+def plain(name):
+    """'Fever' -> 'fever' in running text; acronyms and proper names (second letter upper) are kept."""
+    return name[0].lower() + name[1:] if len(name) > 1 and name[1].islower() and name[0].isupper() else name
+
+
+def join(words):
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def render(fam, given, ents, rng):
+    syms = [plain(ents[f]["name"]) for f, r in given if r == "has_symptom"]
+    risks = [plain(ents[f]["name"]) for f, r in given if r == "risk_factor"]
+    f = join(syms) + (rng.choice(RISK).format(r=risks[0]) if risks else "")
+    return rng.choice(STEMS).format(f=f) + " " + rng.choice(ASKS[fam])
+
+
+def make_item(c, given, ents, fset, out, num_options, rng):
+    dis = distractors(c, given, fset, out, ents, num_options - 1, rng)
+    if dis is None:
+        return None
+    a, d, fam = c["answer"], c["disease"], c["family"]
+    gpath = [(d, r, f) for f, r in given]  # the given findings are edges of the disease too
+    edges = gpath + c["path"]
+    src = lambda h, r, t: out[r][h][t]
+    return {"id": "syn-" + hashlib.sha1(key_of(fam, given).encode()).hexdigest()[:12], "source": "synthetic",
+            "question": render(fam, given, ents, rng), "options": None, "answer": None, "difficulty": None,
+            "meta": {"family": fam, "hops": FAMILIES[fam],
+                     "path": [{"head": ents[h]["name"], "relation": r, "tail": ents[t]["name"]} for h, r, t in edges],
+                     "given": [ents[f]["name"] for f, _ in given],
+                     "hidden": None if fam == "diagnosis" else ents[d]["name"],
+                     "answer_name": ents[a]["name"], "answer_type": ents[a]["type"],
+                     "correct": sorted(ents[x]["name"] for x in c["correct"]),
+                     "provenance": [dict(src(h, r, t), head=ents[h]["name"], relation=r, tail=ents[t]["name"])
+                                    for h, r, t in edges],
+                     "rarity": {"answer_inlinks": ents[a].get("inlinks", 0),
+                                "disease_inlinks": ents[d].get("inlinks", 0), "weight": c["w"]}},
+            "_opts": [ents[a]["name"]] + dis}
+
+
+def key_of(fam, given):
+    """The question instance: family + given set (phrasing and option order do not make a new instance)."""
+    return fam + "|" + "|".join(sorted(f for f, _ in given))
+
+
+def place_answers(items, rng):
+    """Options shuffled with the answer position balanced over A..: position i%k for a shuffled i."""
+    k = len(items[0]["_opts"]) if items else 0
+    pos = [i % k for i in range(len(items))]
+    rng.shuffle(pos)
+    for it, p in zip(items, pos):
+        opts = it.pop("_opts")
+        ans, dis = opts[0], opts[1:]
+        rng.shuffle(dis)
+        dis.insert(p, ans)
+        it["options"] = {LETTERS[i]: o for i, o in enumerate(dis)}
+        it["answer"] = LETTERS[p]
+    return items
+
+
+def synthesize(kg_dir, n, test_n, seed=0, alpha=1.0, hop_weight=2.0, num_options=4, families=None,
+               max_subsets=2000):
+    """Returns (train, test, stats). Deterministic for (KG, arguments)."""
+    rng = random.Random(seed)
+    ents, out = load_kg(kg_dir)
+    families = families or list(FAMILIES)
+    fset, cands = build_candidates(ents, out, families, alpha, hop_weight)
+    subsets = {d: unique_subsets(d, fset, out, max_per_size=max_subsets, rng=random.Random(seed)) for d in sorted(fset)}
+    # the remaining given-sets of each (family, disease); a draw pops one
+    left = {(c["family"], c["disease"]): None for c in cands}
+    for fd in left:
+        left[fd] = {k: list(v) for k, v in subsets[fd[1]].items()}
+        for v in left[fd].values():
+            rng.shuffle(v)
+    supported = Counter()
+    for (fam, d), by_size in left.items():
+        supported[fam] += sum(map(len, by_size.values()))
+    cands = [c for c in cands if left[(c["family"], c["disease"])]]
+    items, skipped = [], Counter()
+    weights = [c["w"] for c in cands]
+    while len(items) < n + test_n and any(weights):
+        i = rng.choices(range(len(cands)), weights=weights)[0]
+        c = cands[i]
+        by_size = left[(c["family"], c["disease"])]
+        sizes = [k for k, v in by_size.items() if v]
+        if not sizes:  # this (family, disease) has no given-set left: stop drawing its candidates
+            for j, cj in enumerate(cands):
+                if cj["family"] == c["family"] and cj["disease"] == c["disease"]:
+                    weights[j] = 0.0
+            continue
+        given = by_size[rng.choice(sizes)].pop()
+        it = make_item(c, given, ents, fset, out, num_options, rng)
+        if it is None:
+            skipped["too_few_distractors"] += 1
+            weights[i] = 0.0
+            continue
+        items.append(it)
+    rng.shuffle(items)
+    test, train = place_answers(items[:test_n], rng), place_answers(items[test_n:], rng)
+    if len(items) < n + test_n:
+        print(f"synth: the KG supports only {len(items)} instances (asked {n}+{test_n})", file=sys.stderr)
+    stats = report(train, test, cands, supported, skipped, dict(seed=seed, alpha=alpha, hop_weight=hop_weight))
+    return train, test, stats
+
+
+def report(train, test, cands, supported, skipped, args):
+    """Sampled distributions vs uniform sampling over the same candidates."""
+    allq = train + test
+    mean = lambda xs: round(sum(xs) / max(1, len(xs)), 3)
+    frac = lambda cnt: {k: round(v / max(1, sum(cnt.values())), 3) for k, v in sorted(cnt.items())}
+    uni_fam = Counter(c["family"] for c in cands)
+    return {"args": args, "n_train": len(train), "n_test": len(test),
+            "supported_instances": dict(supported, total=sum(supported.values())),
+            "candidates": len(cands), "skipped": dict(skipped),
+            "sampled": {"family": frac(Counter(q["meta"]["family"] for q in allq)),
+                        "hops": frac(Counter(q["meta"]["hops"] for q in allq)),
+                        "answer_inlinks_mean": mean([q["meta"]["rarity"]["answer_inlinks"] for q in allq]),
+                        "disease_inlinks_mean": mean([q["meta"]["rarity"]["disease_inlinks"] for q in allq])},
+            "uniform": {"family": frac(uni_fam), "hops": frac(Counter(FAMILIES[c["family"]] for c in cands)),
+                        "answer_inlinks_mean": mean([c["inlinks"] for c in cands])},
+            "answer_position": dict(sorted(Counter(q["answer"] for q in allq).items()))}
+
+
+def llm_rewrite(items, spec, model_name=None, cache_dir=None):
+    """Optional vignette rewrite; a rewrite is rejected (template kept) if it drops a given finding or names
+    the answer or the hidden disease. Returns the number accepted."""
+    from common import make_llm
+    llm = make_llm(spec, model_name=model_name, cache_dir=cache_dir)
+    ask = ("Rewrite this exam question as a short clinical vignette (2-4 sentences). Keep every finding, "
+           "do not name the diagnosis or the answer, keep the final question. Reply with the vignette only.\n\n")
+    convs = [[{"role": "user", "content": ask + it["question"]}] for it in items]
+    ok = 0
+    for it, (text,) in zip(items, llm(convs, n=1, temperature=0.0, max_tokens=256)):
+        low = text.lower()
+        bad = [it["meta"]["answer_name"]] + ([it["meta"]["hidden"]] if it["meta"]["hidden"] else [])
+        if text.strip() and all(g.lower() in low for g in it["meta"]["given"]) and \
+                not any(re.search(r"\b" + re.escape(b.lower()) + r"\b", low) for b in bad):
+            it["meta"]["template_question"], it["question"] = it["question"], text.strip()
+            ok += 1
+    return ok
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--kg", required=True, help="kg.py output folder")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=100000, help="train questions")
+    p.add_argument("--test-n", type=int, default=2000, help="held-out test questions")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=1.0, help="rarity weight 1/(1+inlinks)**alpha; 0 = uniform")
+    p.add_argument("--hop-weight", type=float, default=2.0, help="weight factor per extra hop")
+    p.add_argument("--num-options", type=int, default=4)
+    p.add_argument("--families", default=",".join(FAMILIES))
+    p.add_argument("--llm", default=None, help="URL or model folder for the optional vignette rewrite")
+    p.add_argument("--llm-model", default=None)
+    p.add_argument("--tiny", action="store_true", help="tiny pipeline preset: 6000 train, 1200 test")
+    a = p.parse_args(argv)
+    if a.tiny:
+        a.n, a.test_n = 6000, 1200
+    fams = [f for f in a.families.split(",") if f]
+    bad = [f for f in fams if f not in FAMILIES]
+    if bad:
+        p.error(f"unknown families {bad}; choose from {list(FAMILIES)}")
+    train, test, stats = synthesize(a.kg, a.n, a.test_n, a.seed, a.alpha, a.hop_weight, a.num_options, fams)
+    if a.llm:
+        stats["llm_rewrites_accepted"] = llm_rewrite(train + test, a.llm, a.llm_model, os.path.join(a.out, "llm_cache"))
+    write_jsonl(os.path.join(a.out, "train.jsonl"), train)
+    write_jsonl(os.path.join(a.out, "test.jsonl"), test)
+    atomic_write(os.path.join(a.out, "stats.json"), json.dumps(stats, indent=1))
+    print(json.dumps({k: stats[k] for k in ("n_train", "n_test", "supported_instances", "sampled", "uniform")}))
+
+
+if __name__ == "__main__":
+    main()

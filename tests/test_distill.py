@@ -1,0 +1,190 @@
+"""distill.py: the KG-path teacher's chains pass every check; a bad LLM teacher (wrong answers, broken format,
+hint restatements, overlong chains, a missing intermediate entity) behind a loopback OpenAI-compatible server is
+caught, refined with the right strategy prompts in order, or rejected with the right reasons; runs resume."""
+import http.server
+import json
+import os
+import threading
+
+import pytest
+
+import distill
+from common import extract_answer, is_well_formed, read_jsonl
+
+
+def rec(i, family, options, answer, path, given, hidden, question="A patient presents with findings. Which?"):
+    return {"id": f"syn-{i}", "source": "synthetic", "question": question, "options": dict(zip("ABCDE", options)),
+            "answer": answer, "difficulty": None,
+            "meta": {"family": family, "hops": 1 + (hidden is not None), "path": path, "given": given,
+                     "hidden": hidden}}
+
+
+def E(h, r, t):
+    return {"head": h, "relation": r, "tail": t}
+
+
+FINDINGS = [E("Dengue", "has_symptom", "Fever"), E("Dengue", "has_symptom", "Rash"),
+            E("Dengue", "risk_factor", "Mosquito bite")]
+GIVEN = ["Fever", "Rash", "Mosquito bite"]
+RECORDS = [
+    rec(0, "diagnosis", ["Malaria", "Dengue", "Typhoid", "Measles"], "B", FINDINGS, GIVEN, None),
+    rec(1, "treatment", ["Heparin", "Insulin", "Aspirin", "Paracetamol"], "D",
+        FINDINGS + [E("Dengue", "treated_with", "Paracetamol")], GIVEN, "Dengue"),
+    rec(2, "test", ["NS1 antigen test", "Blood smear", "Widal test"], "A",
+        FINDINGS[:2] + [E("Dengue", "diagnosed_by", "NS1 antigen test")], GIVEN[:2], "Dengue"),
+    rec(3, "contraindication", ["Paracetamol", "Aspirin", "Fluids", "Rest", "Vitamin C"], "B",
+        FINDINGS + [E("Aspirin", "contraindicated_in", "Dengue")], GIVEN, "Dengue"),
+    rec(4, "drug_class", ["Antibiotic", "Analgesic", "Anticoagulant", "Statin"], "B",
+        FINDINGS[:2] + [E("Dengue", "treated_with", "Paracetamol"), E("Paracetamol", "drug_class", "Analgesic")],
+        GIVEN[:2], "Dengue"),
+]
+
+
+def write(path, rows):
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def test_kg_teacher_chains_pass_checks_and_map_entity_to_letter(tmp_path):
+    nopath = dict(RECORDS[0], id="real-1", source="medqa", meta={})
+    write(tmp_path / "train.jsonl", RECORDS + [nopath])
+    out = tmp_path / "sft.jsonl"
+    distill.main(["--data", str(tmp_path / "train.jsonl"), "--teacher", "kg", "--out", str(out), "--k", "4",
+                  "--tiny"])
+    rows = {r["id"]: r for r in read_jsonl(out)}
+    assert sorted(rows) == [r["id"] for r in RECORDS]
+    for r in RECORDS:
+        msgs = rows[r["id"]]["messages"]
+        assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
+        text = msgs[2]["content"]
+        assert distill.check(text, r, 600) == [] and is_well_formed(text, "ABCDE")
+        assert extract_answer(text, "ABCDE") == r["answer"]
+        think = text.split("</think>")[0]
+        ans = r["options"][r["answer"]]
+        assert f"{ans} is option {r['answer']}" in think or f"{ans}, option {r['answer']}" in think
+        for x, v in r["options"].items():  # every distractor is named with its letter and refuted
+            assert x == r["answer"] or f"{v} ({x})" in think
+        assert 15 <= len(think.split()) <= 60, think  # short enough for the tiny model to write
+        if r["meta"]["hidden"]:
+            assert r["meta"]["hidden"] in think
+        assert rows[r["id"]]["meta"]["teacher"] == "kg" and rows[r["id"]]["meta"]["round"] == 0
+    assert "competing diagnoses but do not explain" in rows["syn-0"]["messages"][2]["content"]
+    assert "do not treat Dengue" in rows["syn-1"]["messages"][2]["content"]
+    # the kept chain is the shortest of the k variants
+    assert len(rows["syn-1"]["messages"][2]["content"]) == min(map(len, distill.kg_chains(RECORDS[1], 4)))
+    rej = read_jsonl(tmp_path / "sft.rejects.jsonl")
+    assert [r["id"] for r in rej] == ["real-1"] and "no candidate" in rej[0]["reasons"][0]
+    # resume: a torn last line (a kill mid-write) is dropped, done ids are skipped, the missing one redone
+    lines = open(out).read().splitlines(True)
+    open(out, "w").writelines(lines[:3] + [lines[3][:40]])
+    distill.main(["--data", str(tmp_path / "train.jsonl"), "--teacher", "kg", "--out", str(out), "--tiny"])
+    again = read_jsonl(out)
+    assert sorted(r["id"] for r in again) == sorted(rows) and len(again) == len(RECORDS)
+    assert len(read_jsonl(tmp_path / "sft.rejects.jsonl")) == 1
+
+
+def test_check_reasons():
+    r = RECORDS[1]
+    good = "<think>Fever and rash point to Dengue, treated with Paracetamol, option D.</think>\n<answer>D</answer>"
+    assert distill.check(good, r, 500) == []
+    cases = {
+        good.replace("<answer>D", "<answer>A"): "wrong answer: A instead of D",
+        good.replace("</think>\n", ""): "malformed",
+        good.replace("Fever", "As given, the answer is D. Fever"): "restates the hint: 'As given'",
+        good.replace("Fever", "We are told the answer is D. Fever"): "restates the hint",
+        good.replace("Fever", "x" * 500): "too long",
+        good.replace("Dengue", "the disease"): "does not name the intermediate entity 'Dengue'",
+    }
+    for text, reason in cases.items():
+        got = distill.check(text, r, 500)
+        assert any(g.startswith(reason) for g in got), (reason, got)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# a bad teacher behind a loopback OpenAI-compatible server
+
+BAD = "<think>{t}</think>\n<answer>{L}</answer>"
+
+
+def fake_reply(messages, n):
+    """Depends on the item (a tag in the question) and the refinement round (the conversation length)."""
+    user = messages[0]["content"]
+    rnd = (len(messages) - 1) // 2
+    if "TAG-wrong" in user:  # wrong answers at first; fixed once told why (round 1: backtracking)
+        L = "A" if rnd == 0 else "D"
+        return [BAD.format(t="Fever and rash suggest Dengue, treated with Paracetamol.", L=L)] * n
+    if "TAG-broken" in user:  # never well-formed
+        return ["The answer is D because Dengue is treated with Paracetamol."] * n
+    if "TAG-hint" in user:  # always leans on the hint
+        return [BAD.format(t="As given, the answer provided is Paracetamol for Dengue.", L="D")] * n
+    if "TAG-mixed" in user:  # one overlong, one long and one short correct candidate: the short one is kept
+        return [BAD.format(t="Dengue. " + "Paracetamol is used. " * 80, L="D"),
+                BAD.format(t="Fever and rash point to Dengue; Dengue is treated with Paracetamol, option D.", L="D"),
+                BAD.format(t="Dengue is treated with Paracetamol.", L="D")][:n]
+    if "TAG-nohidden" in user:  # never names the hidden disease
+        return [BAD.format(t="Paracetamol treats the fever, option D.", L="D")] * n
+    raise AssertionError(user)
+
+
+@pytest.fixture
+def server():
+    log = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            log.append(body["messages"])
+            texts = fake_reply(body["messages"], body.get("n", 1))
+            data = json.dumps({"choices": [{"index": i, "message": {"role": "assistant", "content": t}}
+                                           for i, t in enumerate(texts)]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", log
+    httpd.shutdown()
+
+
+def test_bad_llm_teacher_is_refined_or_rejected(tmp_path, server):
+    url, log = server
+    tags = ["wrong", "broken", "hint", "mixed", "nohidden"]
+    recs = [dict(RECORDS[1], id=t, question=f"TAG-{t} A patient has fever and rash. Which drug?") for t in tags]
+    write(tmp_path / "train.jsonl", recs)
+    out = tmp_path / "sft.jsonl"
+    args = ["--data", str(tmp_path / "train.jsonl"), "--teacher", url, "--out", str(out), "--k", "3",
+            "--rounds", "3", "--max-chars", "700", "--model-name", "fake-teacher"]
+    distill.main(args)
+    rows = {r["id"]: r for r in read_jsonl(out)}
+    rej = {r["id"]: r for r in read_jsonl(tmp_path / "sft.rejects.jsonl")}
+    assert sorted(rows) == ["mixed", "wrong"] and sorted(rej) == ["broken", "hint", "nohidden"]
+    assert rows["wrong"]["meta"]["round"] == 1 and rows["mixed"]["meta"]["round"] == 0
+    assert rows["mixed"]["meta"]["pass"] == 2 and "Dengue is treated with Paracetamol.</think>" in \
+        rows["mixed"]["messages"][2]["content"]  # the shortest passing candidate
+    assert rows["wrong"]["meta"]["teacher"] == "fake-teacher"
+    assert all(r["messages"][2]["content"].endswith("<answer>D</answer>") for r in rows.values())
+    assert any(x.startswith("malformed") for x in rej["broken"]["reasons"])
+    assert any(x.startswith("restates the hint") for x in rej["hint"]["reasons"])
+    assert rej["nohidden"]["reasons"] == ["does not name the intermediate entity 'Dengue'"]
+    assert all(r["round"] == 3 for r in rej.values())
+    # the teacher saw the question with its gold answer, then its failed chain, the reasons and one strategy per
+    # round in the paper's order
+    first = next(m for m in log if "TAG-broken" in m[0]["content"] and len(m) == 1)
+    assert "The correct answer is D (Paracetamol)" in first[0]["content"]
+    convs = sorted((m for m in log if "TAG-broken" in m[0]["content"]), key=len)
+    assert [len(m) for m in convs] == [1, 3, 3, 3]
+    strategies = [m[2]["content"] for m in convs[1:]]
+    for s, word in zip(strategies, ["Backtrack", "Explore alternative paths", "Self-correct"]):
+        assert "malformed" in s and word in s
+    wrong_fb = next(m for m in log if "TAG-wrong" in m[0]["content"] and len(m) == 3)
+    assert "wrong answer: A instead of D" in wrong_fb[2]["content"] and wrong_fb[1]["role"] == "assistant"
+    # resumable: a second run asks the teacher nothing
+    n = len(log)
+    distill.main(args)
+    assert len(log) == n and len(read_jsonl(out)) == 2

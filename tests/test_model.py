@@ -1,0 +1,169 @@
+"""model.py against transformers' Qwen2/Qwen3 (logit parity), save/load round trips, bad-input errors."""
+import json, os
+
+import pytest
+import torch
+
+from model import ModelConfig, Transformer, load_model, save_model
+
+torch.set_num_threads(1)
+transformers = pytest.importorskip("transformers")
+
+DIMS = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128)
+
+
+def hf_model(kind="qwen2", tied=False, **over):
+    torch.manual_seed(0)
+    if kind == "qwen2":
+        cfg = transformers.Qwen2Config(**{**DIMS, **over}, tie_word_embeddings=tied,
+                                       rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+        m = transformers.Qwen2ForCausalLM(cfg)
+    else:
+        cfg = transformers.Qwen3Config(**{**DIMS, "head_dim": 12, **over}, tie_word_embeddings=tied,
+                                       rope_parameters={"rope_type": "default", "rope_theta": 500.0})
+        m = transformers.Qwen3ForCausalLM(cfg)
+    with torch.no_grad():  # HF inits biases and norms to constants: randomise so the test can catch mix-ups
+        for n, p in m.named_parameters():
+            if n.endswith("bias") or "norm" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    return m.float().eval()
+
+
+def batch():
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, DIMS["vocab_size"], (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0  # left padded rows
+    mask[2, :7] = 0
+    return ids, mask
+
+
+def hf_logits(m, ids, mask):
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        return m(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float()
+
+
+def ours_logits(m, ids, mask):
+    with torch.no_grad():
+        return m(ids, attention_mask=mask)
+
+
+def assert_close_on_real(a, b, mask, tol=1e-4):
+    real = mask.bool()
+    assert (a[real] - b[real]).abs().max().item() <= tol
+
+
+@pytest.mark.parametrize("kind,tied,shard,over", [
+    ("qwen2", False, False, {}),
+    ("qwen2", True, False, {}),
+    ("qwen2", False, True, {"num_key_value_heads": 1}),
+    ("qwen3", True, False, {}),
+    ("qwen3", False, True, {"num_key_value_heads": 4}),
+])
+def test_logit_parity_with_transformers(tmp_path, kind, tied, shard, over):
+    ref = hf_model(kind, tied, **over)
+    ref.save_pretrained(tmp_path, max_shard_size="20KB" if shard else "5GB")
+    assert os.path.exists(tmp_path / "model.safetensors.index.json") == shard
+    ours = load_model(str(tmp_path))
+    assert ours.config.model_type == kind and ours.config.tie_word_embeddings == tied
+    if tied:
+        assert ours.lm_head.weight is ours.model.embed_tokens.weight
+    ids, mask = batch()
+    assert_close_on_real(ours_logits(ours, ids, mask), hf_logits(ref, ids, mask), mask)
+    # no mask: plain causal path
+    with torch.no_grad():
+        assert (ours(ids) - ref(ids).logits).abs().max().item() <= 1e-4
+    # hidden states feed lm_head exactly
+    with torch.no_grad():
+        h = ours(ids, return_hidden=True)
+        assert h.shape == (3, 11, DIMS["hidden_size"])
+        assert torch.allclose(h @ ours.lm_head.weight.T, ours(ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,tied", [("qwen2", True), ("qwen3", False)])
+def test_save_model_loads_in_transformers(tmp_path, kind, tied):
+    ref = hf_model(kind, tied)
+    ref.save_pretrained(tmp_path / "a")
+    ours = load_model(str(tmp_path / "a"))
+    save_model(ours, str(tmp_path / "b"))
+    save_model(ours, str(tmp_path / "b"))  # overwriting an existing folder works (atomic swap)
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "b", dtype=torch.float32).eval()
+    ids, mask = batch()
+    assert_close_on_real(hf_logits(back, ids, mask), ours_logits(ours, ids, mask), mask, tol=1e-5)
+    again = load_model(str(tmp_path / "b"))
+    assert_close_on_real(ours_logits(again, ids, mask), ours_logits(ours, ids, mask), mask, tol=0)
+
+
+def test_config_roundtrip_and_rope_theta_forms():
+    c = ModelConfig.from_hf({**DIMS, "model_type": "qwen2", "rope_theta": 123.0})
+    assert c.rope_theta == 123.0 and c.head_dim == 8 and c.attention_bias
+    c2 = ModelConfig.from_hf(c.to_hf())
+    assert c2 == c
+    c3 = ModelConfig.from_hf({**DIMS, "model_type": "qwen3", "head_dim": 16,
+                              "rope_parameters": {"rope_type": "default", "rope_theta": 7.0}})
+    assert c3.rope_theta == 7.0 and c3.head_dim == 16 and not c3.attention_bias
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_model(str(tmp_path))
+    ref = hf_model("qwen2")
+    ref.save_pretrained(tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))
+    with pytest.raises(ValueError, match="unsupported model_type 'llama'"):
+        load_model(str(tmp_path / "m"))
+    # a missing tensor and a mis-shaped tensor are named
+    from safetensors.torch import load_file, save_file
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    f = str(tmp_path / "m" / "model.safetensors")
+    sd = load_file(f)
+    del sd["model.layers.1.mlp.up_proj.weight"]
+    save_file(sd, f)
+    with pytest.raises(ValueError, match=r"missing tensors \['model.layers.1.mlp.up_proj.weight'\]"):
+        load_model(str(tmp_path / "m"))
+    sd["model.layers.1.mlp.up_proj.weight"] = torch.zeros(3, 3)
+    save_file(sd, f)
+    with pytest.raises(ValueError, match="model.layers.1.mlp.up_proj.weight has shape"):
+        load_model(str(tmp_path / "m"))
+    sd["model.layers.1.mlp.up_proj.weight"] = torch.zeros(48, 32)
+    sd["model.extra.weight"] = torch.zeros(2)
+    save_file(sd, f)
+    with pytest.raises(ValueError, match="unexpected tensors .*model.extra.weight"):
+        load_model(str(tmp_path / "m"))
+
+
+def test_tiny_tokenizer_and_init_model(tmp_path):
+    from model import init_model, train_tokenizer
+    words = ["fever", "cough", "aspirin", "diagnosis", "option", "patient", "the", "with", "and", "is"]
+    g = torch.Generator().manual_seed(0)
+    texts = [" ".join(words[i] for i in torch.randint(0, len(words), (12,), generator=g).tolist())
+             for _ in range(200)]
+    tok = train_tokenizer(texts, str(tmp_path / "tok"), vocab_size=300)
+    auto = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
+    assert auto.eos_token == "<|im_end|>" and auto.pad_token == "<|endoftext|>"
+    assert auto.pad_token_id != auto.eos_token_id
+    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "the patient with fever"}]
+    text = auto.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert text == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nthe patient with fever<|im_end|>\n"
+                    "<|im_start|>assistant\n")
+    out = "<think>fever and cough</think>\n<answer>C</answer>"
+    ids = auto(out)["input_ids"]
+    for t in ("<think>", "</think>", "<answer>", "</answer>"):
+        assert auto.convert_tokens_to_ids(t) in ids  # one id each, not split into bytes
+    assert auto.decode(ids + [auto.eos_token_id], skip_special_tokens=True) == out
+    assert auto.decode(auto("naïve – ünïcode")["input_ids"]) == "naïve – ünïcode"  # byte-level: no UNK
+    m = init_model(str(tmp_path / "m"), len(tok), seed=3, tokenizer=tok, hidden_size=32, intermediate_size=64,
+                   num_attention_heads=4, num_key_value_heads=2)
+    assert m.config.vocab_size == len(auto) and m.config.model_type == "qwen2"
+    assert os.path.exists(tmp_path / "m" / "tokenizer.json")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
+    ids = torch.tensor([auto(text)["input_ids"]])
+    with torch.no_grad():
+        assert (back(ids).logits - m(ids)).abs().max().item() <= 1e-5
+    m2 = init_model(str(tmp_path / "m2"), len(tok), seed=3, hidden_size=32, intermediate_size=64,
+                    num_attention_heads=4, num_key_value_heads=2)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))

@@ -1,0 +1,114 @@
+"""sampler.generate: KV-cache decoding == full forward, greedy == transformers generate, sampling semantics."""
+import pytest
+import torch
+
+from model import ModelConfig, Transformer, load_model
+from sampler import generate
+
+torch.set_num_threads(1)
+PROMPTS = [[5, 17, 3, 40, 2, 9, 11], [8], [60, 61, 62, 63]]  # mixed lengths: rows get left-padded
+
+
+def tiny(kind="qwen2", seed=0):
+    torch.manual_seed(seed)
+    m = Transformer(ModelConfig(model_type=kind, vocab_size=97, hidden_size=32, intermediate_size=48,
+                                num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                rope_theta=500.0, attention_bias=kind == "qwen2", tie_word_embeddings=False))
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.3 if p.dim() == 1 else 0.2)  # random biases/norms too; peaky enough for greedy
+    return m.eval()
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_cached_decoding_equals_full_forward(kind):
+    m = tiny(kind)
+    c = m.config
+    cont = torch.randint(0, 97, (3, 5), generator=torch.Generator().manual_seed(0))  # forced continuations
+    P, B, steps = max(map(len, PROMPTS)), len(PROMPTS), cont.shape[1]
+    ids = torch.zeros(B, P, dtype=torch.long)
+    mask = torch.zeros(B, P + steps, dtype=torch.long)
+    for i, p in enumerate(PROMPTS):
+        ids[i, P - len(p):], mask[i, P - len(p):] = torch.tensor(p), 1
+    shape = (c.num_hidden_layers, B, c.num_key_value_heads, P + steps, c.head_dim)
+    cache = (torch.zeros(shape), torch.zeros(shape))
+    with torch.no_grad():
+        got = [m(ids, attention_mask=mask[:, :P], kv_cache=cache)[:, -1]]
+        lens = mask[:, :P].sum(1)
+        for t in range(steps - 1):
+            got.append(m(cont[:, t:t + 1], position_ids=(lens + t)[:, None], attention_mask=mask[:, :P + t + 1],
+                         kv_cache=cache, cache_pos=P + t)[:, -1])
+        got = torch.stack(got, 1)  # (B, steps, V)
+        for i, p in enumerate(PROMPTS):  # reference: each row alone, unpadded, no cache
+            full = m(torch.tensor([p + cont[i, :-1].tolist()]))[0, len(p) - 1:]  # (steps, V)
+            assert (got[i] - full).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
+def test_greedy_matches_transformers_generate(tmp_path, kind):
+    transformers = pytest.importorskip("transformers")
+    from test_model import hf_model
+    ref = hf_model(kind, tied=kind == "qwen2")
+    ref.generation_config.eos_token_id = None
+    ref.save_pretrained(tmp_path)
+    ours = load_model(str(tmp_path))
+
+    def hf(p, eos=None):
+        out = ref.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                           max_new_tokens=12, do_sample=False, eos_token_id=eos, pad_token_id=0)
+        return out[0, len(p):].tolist()
+
+    want = [hf(p) for p in PROMPTS]
+    assert generate(ours, PROMPTS, 12) == want
+    # EOS: pick a token the first row emits mid-way; each row must stop at its own first occurrence
+    eos = want[0][4]
+    got = generate(ours, PROMPTS, 12, eos_ids=[eos])
+    assert got == [hf(p, eos) for p in PROMPTS]
+    assert got[0][-1] == eos and len(got[0]) <= 5
+
+
+def test_eos_rows_independent_and_max_new_tokens():
+    m = tiny()
+    free = generate(m, PROMPTS, 10)
+    assert [len(r) for r in free] == [10, 10, 10]
+    eos = free[1][2]
+    got = generate(m, PROMPTS, 10, eos_ids=[eos, 96])
+    for f, g in zip(free, got):  # each row = its free run truncated at its own first EOS (inclusive)
+        cut = next((j + 1 for j, x in enumerate(f) if x in (eos, 96)), len(f))
+        assert g == f[:cut]
+    assert len(got[1]) <= 3 and got[1][-1] == eos
+    assert generate(m, [PROMPTS[1]], 10, eos_ids=[eos]) == [got[1]]  # same row, alone: same result
+    assert all(len(r) == 3 for r in generate(m, PROMPTS, 3, temperature=1.0, seed=0))
+
+
+def test_seeds_temperature_and_groups():
+    m = tiny()
+    a = generate(m, PROMPTS, 8, temperature=1.0, seed=1, k=4)
+    assert len(a) == 12 and a == generate(m, PROMPTS, 8, temperature=1.0, seed=1, k=4)
+    assert a != generate(m, PROMPTS, 8, temperature=1.0, seed=2, k=4)
+    for i in range(3):  # the k rows of each group are not all identical at temperature 1
+        assert len({tuple(r) for r in a[4 * i:4 * i + 4]}) > 1
+    greedy = generate(m, PROMPTS, 8)
+    assert generate(m, PROMPTS, 8, seed=123) == generate(m, PROMPTS, 8, seed=7) == greedy
+    # greedy group mode: every row of a group equals its prompt's greedy completion
+    assert generate(m, PROMPTS, 8, k=3) == [g for g in greedy for _ in range(3)]
+    # top_p that keeps only the most likely token is greedy, whatever the seed
+    assert generate(m, PROMPTS, 8, temperature=1.0, top_p=1e-6, seed=5) == greedy
+
+
+def test_logprobs_match_forward():
+    m = tiny()
+    comps, lps = generate(m, PROMPTS, 6, temperature=0.7, seed=3, k=2, return_logprobs=True)
+    assert [len(c) for c in comps] == [len(lp) for lp in lps]
+    for r, (c, lp) in enumerate(zip(comps, lps)):
+        p = PROMPTS[r // 2]
+        with torch.no_grad():
+            logits = m(torch.tensor([p + c]))[0, len(p) - 1:-1] / 0.7  # (n, V)
+        want = logits.log_softmax(-1).gather(1, torch.tensor(c)[:, None])[:, 0]
+        assert torch.allclose(torch.tensor(lp), want, atol=1e-4)
+
+
+def test_bad_input():
+    m = tiny()
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        generate(m, [[1, 2], []], 4)

@@ -1,0 +1,137 @@
+"""sft.py on a tiny model (CPU): the loss mask covers exactly the assistant turn and its <|im_end|>; the loss
+falls; a killed run resumes to the same final weights; the saved folder reloads in transformers with the same
+logits; torchrun with 2 processes (gloo, FSDP2) matches 1 process with the same global batch; bad input fails
+clearly."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import model as M
+import sft
+from common import read_jsonl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIS = ["Dengue", "Malaria", "Influenza", "Measles", "Typhoid", "Cholera"]
+SYM = ["fever", "rash", "cough", "headache", "diarrhea", "vomiting", "chills", "myalgia"]
+
+
+def chat_row(i):
+    d, s = DIS[i % 6], SYM[(i * 3) % 8]
+    return {"id": f"r{i}", "messages": [
+        {"role": "system", "content": "Answer the question."},
+        {"role": "user", "content": f"A patient presents with {s}. Which disease? A. {d} B. {DIS[(i + 1) % 6]}"},
+        {"role": "assistant", "content": f"<think>{s.capitalize()} points to {d}. {d} is option A.</think>\n"
+                                         f"<answer>A</answer>"}]}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sft")
+    rows = [chat_row(i) for i in range(40)] + [{"text": f"{x} is a disease with {y}."} for x in DIS for y in SYM[:2]]
+    with open(d / "sft.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    texts = [json.dumps(r) for r in rows]
+    tok = M.train_tokenizer(texts, str(d / "tok"), vocab_size=400)
+    M.init_model(str(d / "init"), len(tok), seed=0, tokenizer=tok, hidden_size=64, intermediate_size=128,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    return d, tok
+
+
+def args(d, out, *extra):
+    return ["--data", str(d / "sft.jsonl"), "--init", str(d / "init"), "--out", str(out), "--steps", "10",
+            "--batch-size", "8", "--micro-batch", "3", "--lr", "3e-3", "--warmup", "2", "--val-frac", "0.1",
+            "--eval-every", "5", "--max-len", "256", *extra]
+
+
+def weights(run):
+    return load_file(os.path.join(run, "final", "model.safetensors"))
+
+
+def test_loss_mask_and_helpers(env):
+    d, tok = env
+    row = chat_row(3)
+    ids, start = sft.encode(tok, row, "x:1")
+    assert tok.decode(ids[start:]) == row["messages"][2]["content"] + "<|im_end|>"
+    assert tok.decode(ids[:start]).endswith("<|im_start|>assistant\n") and "Which disease" in tok.decode(ids[:start])
+    ids, start = sft.encode(tok, {"text": "fever and rash"}, "x:2")
+    assert start == 1 and tok.decode(ids) == "fever and rash<|endoftext|>"
+    x, y = sft.pad_batch([[5, 6, 7, 8], [1, 2]], [2, 1], pad_id=0)
+    assert x.tolist() == [[5, 6, 7, 8], [1, 2, 0, 0]] and y.tolist() == [[-100, 7, 8, -100], [2, -100, -100, -100]]
+    assert sft.lr_at(0, 100, 10, 1.0) == pytest.approx(0.1) and sft.lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert sft.lr_at(55, 100, 10, 1.0, 0.1) == pytest.approx(0.55) and sft.lr_at(100, 100, 10, 1.0) == pytest.approx(0.1)
+    # ranks get the same number of micro-batches, together exactly the global batch
+    lens = [5, 9, 2, 7, 7]
+    parts = [sft.split_for_rank([0, 1, 2, 3, 4], lens, r, 2, 2) for r in range(2)]
+    assert [len(p) for p in parts] == [2, 2] and parts[1][1] is None
+    assert sorted(i for p in parts for m in p if m for i in m) == [0, 1, 2, 3, 4]
+
+
+def test_train_resume_reload_and_two_ranks(env, tmp_path):
+    d, tok = env
+    full, killed, two = tmp_path / "full", tmp_path / "killed", tmp_path / "two"
+    # 2 processes (gloo + FSDP2) in the background while the 1-process runs go on
+    env2 = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             os.path.join(ROOT, "sft.py"), *args(d, two, "--micro-batch", "2")], env=env2,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        sft.main(args(d, full))
+        m = read_jsonl(full / "metrics.jsonl")
+        losses = [r["loss"] for r in m if "loss" in r]
+        vals = [r["val_loss"] for r in m if "val_loss" in r]
+        assert len(losses) == 10 and len(vals) == 2 and all(r["tokens_per_s"] > 0 for r in m if "loss" in r)
+        assert sum(losses[-3:]) / 3 < losses[0] - 0.5 and vals[1] < vals[0], (losses, vals)
+        # killed after step 4, then re-run: same final weights as the uninterrupted run
+        sft.main(args(d, killed, "--stop-after", "4"))
+        assert not (killed / "final").exists() and (killed / "state" / "state.json").exists()
+        sft.main(args(d, killed))
+        a, b = weights(full), weights(killed)
+        assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+        assert any(not torch.allclose(a[k], load_file(str(d / "init" / "model.safetensors"))[k]) for k in a)
+        # the final folder reloads in transformers with the logits of model.load_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        hf = AutoModelForCausalLM.from_pretrained(str(full / "final"), dtype=torch.float32).eval()
+        ids = torch.tensor([sft.encode(AutoTokenizer.from_pretrained(str(full / "final")), chat_row(1), "x")[0]])
+        with torch.no_grad():
+            assert torch.allclose(hf(ids).logits, M.load_model(str(full / "final"))(ids), atol=1e-4)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out
+        c = weights(two)
+        assert max((a[k] - c[k]).abs().max().item() for k in a) < 1e-5
+        two_losses = [r["loss"] for r in read_jsonl(two / "metrics.jsonl") if "loss" in r]
+        assert two_losses == pytest.approx(losses, rel=1e-4)
+    finally:
+        proc.kill()
+
+
+def test_bad_input(env, tmp_path):
+    d, tok = env
+    bad = tmp_path / "bad.jsonl"
+    rows = [chat_row(0), {"messages": chat_row(1)["messages"][:2]}]
+    bad.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = args(d, tmp_path / "r")
+    base[1] = str(bad)
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: field 'messages' must end with a non-empty assistant"):
+        sft.main(base)
+    # a row over --max-len is rejected with its reason (not truncated); nothing left -> an error
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps(chat_row(0)) + "\n" + json.dumps({"text": "fever " * 200}) + "\n")
+    base[1] = str(long)
+    sft.main(base[:-2] + ["--max-len", "100", "--steps", "1"])
+    rej = read_jsonl(tmp_path / "r" / "rejects.jsonl")
+    assert len(rej) == 1 and rej[0]["line"] == 2 and "> --max-len 100" in rej[0]["reason"]
+    with pytest.raises(ValueError, match="no usable rows"):
+        sft.main(base[:-2] + ["--max-len", "10", "--out", str(tmp_path / "r2")])
+    with pytest.raises(ValueError, match="exceeds the model context"):
+        sft.main(args(d, tmp_path / "r3", "--max-len", "4096"))
+    # a model whose vocabulary is smaller than the tokenizer's
+    small = tmp_path / "small"
+    M.init_model(str(small), 100, tokenizer=tok, hidden_size=32, intermediate_size=64, num_attention_heads=2,
+                 num_key_value_heads=1)
+    with pytest.raises(ValueError, match="vocab_size is 100"):
+        sft.main(args(d, tmp_path / "r4", "--init", str(small)))

@@ -1,0 +1,176 @@
+"""synth.py on a hand-made KG fixture (independent of kg.py): soundness of every item, split, rarity, CLI."""
+import json
+import os
+import subprocess
+import sys
+from collections import Counter, defaultdict
+
+import pytest
+
+import synth
+from common import read_records, check_record
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_kg(d):
+    """13 diseases over 20 overlapping symptoms, tests, drugs (with classes, mechanisms, contraindications),
+    complications; D0-D2 and X0-X2 are 'common' (many inlinks). One edge is written tail-first on purpose."""
+    ents, edges = [], []
+    ent = lambda i, t, inl=1: ents.append({"id": i, "name": i.replace("_", " "), "type": t, "aliases": [],
+                                           "inlinks": inl, "source": {"page": i, "revid": 1}})
+    edge = lambda h, r, t: edges.append({"head": h, "relation": r, "tail": t,
+                                         "source": {"page": h, "revid": 7, "field": r}})
+    for i in range(13):
+        ent(f"Disease_{i}", "disease", 100 if i < 3 else i % 3)
+    for i in range(20):
+        ent(f"Symptom_{i}", "symptom")
+    for i in range(8):
+        ent(f"Test_{i}", "test", 2)
+    for i in range(15):
+        ent(f"Drug_{i}", "drug", 50 if i < 3 else 1)
+    for i in range(5):
+        ent(f"Class_{i}", "drug_class"), ent(f"Mech_{i}", "mechanism")
+    ent("Smoking", "other", 5)
+    for i in range(12):
+        D = f"Disease_{i}"
+        for j in (i, i + 1, i + 3, i + 7):
+            edge(D, "has_symptom", f"Symptom_{j % 20}")
+        edge(D, "diagnosed_by", f"Test_{i % 8}")
+        if i % 2:
+            edge(D, "diagnosed_by", f"Test_{(i + 1) % 8}")
+        edge(D, "treated_with", f"Drug_{i}")
+        if i != 11:
+            edge(D, "treated_with", f"Drug_{(i + 5) % 15}")
+        edge(D, "has_complication", f"Disease_{(i + 4) % 12}")
+        edge(f"Drug_{(i + 2) % 15}", "contraindicated_in", D)
+    for j in (0, 1, 19):  # Disease_12 shares {Symptom_0, Symptom_1} with Disease_0: that pair is ambiguous
+        edge("Disease_12", "has_symptom", f"Symptom_{j}")
+    edge("Disease_12", "treated_with", "Drug_3")
+    edge("Drug_14", "treated_by", "Disease_11")  # tail-first: must be read as Disease_11 treated_by Drug_14
+    edge("Disease_0", "risk_factor", "Smoking")
+    edge("Disease_5", "risk_factor", "Smoking")
+    for j in range(15):
+        edge(f"Drug_{j}", "drug_class", f"Class_{j % 5}")
+        edge(f"Drug_{j}", "mechanism", f"Mech_{(j * 2) % 5}")
+    os.makedirs(d, exist_ok=True)
+    for name, rows in (("entities", ents), ("edges", edges)):
+        with open(os.path.join(d, name + ".jsonl"), "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+    return ents, edges
+
+
+def kg_truth(ents, edges):
+    """What the KG says, computed here from the raw rows (by name), independently of synth.py."""
+    name = {e["id"]: e["name"] for e in ents}
+    rel = defaultdict(set)
+    for e in edges:
+        h, r, t = name[e["head"]], e["relation"], name[e["tail"]]
+        if r == "treated_by" and h.startswith("Drug"):
+            h, t = t, h
+        rel[r].add((h, t))
+    out = lambda r, h: {t for hh, t in rel[r] if hh == h}
+    treats = lambda d: out("treated_with", d) | out("treated_by", d)
+    correct = {
+        "diagnosis": lambda d: {d},
+        "test": lambda d: out("diagnosed_by", d),
+        "treatment": treats,
+        "complication": lambda d: out("has_complication", d) | {d},
+        "contraindication": lambda d: {x for x, dd in rel["contraindicated_in"] if dd == d},
+        "drug_class": lambda d: set().union(*[out("drug_class", x) for x in treats(d)]),
+        "mechanism": lambda d: set().union(*[out("mechanism", x) for x in treats(d)]),
+    }
+    findings = lambda d: out("has_symptom", d) | out("risk_factor", d)
+    return correct, findings, {e["name"]: e["type"] for e in ents}
+
+
+@pytest.fixture(scope="module")
+def kg(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("kg"))
+    ents, edges = make_kg(d)
+    return d, ents, edges
+
+
+def test_every_item_is_sound(kg):
+    d, ents, edges = kg
+    train, test, stats = synth.synthesize(d, 400, 150, seed=1)
+    assert len(train) == 400 and len(test) == 150
+    correct, findings, etype = kg_truth(ents, edges)
+    diseases = [e["name"] for e in ents if e["type"] == "disease"]
+    fams = Counter()
+    for q in train + test:
+        assert check_record(q) is None, check_record(q)
+        m, opts = q["meta"], list(q["options"].values())
+        fams[m["family"]] += 1
+        assert len(opts) == 4 and len({o.lower() for o in opts}) == 4  # distinct options
+        assert q["options"][q["answer"]] == m["answer_name"]  # the answer is the masked entity
+        disease = m["hidden"] or m["answer_name"]
+        assert 2 <= len(m["given"]) <= 4 and set(m["given"]) <= findings(disease)
+        # the given set identifies the disease: no other disease has all given findings
+        assert [x for x in diseases if set(m["given"]) <= findings(x)] == [disease]
+        right = correct[m["family"]](disease)
+        assert m["answer_name"] in right
+        for k, o in q["options"].items():
+            if k != q["answer"]:
+                assert etype[o] == etype[m["answer_name"]], (o, m)  # same type as the answer
+                assert o not in right, (o, m)  # never a second right answer
+        assert m["hops"] == synth.FAMILIES[m["family"]] and len(m["path"]) == len(m["given"]) + m["hops"] - 1
+        assert all(p["revid"] == 7 for p in m["provenance"])
+        for g in m["given"]:  # every given finding is stated
+            assert g.lower() in q["question"].lower()
+        assert m["answer_name"].lower() not in q["question"].lower()
+    assert set(fams) == set(synth.FAMILIES), fams  # every family occurs
+    # the tail-first edge was flipped: Drug_14 treats Disease_11
+    assert any(q["meta"]["answer_name"] == "Drug 14" and q["meta"]["hidden"] == "Disease 11"
+               for q in train + test if q["meta"]["family"] == "treatment")
+
+
+def test_split_disjoint_balanced_deterministic(kg):
+    d = kg[0]
+    train, test, stats = synth.synthesize(d, 400, 200, seed=3)
+    key = lambda q: (q["meta"]["family"], frozenset(q["meta"]["given"]))
+    ktr, kte = [key(q) for q in train], [key(q) for q in test]
+    assert len(set(ktr)) == len(ktr) and len(set(kte)) == len(kte) and not set(ktr) & set(kte)
+    for split in (train, test):
+        pos = Counter(q["answer"] for q in split)
+        assert max(pos[x] for x in "ABCD") - min(pos[x] for x in "ABCD") <= 1, pos  # balanced over A..D
+    again = synth.synthesize(d, 400, 200, seed=3)
+    assert (train, test) == again[:2]
+    other = synth.synthesize(d, 400, 200, seed=4)
+    assert [q["id"] for q in test] != [q["id"] for q in other[1]]
+    assert stats["supported_instances"]["total"] >= 600
+
+
+def test_rarity_weighting_shifts_answers(kg):
+    d = kg[0]
+    uni = synth.synthesize(d, 300, 0, seed=0, alpha=0.0, hop_weight=1.0)[2]
+    rare = synth.synthesize(d, 300, 0, seed=0, alpha=1.5, hop_weight=1.0)[2]
+    u, r = uni["sampled"]["disease_inlinks_mean"], rare["sampled"]["disease_inlinks_mean"]
+    assert r < 0.5 * u, (u, r)  # common diseases (100 inlinks) are drawn much less often
+    hop = synth.synthesize(d, 300, 0, seed=0, alpha=0.0, hop_weight=4.0)[2]
+    assert hop["sampled"]["hops"].get(3, 0) > uni["sampled"]["hops"].get(3, 0) + 0.1
+
+
+def test_llm_rewrite_rejects_dropped_facts_and_leaks(kg, monkeypatch):
+    import common
+    train = synth.synthesize(kg[0], 3, 0, seed=0, families=["treatment"])[0]
+    g0 = train[0]["meta"]["given"]
+    replies = [" ".join(train[1]["meta"]["given"][:1]) + " - which drug?",  # drops a finding
+               " ".join(train[1]["meta"]["given"]) + " " + train[1]["meta"]["hidden"],  # leaks the disease
+               "Vignette: " + ", ".join(train[2]["meta"]["given"]) + ". Which drug?"]  # fine
+    replies[0] = "A patient with " + g0[0] + ". Which drug?" if len(g0) > 1 else replies[0]
+    monkeypatch.setattr(common, "make_llm", lambda *a, **k: lambda convs, **kw: [[r] for r in replies])
+    before = [q["question"] for q in train]
+    assert synth.llm_rewrite(train, "http://unused") == 1
+    assert [q["question"] for q in train[:2]] == before[:2]
+    assert train[2]["question"] == replies[2] and train[2]["meta"]["template_question"] == before[2]
+
+
+def test_cli_writes_records_and_stats(kg, tmp_path):
+    out = tmp_path / "synth"
+    r = subprocess.run([sys.executable, "synth.py", "--kg", kg[0], "--out", str(out), "--n", "120",
+                        "--test-n", "40", "--seed", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(read_records(out / "train.jsonl")) == 120 and len(read_records(out / "test.jsonl")) == 40
+    stats = json.loads((out / "stats.json").read_text())
+    assert set(stats["sampled"]) >= {"family", "hops", "answer_inlinks_mean"} and "uniform" in stats
