@@ -71,7 +71,7 @@ POS = {  # one sentence per (head, relation, tails)
     "treated_with": "{h} is treated with {t}", "specialty": "{h} is managed in {t}",
     "drug_class": "{h} belongs to the class {t}", "contraindicated_in": "{h} is contraindicated in {t}",
     "adverse_effect": "{h} can cause {t}", "interacts_with": "{h} interacts with {t}",
-    "mechanism": "{h} acts by {t}", "location": "{h} affects {t}",
+    "mechanism": "{h} works through {t}", "location": "{h} affects {t}",
 }
 NEG_TAIL = {  # distractors {d} stand where the answer is the tail of (h, relation, answer)
     "has_symptom": "{d} {be} not a feature of {h}", "has_complication": "{d} {be} not a complication of {h}",
@@ -80,6 +80,7 @@ NEG_TAIL = {  # distractors {d} stand where the answer is the tail of (h, relati
     "treated_with": "{d} {do} not treat {h}; {it} treat{s} other conditions",
     "prevented_by": "{d} {do} not prevent {h}", "risk_factor": "{d} {be} not a risk factor for {h}",
     "adverse_effect": "{d} {be} not an adverse effect of {h}", "drug_class": "{d} {be} not the class of {h}",
+    "mechanism": "{h} does not work through {d}",
 }
 NEG_HEAD = {  # distractors stand where the answer is the head, e.g. a competing diagnosis
     "has_symptom": "{d} {be} competing diagnos{es} but {do} not explain {t}",

@@ -14,13 +14,15 @@ Difficulty (--difficulty):
   llm        a judge model labels each item with the three definitions in JUDGE (paraphrasing the paper's).
   passrate   empirical pass rate p of a model over k samples (the verifier trials when --verify is given):
              p > 2/3 easy, 1/3 < p <= 2/3 moderate, p <= 1/3 difficult.
-  heuristic  for synthetic items when no LLM runs (the tiny pipeline), from meta.hops and meta.rarity: an answer
-             is rare when its inlinks are at or below the --rare-quantile of the synthetic pool;
-             1 hop common = easy; 1 hop rare or 2 hops common = moderate; 2 hops rare or 3+ hops = difficult.
+  heuristic  for synthetic items when no LLM runs (the tiny pipeline), from meta.hops and meta.rarity: the
+             disease to be recognised is rare when its inlinks are among the lowest --rare-quantile of the
+             pool (ties kept together, so possibly fewer); 1 hop common = easy; 1 hop rare or 2 hops common =
+             moderate; 2 hops rare or 3+ hops = difficult.
              Records without hops keep a difficulty they already have, else "moderate" (meta.difficulty_source
              says "default"), so every record has one.
 """
 import argparse
+import bisect
 import hashlib
 import json
 import os
@@ -29,7 +31,7 @@ import re
 import unicodedata
 from collections import Counter, defaultdict
 
-from common import (LETTERS, DIFFICULTIES, check_record, write_jsonl, atomic_write, build_messages,
+from common import (DIFFICULTIES, check_record, write_jsonl, atomic_write, build_messages,
                     extract_answer, Progress)
 
 # ----------------------------------------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def load_source(name, path):
     bad = []
     recs = ev.load_benchmark(name, path, rejects=bad)
     for r in recs:
-        r["source"] = name
+        r["source"] = r["source"] if name == "jsonl" else name
         r.setdefault("meta", {})["origin"] = f"{path}:{r['id']}"
     return recs, [{"source": name, "where": f"{path}:{b['row']}", "reason": "load: " + b["reason"]} for b in bad]
 
@@ -206,8 +208,8 @@ def decontaminate(recs, benches, n=13, min_frac=0.2):
 # ----------------------------------------------------------------------------------------------------------
 # label verification and difficulty
 
-def verify(recs, llm, k=5, temperature=0.7, max_tokens=1024, chunk=256):
-    """k independent trials per item; meta.verify = {"k", "correct"}. Returns (kept, review rows). The client
+def verify(recs, llm, k=5, temperature=0.7, max_tokens=1024, chunk=256, key="verify"):
+    """k independent trials per item; meta[key] = {"k", "correct"}. Returns (kept, review rows). The client
     caches every call, so a killed run resumes where it stopped."""
     kept, review, prog = [], [], Progress(len(recs), "verify")
     for s in range(0, len(recs), chunk):
@@ -215,8 +217,8 @@ def verify(recs, llm, k=5, temperature=0.7, max_tokens=1024, chunk=256):
         outs = llm([build_messages(r) for r in part], n=k, temperature=temperature, max_tokens=max_tokens)
         for r, texts in zip(part, outs):
             picks = [extract_answer(t, "".join(r["options"])) for t in texts]
-            r["meta"]["verify"] = {"k": k, "correct": sum(p == r["answer"] for p in picks)}
-            if r["meta"]["verify"]["correct"]:
+            r["meta"][key] = {"k": k, "correct": sum(p == r["answer"] for p in picks)}
+            if r["meta"][key]["correct"]:
                 kept.append(r)
             else:
                 review.append({**r, "trials": texts, "picks": picks})
@@ -236,17 +238,20 @@ def tier_from_passrate(p):
     return "easy" if p > 2 / 3 else "moderate" if p > 1 / 3 else "difficult"
 
 
-def difficulty_heuristic(recs, rare_quantile=0.33):
-    """meta.hops + meta.rarity.answer_inlinks -> tier (mapping in the module docstring)."""
-    inl = sorted(r["meta"]["rarity"]["answer_inlinks"] for r in recs if "answer_inlinks" in r["meta"].get("rarity", {}))
-    cut = inl[int(rare_quantile * (len(inl) - 1))] if inl else 0
+def difficulty_heuristic(recs, rare_quantile=0.5):
+    """meta.hops + meta.rarity.disease_inlinks -> tier (mapping in the module docstring). Returns the cut.
+    A record whose meta.rarity.rare is already set (synth.py sets it over train+test+val together, so every
+    split uses the same cut) keeps it."""
+    vals = sorted(r["meta"]["rarity"]["disease_inlinks"] for r in recs
+                  if "hops" in r["meta"] and "rare" not in r["meta"]["rarity"])
+    cut = max((v for v in set(vals) if bisect.bisect_right(vals, v) <= rare_quantile * len(vals)), default=-1)
     for r in recs:
         hops, m = r["meta"].get("hops"), r["meta"]
         if hops is None:
+            m.setdefault("difficulty_source", "given" if r.get("difficulty") else "default")
             r["difficulty"] = r.get("difficulty") or "moderate"
-            m.setdefault("difficulty_source", "given" if r["difficulty"] != "moderate" else "default")
             continue
-        rare = m.get("rarity", {}).get("answer_inlinks", cut + 1) <= cut
+        rare = m["rarity"].setdefault("rare", m["rarity"]["disease_inlinks"] <= cut)
         r["difficulty"] = "easy" if hops == 1 and not rare else "moderate" if hops == 1 or (hops == 2 and not rare) \
             else "difficult"
         m["difficulty_source"] = "heuristic"
@@ -318,9 +323,13 @@ def table(recs):
 
 
 def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=None, k=5, seed=0,
-        near_threshold=0.8, ngram=13, rare_quantile=0.33, llm_model=None, contam_frac=0.2):
+        near_threshold=0.8, ngram=13, rare_quantile=0.5, llm_model=None, contam_frac=0.2,
+        judge_spec=None, max_tokens=1024):
     """The whole filter; `sources`/`benches` are [(name, path)]. Returns the stats dict."""
     from common import make_llm
+    judge = judge_spec or verify_spec
+    if difficulty in ("passrate", "llm") and not judge:
+        raise SystemExit(f"--difficulty {difficulty} needs a model: --judge (or --verify) URL_OR_FOLDER")
     stats, rejects, recs = {"loaded": {}, "rejects": Counter()}, [], []
     reject = lambda rec, reason, where=None: rejects.append(
         {"source": (rec or {}).get("source"), "where": where or (rec or {}).get("meta", {}).get("origin"),
@@ -358,19 +367,18 @@ def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=
     review = []
     mk = lambda spec: make_llm(spec, model_name=llm_model, cache_dir=os.path.join(out, "llm_cache"))
     if verify_spec:
-        recs, review = verify(recs, mk(verify_spec), k=k)
+        recs, review = verify(recs, mk(verify_spec), k=k, max_tokens=max_tokens)
     if difficulty == "heuristic":
         stats["rare_inlinks_cut"] = difficulty_heuristic(recs, rare_quantile)
     elif difficulty == "passrate":
-        if not verify_spec:
-            raise SystemExit("--difficulty passrate needs --verify (the pass rate over its k trials)")
+        key = "verify" if judge == verify_spec else "passrate"  # reuse the verifier's k trials when it is the judge
+        if key == "passrate":
+            verify(recs, mk(judge), k=k, key=key, max_tokens=max_tokens)
         for r in recs:
-            r["difficulty"] = tier_from_passrate(r["meta"]["verify"]["correct"] / r["meta"]["verify"]["k"])
+            r["difficulty"] = tier_from_passrate(r["meta"][key]["correct"] / r["meta"][key]["k"])
             r["meta"]["difficulty_source"] = "passrate"
-    elif difficulty == "llm":
-        if not verify_spec:
-            raise SystemExit("--difficulty llm needs a judge model: --verify URL_OR_FOLDER")
-        difficulty_llm(recs, mk(verify_spec))
+    else:
+        difficulty_llm(recs, mk(judge))
     stats["before_mix"] = len(recs)
     pool = mix_pool(recs, mix, seed) if mix else recs
     for r in rejects:
@@ -406,25 +414,27 @@ def main(argv=None):
     p.add_argument("--decontaminate", nargs="*", default=[], help="name=path of evaluation benchmarks")
     p.add_argument("--out", required=True)
     p.add_argument("--verify", default=None, help="verifier: OpenAI-compatible base URL or model folder")
+    p.add_argument("--judge", default=None, help="difficulty model (llm judge or pass-rate); default: --verify")
     p.add_argument("--llm-model", default=None, help="model name sent to the HTTP endpoint")
     p.add_argument("--k", type=int, default=5, help="verification trials per item")
+    p.add_argument("--max-tokens", type=int, default=1024, help="tokens per verifier trial")
     p.add_argument("--difficulty", choices=["heuristic", "passrate", "llm"], default="llm")
     p.add_argument("--mix", default=None, help="public=0.6,synthetic=0.4 (fractions) or counts per source")
     p.add_argument("--near-threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
     p.add_argument("--ngram", type=int, default=13, help="decontamination n-gram length (tokens)")
     p.add_argument("--contam-frac", type=float, default=0.2, help="share of n-grams found in a benchmark")
-    p.add_argument("--rare-quantile", type=float, default=0.33)
+    p.add_argument("--rare-quantile", type=float, default=0.5, help="heuristic: share of the pool counted as rare")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="tiny pipeline: no LLM, heuristic difficulty")
     a = p.parse_args(argv)
     if a.tiny:
-        a.difficulty, a.verify = "heuristic", None
+        a.difficulty, a.verify, a.judge = "heuristic", None, None
     sources = [("synthetic", s) for s in a.synthetic] + pairs(a.public, "--public")
     if not sources:
         p.error("give --synthetic and/or --public")
     run(sources, a.out, pairs(a.decontaminate, "--decontaminate"), a.verify, a.difficulty,
         parse_mix(a.mix) if a.mix else None, a.k, a.seed, a.near_threshold, a.ngram, a.rare_quantile, a.llm_model,
-        a.contam_frac)
+        a.contam_frac, a.judge, a.max_tokens)
 
 
 if __name__ == "__main__":

@@ -72,28 +72,24 @@ NEUTRAL = re.compile(r"classif|cost|histor|epidemiolog|prognos|research|societ|c
                      r"animal|see also|reference|external|further|notes|legal|brand|name|chemi|synthes", re.I)
 LIST_TEMPLATES = {"ubl", "unbulleted list", "plainlist", "plain list", "hlist", "flatlist", "bulleted list",
                   "bull list", "ublist", "nowrap", "flat list", "endplainlist", "endflatlist"}
-NAMESPACES = {"file", "image", "category", "template", "wikipedia", "wp", "help", "portal", "special", "talk",
-              "user", "media", "mediawiki", "module", "draft", "wiktionary", "wikt", "commons", "s", "d", "w",
-              "wikisource", "wikibooks", "meta", "mw", "book", "timedtext", "q", "v", "n", "b", "c"}
-STOP = {"disease", "medical condition", "medication", "medicine", "drug", "symptom", "syndrome", "therapy",
-        "treatment", "patient", "physician", "doctor", "hospital", "human", "health", "people", "person",
-        "united states", "food and drug administration", "world health organization", "chemical compound",
-        "none", "unknown", "other", "others", "rare", "common", "uncommon", "various", "variable", "varies",
-        "usually", "often", "rarely", "sometimes", "gram", "milligram", "microgram", "kilogram", "litre", "liter",
-        "millilitre", "hour", "day", "week", "month", "year", "percent", "per cent", "mole (unit)", "baby",
-        "mother", "adult", "child", "children", "women", "men", "male", "female", "medical diagnosis",
-        "diagnosis", "prevention", "prognosis", "epidemiology", "pharmacology", "mechanism of action",
-        "medical sign", "side effect", "adverse effect", "adverse drug reaction", "infant", "elderly"}
+NAMESPACES = set("file image category template wikipedia wp help portal special talk user media mediawiki module "
+                 "draft wiktionary wikt commons s d w wikisource wikibooks meta mw book timedtext q v n b c".split())
+STOP = set("disease|medical condition|medication|medicine|drug|symptom|syndrome|therapy|treatment|patient|physician|"
+           "doctor|hospital|human|health|people|person|united states|food and drug administration|world health "
+           "organization|chemical compound|none|unknown|other|others|rare|common|uncommon|various|variable|varies|"
+           "usually|often|rarely|sometimes|gram|milligram|microgram|kilogram|litre|liter|millilitre|hour|day|week|"
+           "month|year|percent|per cent|mole (unit)|baby|mother|adult|child|children|women|men|male|female|infant|"
+           "elderly|medical diagnosis|diagnosis|prevention|prognosis|epidemiology|pharmacology|mechanism of action|"
+           "medical sign|side effect|adverse effect|adverse drug reaction".split("|"))
 # an unlinked item with one of these is a phrase ("a type of", "before birth"), not an entity name
-FUNCTION_WORDS = {"a", "an", "the", "of", "in", "on", "at", "to", "for", "with", "without", "by", "from", "after",
-                  "before", "during", "may", "can", "is", "are", "be", "not", "no", "due", "risk", "per", "than",
-                  "some", "most", "many", "few", "about", "up", "if", "when", "while", "also", "such", "as"}
+FUNCTION_WORDS = set("a an the of in on at to for with without by from after before during may can is are be not no "
+                     "due risk per than some most many few about up if when while also such as".split())
 MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 NONENTITY_RE = re.compile(rf"^(\d[\d,.]*\s*(s|bc|ad|bce|ce)?|\d+(st|nd|rd|th) century|({MONTHS})( \d+)?|"
                           rf"\d+ ({MONTHS})|list of .*|.*\(disambiguation\))$", re.I)
 
 
-class DumpError(Exception):
+class DumpError(Exception):  # a broken dump file: the message names the file and the position
     pass
 
 
@@ -109,10 +105,9 @@ def is_entity(title):
     """False for namespaced/interwiki links, years, dates, units and generic words (never written anywhere)."""
     if not title:
         return False
-    if ":" in title:
-        pre = title.split(":", 1)[0].strip().lower()
-        if pre in NAMESPACES or re.fullmatch(r"[a-z]{2,3}(-[a-z]+)?", pre):
-            return False
+    pre = title.split(":", 1)[0].strip().lower() if ":" in title else None
+    if pre is not None and (pre in NAMESPACES or re.fullmatch(r"[a-z]{2,3}(-[a-z]+)?", pre)):
+        return False
     return title.lower() not in STOP and not NONENTITY_RE.match(title)
 
 
@@ -143,11 +138,9 @@ def field_items(value, plain=True):
             code.replace(t, "\n".join(str(p.value) for p in t.params if not p.showkey) if keep else "")
     links = []
     for l in code.filter_wikilinks():  # recursive: links sit inside ''italics'' and other tags too
-        try:
+        if code.contains(l):  # not nested in a link replaced already
             code.replace(l, f"\ue000{len(links)}\ue001")  # private-use marks (mwparserfromhell drops \x00)
             links.append(l)
-        except ValueError:  # nested in a link replaced already
-            pass
     out = []
     for part in re.split(r"<\s*br\s*/?\s*>|\n|[,;•·/()]| or | and |</?(?:small|li|ul|p|div|span)[^>]*>", str(code)):
         idx = [int(i) for i in re.findall(r"\ue000(\d+)\ue001", part)]
@@ -203,10 +196,9 @@ def parse_page(title, text, plain=True):
     for name, spec in FIELDS.get(ptype, {}).items():
         if name.lower() in fields:
             add(field_items(fields[name.lower()], plain), spec, f"infobox:{name}")
-    for name in ("synonym", "synonyms", "other_names", "tradename"):
-        if name in fields:
-            r["aliases"] += [a for a in (s.strip(" '") for s in re.split(r"[,;]|<br\s*/?>", fields[name].strip_code()))
-                             if 2 < len(a) < 60 and a.lower() not in ("others", "none")]
+    for name in {"synonym", "synonyms", "other_names", "tradename"} & set(fields):
+        r["aliases"] += [a for a in (s.strip(" '") for s in re.split(r"[,;]|<br\s*/?>", fields[name].strip_code()))
+                         if 2 < len(a) < 60 and a.lower() not in ("others", "none")]
     code.remove(box)
     sections = code.get_sections(include_lead=True, flat=True)
     stack = []  # (level, spec) of the enclosing headings: a subsection inherits its parent's relation
@@ -228,11 +220,8 @@ def parse_page(title, text, plain=True):
         spec = spec or (stack[-1][1] if stack and not NEUTRAL.search(name) else None)
         stack.append((h.level, spec))
         if spec:  # a tail the infobox already relates otherwise keeps the infobox relation (more specific)
-            boxed = {}
-            for _, rel, t, f in r["edges"]:
-                if f.startswith("infobox:"):
-                    boxed.setdefault(t, set()).add(rel)
-            add([t for t in links if spec[0] in boxed.get(t, {spec[0]})], spec, f"section:{name}")
+            boxed = {(t, rel) for _, rel, t, f in r["edges"] if f.startswith("infobox:")}
+            add([t for t in links if (t, spec[0]) in boxed or t not in {b[0] for b in boxed}], spec, f"section:{name}")
     return r
 
 
@@ -245,7 +234,8 @@ class KG:
         self.pages = {}       # title -> {"type", "revid", "length"} for medical pages
         self.hint = {}        # title -> pathogen, from taxoboxes of non-medical pages
         self.slots = {}       # title -> Counter of slot types it was linked from
-        self.redirects = {}   # redirect title -> target title
+        self.redirects = {}   # redirect title -> target title, loaded at finish() with only the ones we need
+        self.red_f = open(os.path.join(out, ".redirects.tsv"), "w+", encoding="utf-8")  # enwiki has ~10M: disk
         self.aliases = {}     # title -> synonyms from its infobox
         self.edges = {}       # (head, rel, tail) -> [source, count]
         self.inl = Counter()  # title -> number of medical pages linking to it
@@ -260,8 +250,18 @@ class KG:
     def add_redirect(self, src, dst):
         src, dst = norm_title(src), norm_title(dst)
         if src and dst and src != dst:
-            self.redirects[src] = dst
+            self.red_f.write(f"{src}\t{dst}\n")
             self.stats["redirects"] += 1
+
+    def load_redirects(self):
+        """Keep the redirects from a title we reference (entity linking) or into one (aliases)."""
+        ref = set(self.pages) | set(self.slots) | set(self.inl) | {x for h, _, t in self.edges for x in (h, t)}
+        self.red_f.flush()
+        self.red_f.seek(0)
+        for line in self.red_f:
+            src, dst = line.rstrip("\n").split("\t")
+            if src in ref or dst in ref:
+                self.redirects[src] = dst
 
     def add_page(self, title, revid, text):
         """Parse one article and record it; returns parse_page's dict (the crawler follows its edges)."""
@@ -330,6 +330,7 @@ class KG:
             slots.setdefault(self.canon(t), Counter()).update(c)
         self.slots = slots
         self.flush_llm()
+        self.load_redirects()
         edges, nonmed = {}, np.sort(np.frombuffer(self.nonmed, dtype=np.int64))
         isnon = lambda t: (i := np.searchsorted(nonmed, thash(t))) < len(nonmed) and nonmed[i] == thash(t)
         for (h, rel, t), (src, n) in self.edges.items():
@@ -375,6 +376,8 @@ class KG:
         for name, rows in (("entities.jsonl", ents), ("edges.jsonl", edges)):
             atomic_write(os.path.join(self.out, name), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         atomic_write(os.path.join(self.out, "stats.json"), json.dumps(st, indent=1) + "\n")
+        self.red_f.close()
+        os.remove(self.red_f.name)
         return st
 
 
@@ -589,7 +592,7 @@ def crawl(api, seeds, out, user_agent, max_pages=1000, cat_depth=1, cache_dir=No
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--dump", help="pages-articles .xml or .xml.bz2")
     ap.add_argument("--api", help="Action API endpoint, e.g. https://en.wikipedia.org/w/api.php")
     ap.add_argument("--seed", action="append", default=[], help="Template:…, Category:… or a title (repeatable)")
@@ -621,7 +624,9 @@ def main(argv=None):
         else:
             if not a.user_agent:
                 ap.error("--api needs --user-agent (or env KG_USER_AGENT): Wikimedia requires a descriptive one")
-            st = crawl(a.api, a.seed or ["Template:Infobox medical condition", "Template:Infobox drug"], a.out,
+            seeds = a.seed or ["Template:Infobox medical condition (new)", "Template:Infobox medical condition",
+                               "Template:Infobox drug"]
+            st = crawl(a.api, seeds, a.out,
                        a.user_agent, a.max_pages, a.cat_depth, a.cache, a.backoff, llm, not a.links_only)
     except (DumpError, RuntimeError) as e:
         sys.exit(f"kg: error: {e} (graph built so far written to {a.out})")

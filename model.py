@@ -261,6 +261,7 @@ def full_state_dict(model) -> dict:
 
 def _atomic_dir(path, write):
     """Call write(tmp_dir), then swap tmp_dir into place: readers never see a half-written folder."""
+    path = os.path.normpath(path)  # "out/" must not put the tmp dir inside out/
     tmp, old = f"{path}.tmp{os.getpid()}", f"{path}.old{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
@@ -272,8 +273,9 @@ def _atomic_dir(path, write):
 
 
 def _write_hf(d, model, sd, tokenizer):
+    dtype = str(next(iter(sd.values())).dtype).removeprefix("torch.")
     with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump(model.config.to_hf(), f, indent=2)
+        json.dump({**model.config.to_hf(), "dtype": dtype}, f, indent=2)
     save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(d, "model.safetensors"),
               metadata={"format": "pt"})
     if tokenizer is not None:
@@ -361,7 +363,8 @@ def shard_model(model, mixed_precision=False):
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
     for block in model.layers:
         fully_shard(block, **({"mp_policy": mp} if mp else {}))
-    root_mp = MixedPrecisionPolicy(torch.bfloat16, torch.float32, output_dtype=torch.float32)  # output on root only
+    root_mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                   output_dtype=torch.float32)  # fp32 outputs: set on the root only
     fully_shard(model, **({"mp_policy": root_mp} if mp else {}))
     return model
 

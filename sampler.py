@@ -30,12 +30,12 @@ def unsharded(model):
             m.set_reshard_after_forward(m is not model, recurse=False)  # FSDP's defaults: root keeps its weights
 
 
-def sample(logits, temperature, top_p, gen):
+def sample(logits, temperature, top_p, gen, want_logprob=True):
     """logits (N, V) fp32 -> token (N,), log-prob (N,) of that token under softmax(logits / temperature)
     (the full distribution the training forward sees; at temperature 0, under softmax(logits))."""
     if temperature == 0:
         tok = logits.argmax(-1)
-        return tok, logits.log_softmax(-1).gather(1, tok[:, None])[:, 0]
+        return tok, logits.log_softmax(-1).gather(1, tok[:, None])[:, 0] if want_logprob else None
     logp = (logits / temperature).log_softmax(-1)  # (N, V)
     probs = logp.exp()
     if top_p < 1.0:  # nucleus: keep the smallest prefix of the sorted distribution with mass >= top_p
@@ -75,7 +75,7 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
         cache = (torch.zeros(shape, dtype=dtype, device=dev), torch.zeros(shape, dtype=dtype, device=dev))
         # ---- prefill: the whole left-padded batch at once; only the last position's logits are needed
         h = model(ids, attention_mask=mask[:, :P], kv_cache=cache, cache_pos=0, return_hidden=True)  # (B, P, D)
-        logits = model.lm_head(h[:, -1]).float()  # (B, V)
+        logits = model.lm_head(h[:, -1].to(dtype)).float()  # (B, V); FSDP may have cast h to fp32
         if k > 1:  # group mode: replicate prompt state k times, rows of a group contiguous
             cache = tuple(x.repeat_interleave(k, dim=1) for x in cache)  # (L, N, K, T_max, hd)
             logits, mask, lens = (x.repeat_interleave(k, dim=0) for x in (logits, mask, lens))
@@ -85,14 +85,16 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
         # ---- decode: one token per row per step; finished rows keep stepping (their output is discarded)
         # so the batch keeps its shape; rows never interact, so they cannot change anyone else's result
         for t in range(max_new_tokens):
-            tok, lp = sample(logits, temperature, top_p, gen)  # (N,), (N,)
-            out[:, t], lps[:, t] = tok, lp
+            tok, lp = sample(logits, temperature, top_p, gen, return_logprobs)  # (N,), (N,)
+            out[:, t] = tok
+            if return_logprobs:
+                lps[:, t] = lp
             done |= torch.isin(tok, eos)
             if t == max_new_tokens - 1 or bool(done.all()):
                 break
             h = model(tok[:, None], position_ids=(lens + t)[:, None], attention_mask=mask[:, :P + t + 1],
                       kv_cache=cache, cache_pos=P + t, return_hidden=True)  # (N, 1, D)
-            logits = model.lm_head(h[:, -1]).float()  # (N, V)
+            logits = model.lm_head(h[:, -1].to(dtype)).float()  # (N, V)
     comps, logps = [], []
     for row, lp in zip(out.tolist(), lps.tolist()):
         n = next((j + 1 for j, x in enumerate(row[:t + 1]) if x in set(eos_ids)), t + 1)

@@ -210,6 +210,8 @@ def train(a):
     log = MetricsLog(os.path.join(a.out, "metrics.jsonl")) if rank == 0 else None
     if rank == 0:
         os.makedirs(a.out, exist_ok=True)
+        if os.path.exists(log.path):  # drop the rows of steps after the saved state: they are redone now
+            write_jsonl(log.path, [r for r in read_jsonl(log.path) if r.get("step", 0) <= step])
         write_jsonl(os.path.join(a.out, "rejects.jsonl"), rejects)
         print(f"sft: {len(train_set)} train / {len(val_set)} val rows ({len(rejects)} rejected as too long), "
               f"{world} rank(s) on {device}, steps {step}->{total}, global batch {bs}"
@@ -254,9 +256,9 @@ def train(a):
             if rank == 0:
                 log.log({"step": step, "val_loss": vl})
                 print(f"sft: step {step} val_loss {vl:.4f}", flush=True)
-        if step % a.save_every == 0 or step == a.stop_after:
+        if step % a.save_every == 0:
             save()
-        if step == a.stop_after:  # simulate a kill (tests): the state is saved, the run just ends here
+        if step == a.stop_after:  # simulate a kill (tests): no save, the resumed run redoes the lost steps
             return
     M.save_model(model, final_dir, tokenizer)
     save()  # a re-run finds step == total and only rewrites final
@@ -272,7 +274,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
     p.add_argument("--batch-size", type=int, default=128, help="global batch (rows per optimizer step)")
-    p.add_argument("--micro-batch", type=int, default=4, help="rows per forward on each rank")
+    p.add_argument("--micro-batch", type=int, default=1,
+                   help="rows per forward on each rank (the fp32 T x 152k logits dominate memory)")
     p.add_argument("--lr", type=float, default=1e-5)
     p.add_argument("--min-lr-ratio", type=float, default=0.1)
     p.add_argument("--warmup", type=float, default=0.03, help="warmup steps (>= 1) or fraction of all steps")
@@ -282,7 +285,7 @@ def parse_args(argv=None):
     p.add_argument("--val-frac", type=float, default=0.02, help="held-out share for the validation loss")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--stop-after", type=int, default=None, help="save state and stop after this step (tests)")
+    p.add_argument("--stop-after", type=int, default=None, help="stop after this step without saving, like a kill (tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="preset for the tiny CPU pipeline")
     a = p.parse_args(argv)

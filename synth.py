@@ -13,20 +13,25 @@ hidden and a fact one or two hops further is asked:
     contraindication findings -> [disease] <-contraindicated_in- drug          2 hops
     drug_class     findings -> [disease] -treated_with-> [drug] -drug_class-> class      3 hops
     mechanism      findings -> [disease] -treated_with-> [drug] -mechanism-> mechanism  3 hops
+    comorbidity    findings + known condition C -> [disease] -treated_with-> drug -contraindicated_in-> C  3 hops
+                   ("which drug for the likely disease must be avoided given C?"; no option may be any drug
+                   contraindicated in C or in the disease, so only the one the KG links to both is right)
 Soundness: the given set is chosen so that no other disease in the KG has all given findings (one diagnosis),
 the correct set of an item is everything the KG says answers it (e.g. every drug that treats the disease), and
 no distractor is in that set. Distractors have the answer's type and come first from competing hypotheses
 (diseases sharing some but not all given findings, and their tests / drugs / ...), as in the paper's
 "relation-preserving perturbation"; then from any entity of that type.
 
-Sampling (the paper's "deliberate focus on less common diseases and drugs"): a candidate (family, disease,
-answer) is drawn with weight  hop_weight**(hops-1) * prod_e 1/(1+inlinks_e)**alpha  over the disease and the
-answer (alpha=0, hop_weight=1: uniform). Each draw consumes one unused given-subset of that (family, disease).
+Sampling (the paper's "deliberate focus on less common diseases and drugs"): a family is drawn with probability
+proportional to hop_weight**(hops-1) (multi-hop up-weighted), then a candidate (disease, answer) of that family
+with weight  prod_e 1/(1+inlinks_e)**alpha  over the disease and the answer (alpha=0, hop_weight=1: uniform
+families, uniform candidates). Each draw consumes one unused given-subset of that (family, disease).
 A question instance is the key (family, given set); instances are unique, so the train/test split (a seeded
 shuffle of instances) never shares one. stats.json compares the sampled hops / families / mean answer inlinks
 with uniform sampling and counts how many distinct instances the KG supports.
 """
 import argparse
+import bisect
 import hashlib
 import itertools
 import json
@@ -44,7 +49,7 @@ HEAD_TYPE = {"has_symptom": "disease", "risk_factor": "disease", "diagnosed_by":
              "contraindicated_in": "drug", "drug_class": "drug", "mechanism": "drug"}
 TREATS = ("treated_with", "treated_by")
 FAMILIES = {"diagnosis": 1, "test": 2, "treatment": 2, "complication": 2, "contraindication": 2,
-            "drug_class": 3, "mechanism": 3}
+            "drug_class": 3, "mechanism": 3, "comorbidity": 3}
 
 # several phrasings per family; {f} = the given findings in plain words
 STEMS = ["A patient presents with {f}.", "A patient is seen with {f}.", "A patient has {f}.",
@@ -67,6 +72,9 @@ ASKS = {
     "drug_class": ["A drug used to treat the most likely condition belongs to which drug class?",
                    "Which drug class contains a medication used for the most likely diagnosis?",
                    "A medication for this patient's most likely condition is a member of which class?"],
+    "comorbidity": ["Which drug used for the most likely condition is contraindicated given the patient's {c}?",
+                    "Because of the known {c}, which medication for the most likely condition should be avoided?",
+                    "Given the coexisting {c}, which treatment of the most likely diagnosis is contraindicated?"],
     "mechanism": ["What is the mechanism of action of a drug used to treat the most likely condition?",
                   "A drug used for the most likely diagnosis acts by which mechanism?",
                   "Which mechanism of action belongs to a medication used for this patient's condition?"],
@@ -99,19 +107,18 @@ def findings_of(d, out):
            [(s, "risk_factor") for s in sorted(out["risk_factor"].get(d, {})) if s not in out["has_symptom"].get(d, {})]
 
 
-def unique_subsets(d, fset, out, sizes=(2, 3, 4), max_per_size=2000, rng=None):
+def unique_subsets(d, fset, has, sizes=(2, 3, 4), max_per_size=2000, rng=None):
     """Given-sets of disease d (2-4 findings, at least one symptom, at most one risk factor) that no other
-    disease also has in full. Returns {size: [tuple of (id, rel)]}. Large combinatorics are subsampled."""
-    others = [set(f for f, _ in fs) for dd, fs in fset.items() if dd != d]
+    disease also has in full (has: finding -> diseases). Returns {size: [tuple of (id, rel)]}. Large
+    combinatorics are subsampled."""
     res = {}
     for k in sizes:
         combos = itertools.combinations(fset[d], k)
         picked = []
         for c in combos:
-            if sum(r == "risk_factor" for _, r in c) > 1 or all(r == "risk_factor" for _, r in c):
+            if sum(r == "risk_factor" for _, r in c) > 1:
                 continue
-            ids = {f for f, _ in c}
-            if any(ids <= o for o in others):
+            if len(set.intersection(*[has[f] for f, _ in c])) > 1:
                 continue  # another disease has every given finding: two right diagnoses
             picked.append(c)
             if len(picked) >= max_per_size * 4:
@@ -141,12 +148,16 @@ def answers(family, d, out, ents):
     if family == "contraindication":
         c = {x for x, tails in out["contraindicated_in"].items() if d in tails}
         return [(x, [(x, "contraindicated_in", d)], c) for x in sorted(c)]
+    contra = lambda y: {x for x, tails in out["contraindicated_in"].items() if y in tails}
+    via = lambda x: "treated_with" if x in out["treated_with"].get(d, {}) else "treated_by"
+    if family == "comorbidity":
+        return [(x, [(d, via(x), x), (x, "contraindicated_in", C)], contra(C) | contra(d))
+                for x in drugs for C in sorted(out["contraindicated_in"].get(x, {})) if C != d]
     rel = family  # drug_class / mechanism: any class/mechanism of any drug that treats d is correct
     c = set().union(set(), *[out[rel].get(x, {}) for x in drugs])
     rows = []
     for x in drugs:
-        r1 = "treated_with" if x in out["treated_with"].get(d, {}) else "treated_by"
-        rows += [(t, [(d, r1, x), (x, rel, t)], c) for t in sorted(out[rel].get(x, {}))]
+        rows += [(t, [(d, via(x), x), (x, rel, t)], c) for t in sorted(out[rel].get(x, {}))]
     return rows
 
 
@@ -156,31 +167,33 @@ def build_candidates(ents, out, families, alpha, hop_weight):
     fset = {d: f for d, f in fset.items() if sum(r == "has_symptom" for _, r in f) >= 1 and len(f) >= 2}
     cands = []
     for fam in families:
-        for d in sorted(fset):
-            for a, path, correct in answers(fam, d, out, ents):
-                w = hop_weight ** (FAMILIES[fam] - 1) * rarity(ents[a], alpha) * (rarity(ents[d], alpha) if a != d else 1)
-                cands.append({"family": fam, "disease": d, "answer": a, "path": path, "correct": correct, "w": w,
-                              "inlinks": ents[a].get("inlinks", 0)})
+        mine = [{"family": fam, "disease": d, "answer": a, "path": path, "correct": correct,
+                 "inlinks": ents[a].get("inlinks", 0),
+                 "w": rarity(ents[a], alpha) * (rarity(ents[d], alpha) if a != d else 1.0)}
+                for d in sorted(fset) for a, path, correct in answers(fam, d, out, ents)]
+        total = sum(c["w"] for c in mine)
+        for c in mine:  # the family's total mass is hop_weight**(hops-1); rarity shares it out
+            c["w"] *= hop_weight ** (FAMILIES[fam] - 1) / total
+        cands += mine
     return fset, cands
 
 
-def distractors(c, given, fset, out, ents, k, rng):
+def distractors(c, given, idx, out, ents, k, rng):
     """k names of the answer's type, not correct per the KG: competing hypotheses first, then any of the type."""
     atype, fam, d = ents[c["answer"]]["type"], c["family"], c["disease"]
-    gids = {f for f, _ in given}
-    rivals = sorted((dd for dd in fset if dd != d), key=lambda dd: (-len(gids & {f for f, _ in fset[dd]}), dd))
-    rivals = [dd for dd in rivals if gids & {f for f, _ in fset[dd]}]
+    shared = Counter(dd for f, _ in given for dd in idx["has"][f] if dd != d)
+    rivals = sorted(shared, key=lambda dd: (-shared[dd], dd))  # most shared findings first
     pool = []
-    if fam == "contraindication":  # drugs that treat this very disease but are safe in it: the closest lure
+    if fam in ("contraindication", "comorbidity"):  # drugs that treat this very disease: the closest lures
         pool = [a for a, _, _ in answers("treatment", d, out, ents)]
     for dd in rivals:  # the rival disease itself, or what the KG says about it along the same path
         alts = [dd] if fam == "diagnosis" else [a for a, _, _ in answers(fam, dd, out, ents)]
         rng.shuffle(alts)
         pool += alts
-    rest = sorted(e for e, v in ents.items() if v["type"] == atype)
-    rng.shuffle(rest)
-    names, seen = [], {ents[x]["name"].strip().lower() for x in c["correct"]}
-    for x in pool + rest:
+    typed = idx["bytype"][atype]
+    rest = rng.sample(typed, min(len(typed), 8 * k + 32))  # enough almost always; the full list if not
+    names, seen = [], {ents[x]["name"].strip().lower() for x in list(c["correct"]) + [f for f, _ in given]}
+    for x in itertools.chain(pool, rest, rng.sample(typed, len(typed))):
         nm = ents[x]["name"]
         if x in c["correct"] or ents[x]["type"] != atype or nm.strip().lower() in seen:
             continue
@@ -200,34 +213,43 @@ def join(words):
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def render(fam, given, ents, rng):
+def render(fam, given, ents, rng, comorbid=None):
     syms = [plain(ents[f]["name"]) for f, r in given if r == "has_symptom"]
     risks = [plain(ents[f]["name"]) for f, r in given if r == "risk_factor"]
     f = join(syms) + (rng.choice(RISK).format(r=risks[0]) if risks else "")
-    return rng.choice(STEMS).format(f=f) + " " + rng.choice(ASKS[fam])
+    return rng.choice(STEMS).format(f=f) + " " + rng.choice(ASKS[fam]).format(c=comorbid and plain(comorbid))
 
 
-def make_item(c, given, ents, fset, out, num_options, rng):
-    dis = distractors(c, given, fset, out, ents, num_options - 1, rng)
-    if dis is None:
-        return None
+def mentions(text, name):
+    return re.search(r"(?<!\w)" + re.escape(name.lower()) + r"(?!\w)", text.lower()) is not None
+
+
+def make_item(c, given, ents, idx, out, num_options, rng):
+    """(record, None) or (None, why not)."""
     a, d, fam = c["answer"], c["disease"], c["family"]
+    comorbid = ents[c["path"][-1][2]]["name"] if fam == "comorbidity" else None
+    question = render(fam, given, ents, rng, comorbid)
+    if any(mentions(question, ents[x]["name"]) for x in {a, d}):
+        return None, "answer_or_hidden_named_in_findings"  # e.g. complication "anemia" given as a symptom
+    dis = distractors(c, given, idx, out, ents, num_options - 1, rng)
+    if dis is None:
+        return None, "too_few_distractors"
     gpath = [(d, r, f) for f, r in given]  # the given findings are edges of the disease too
     edges = gpath + c["path"]
     src = lambda h, r, t: out[r][h][t]
     return {"id": "syn-" + hashlib.sha1(key_of(fam, given).encode()).hexdigest()[:12], "source": "synthetic",
-            "question": render(fam, given, ents, rng), "options": None, "answer": None, "difficulty": None,
+            "question": question, "options": None, "answer": None, "difficulty": None,
             "meta": {"family": fam, "hops": FAMILIES[fam],
                      "path": [{"head": ents[h]["name"], "relation": r, "tail": ents[t]["name"]} for h, r, t in edges],
                      "given": [ents[f]["name"] for f, _ in given],
-                     "hidden": None if fam == "diagnosis" else ents[d]["name"],
+                     "hidden": None if fam == "diagnosis" else ents[d]["name"], "comorbidity": comorbid,
                      "answer_name": ents[a]["name"], "answer_type": ents[a]["type"],
                      "correct": sorted(ents[x]["name"] for x in c["correct"]),
                      "provenance": [dict(src(h, r, t), head=ents[h]["name"], relation=r, tail=ents[t]["name"])
                                     for h, r, t in edges],
                      "rarity": {"answer_inlinks": ents[a].get("inlinks", 0),
                                 "disease_inlinks": ents[d].get("inlinks", 0), "weight": c["w"]}},
-            "_opts": [ents[a]["name"]] + dis}
+            "_opts": [ents[a]["name"]] + dis}, None
 
 
 def key_of(fam, given):
@@ -251,13 +273,21 @@ def place_answers(items, rng):
 
 
 def synthesize(kg_dir, n, test_n, seed=0, alpha=1.0, hop_weight=2.0, num_options=4, families=None,
-               max_subsets=2000):
-    """Returns (train, test, stats). Deterministic for (KG, arguments)."""
+               max_subsets=2000, val_n=0):
+    """Returns (train, test, stats), or (train, test, val, stats) with val_n > 0 (a validation split for
+    checkpoint selection, disjoint from both). Deterministic for (KG, arguments)."""
     rng = random.Random(seed)
     ents, out = load_kg(kg_dir)
     families = families or list(FAMILIES)
     fset, cands = build_candidates(ents, out, families, alpha, hop_weight)
-    subsets = {d: unique_subsets(d, fset, out, max_per_size=max_subsets, rng=random.Random(seed)) for d in sorted(fset)}
+    idx = {"has": defaultdict(set), "bytype": defaultdict(list)}
+    for d in sorted(fset):
+        for f, _ in fset[d]:
+            idx["has"][f].add(d)
+    for e in sorted(ents):
+        idx["bytype"][ents[e]["type"]].append(e)
+    subsets = {d: unique_subsets(d, fset, idx["has"], max_per_size=max_subsets, rng=random.Random(seed))
+               for d in sorted(fset)}
     # the remaining given-sets of each (family, disease); a draw pops one
     left = {(c["family"], c["disease"]): None for c in cands}
     for fd in left:
@@ -270,29 +300,46 @@ def synthesize(kg_dir, n, test_n, seed=0, alpha=1.0, hop_weight=2.0, num_options
     cands = [c for c in cands if left[(c["family"], c["disease"])]]
     items, skipped = [], Counter()
     weights = [c["w"] for c in cands]
-    while len(items) < n + test_n and any(weights):
-        i = rng.choices(range(len(cands)), weights=weights)[0]
+    group = defaultdict(list)  # (family, disease) -> candidate indices sharing its given-sets
+    for j, c in enumerate(cands):
+        group[(c["family"], c["disease"])].append(j)
+    cum, dead = list(itertools.accumulate(weights)) or [0.0], 0.0
+    while len(items) < n + test_n + val_n and cum[-1] > 0:
+        if dead > 0.5 * cum[-1]:  # lazy deletion: rebuild the cumulative weights when half the mass is dead
+            cum, dead = list(itertools.accumulate(weights)), 0.0
+            if cum[-1] <= 0:
+                break
+        i = min(bisect.bisect(cum, rng.random() * cum[-1]), len(cum) - 1)
+        if weights[i] == 0:
+            continue
         c = cands[i]
         by_size = left[(c["family"], c["disease"])]
         sizes = [k for k, v in by_size.items() if v]
         if not sizes:  # this (family, disease) has no given-set left: stop drawing its candidates
-            for j, cj in enumerate(cands):
-                if cj["family"] == c["family"] and cj["disease"] == c["disease"]:
-                    weights[j] = 0.0
+            for j in group[(c["family"], c["disease"])]:
+                dead, weights[j] = dead + weights[j], 0.0
             continue
         given = by_size[rng.choice(sizes)].pop()
-        it = make_item(c, given, ents, fset, out, num_options, rng)
+        it, why = make_item(c, given, ents, idx, out, num_options, rng)
         if it is None:
-            skipped["too_few_distractors"] += 1
-            weights[i] = 0.0
+            skipped[why] += 1
+            if why == "too_few_distractors":
+                dead, weights[i] = dead + weights[i], 0.0
             continue
         items.append(it)
     rng.shuffle(items)
-    test, train = place_answers(items[:test_n], rng), place_answers(items[test_n:], rng)
-    if len(items) < n + test_n:
-        print(f"synth: the KG supports only {len(items)} instances (asked {n}+{test_n})", file=sys.stderr)
+    from filter import difficulty_heuristic  # one hops x rarity mapping for all splits (the tiny pipeline's tiers)
+    difficulty_heuristic(items)
+    test, val = place_answers(items[:test_n], rng), place_answers(items[test_n:test_n + val_n], rng)
+    train = place_answers(items[test_n + val_n:], rng)
+    if len(items) < n + test_n + val_n:
+        print(f"synth: the KG gave only {len(items)} instances (asked {n}+{test_n}+{val_n}); the test and "
+              f"validation splits are filled first", file=sys.stderr)
     stats = report(train, test, cands, supported, skipped, dict(seed=seed, alpha=alpha, hop_weight=hop_weight))
-    return train, test, stats
+    stats["n_val"] = len(val)
+    stats["difficulty"] = {name: dict(Counter(q["difficulty"] for q in split))
+                           for name, split in (("train", train), ("test", test), ("val", val))}
+    return (train, test, val, stats) if val_n else (train, test, stats)
 
 
 def report(train, test, cands, supported, skipped, args):
@@ -300,7 +347,9 @@ def report(train, test, cands, supported, skipped, args):
     allq = train + test
     mean = lambda xs: round(sum(xs) / max(1, len(xs)), 3)
     frac = lambda cnt: {k: round(v / max(1, sum(cnt.values())), 3) for k, v in sorted(cnt.items())}
-    uni_fam = Counter(c["family"] for c in cands)
+    by_fam = defaultdict(list)
+    for c in cands:
+        by_fam[c["family"]].append(c["inlinks"])
     return {"args": args, "n_train": len(train), "n_test": len(test),
             "supported_instances": dict(supported, total=sum(supported.values())),
             "candidates": len(cands), "skipped": dict(skipped),
@@ -308,8 +357,9 @@ def report(train, test, cands, supported, skipped, args):
                         "hops": frac(Counter(q["meta"]["hops"] for q in allq)),
                         "answer_inlinks_mean": mean([q["meta"]["rarity"]["answer_inlinks"] for q in allq]),
                         "disease_inlinks_mean": mean([q["meta"]["rarity"]["disease_inlinks"] for q in allq])},
-            "uniform": {"family": frac(uni_fam), "hops": frac(Counter(FAMILIES[c["family"]] for c in cands)),
-                        "answer_inlinks_mean": mean([c["inlinks"] for c in cands])},
+            "uniform": {"family": frac(Counter({f: 1 for f in by_fam})),  # alpha=0, hop_weight=1
+                        "hops": frac(Counter(FAMILIES[f] for f in by_fam)),
+                        "answer_inlinks_mean": mean([mean(v) for v in by_fam.values()])},
             "answer_position": dict(sorted(Counter(q["answer"] for q in allq).items()))}
 
 
@@ -325,7 +375,8 @@ def llm_rewrite(items, spec, model_name=None, cache_dir=None):
     for it, (text,) in zip(items, llm(convs, n=1, temperature=0.0, max_tokens=256)):
         low = text.lower()
         bad = [it["meta"]["answer_name"]] + ([it["meta"]["hidden"]] if it["meta"]["hidden"] else [])
-        if text.strip() and all(g.lower() in low for g in it["meta"]["given"]) and \
+        keep = it["meta"]["given"] + [x for x in [it["meta"].get("comorbidity")] if x]
+        if text.strip() and all(g.lower() in low for g in keep) and \
                 not any(re.search(r"\b" + re.escape(b.lower()) + r"\b", low) for b in bad):
             it["meta"]["template_question"], it["question"] = it["question"], text.strip()
             ok += 1
@@ -338,6 +389,7 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=100000, help="train questions")
     p.add_argument("--test-n", type=int, default=2000, help="held-out test questions")
+    p.add_argument("--val-n", type=int, default=0, help="validation questions (val.jsonl), for checkpoint choice")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha", type=float, default=1.0, help="rarity weight 1/(1+inlinks)**alpha; 0 = uniform")
     p.add_argument("--hop-weight", type=float, default=2.0, help="weight factor per extra hop")
@@ -345,21 +397,26 @@ def main(argv=None):
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--llm", default=None, help="URL or model folder for the optional vignette rewrite")
     p.add_argument("--llm-model", default=None)
-    p.add_argument("--tiny", action="store_true", help="tiny pipeline preset: 6000 train, 1200 test")
+    p.add_argument("--tiny", action="store_true", help="tiny pipeline preset: 6000 train, 1200 test, 300 val, "
+                   "hop weight 1 (every family equally often, so the easy tier is not starved)")
     a = p.parse_args(argv)
     if a.tiny:
-        a.n, a.test_n = 6000, 1200
+        a.n, a.test_n, a.val_n, a.hop_weight = 6000, 1200, 300, 1.0
     fams = [f for f in a.families.split(",") if f]
     bad = [f for f in fams if f not in FAMILIES]
     if bad:
         p.error(f"unknown families {bad}; choose from {list(FAMILIES)}")
-    train, test, stats = synthesize(a.kg, a.n, a.test_n, a.seed, a.alpha, a.hop_weight, a.num_options, fams)
+    train, test, *val, stats = synthesize(a.kg, a.n, a.test_n, a.seed, a.alpha, a.hop_weight, a.num_options, fams,
+                                          val_n=a.val_n)
     if a.llm:
-        stats["llm_rewrites_accepted"] = llm_rewrite(train + test, a.llm, a.llm_model, os.path.join(a.out, "llm_cache"))
+        stats["llm_rewrites_accepted"] = llm_rewrite(train + test + sum(val, []), a.llm, a.llm_model,
+                                                     os.path.join(a.out, "llm_cache"))
     write_jsonl(os.path.join(a.out, "train.jsonl"), train)
     write_jsonl(os.path.join(a.out, "test.jsonl"), test)
+    if val:
+        write_jsonl(os.path.join(a.out, "val.jsonl"), val[0])
     atomic_write(os.path.join(a.out, "stats.json"), json.dumps(stats, indent=1))
-    print(json.dumps({k: stats[k] for k in ("n_train", "n_test", "supported_instances", "sampled", "uniform")}))
+    print(json.dumps({k: stats[k] for k in ("n_train", "n_test", "n_val", "supported_instances", "sampled", "uniform")}))
 
 
 if __name__ == "__main__":

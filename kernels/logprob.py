@@ -193,17 +193,16 @@ def _torch_fwd(h, w, t, temperature, want_ent, chunk_n, chunk_v):
 
 
 def _torch_bwd(h, w, t, lse, ent, g, ge, temperature, chunk_n, chunk_v):
-    """dL/dz = g * (onehot - p) [- e * p * (z - E_p[z])]: the one-hot part is a gather / index_add outside
-    the loop; each tile computes M = p * (g [+ e (z - E_p[z])]) in place and subtracts M W and M^T h."""
+    """Each tile builds M = -dL/dz = p * (g [+ e (z - E_p[z])]) - g * onehot in place, then
+    grad_hidden -= M W / T and grad_weight -= M^T (h / T): one matmul for z, two for the gradients."""
     (N, D), V = h.shape, w.shape[0]
     acc = lse.dtype
-    keep, y = t != IGNORE, t.clamp(min=0)
-    g = torch.where(keep, g, 0).to(acc)
+    g = torch.where(t != IGNORE, g, 0).to(acc)
     hs = h.to(acc) / temperature
-    dh = g[:, None] * w[y].to(acc) / temperature
-    dw = torch.zeros(V, D, dtype=acc, device=h.device).index_add_(0, y, g[:, None] * hs)
+    dh = torch.zeros(N, D, dtype=acc, device=h.device)
+    dw = torch.zeros(V, D, dtype=acc, device=h.device)
     if ge is not None:
-        ge, ez = torch.where(keep, ge, 0).to(acc), lse - ent  # E_p[z]
+        ge, ez = torch.where(t != IGNORE, ge, 0).to(acc), lse - ent  # E_p[z]
     buf = torch.empty(min(N, chunk_n) * min(V, chunk_v), dtype=acc, device=h.device)
     for r, c in _tiles(N, V, chunk_n, chunk_v):
         z = _tile(buf, hs, w, r, c)
@@ -212,6 +211,8 @@ def _torch_bwd(h, w, t, lse, ent, g, ge, temperature, chunk_n, chunk_v):
         else:
             p = (z - lse[r, None]).exp_()
             M = z.sub_(ez[r, None]).mul_(ge[r, None]).add_(g[r, None]).mul_(p)
+        i = ((t[r] >= c.start) & (t[r] < c.stop)).nonzero()[:, 0]  # rows whose target is in this tile
+        M[i, t[r][i] - c.start] -= g[r][i]
         dh[r].addmm_(M, w[c].to(acc), alpha=-1 / temperature)
         dw[c].addmm_(M.T, hs[r], alpha=-1)
     return dh.to(h.dtype), dw.to(w.dtype)

@@ -75,6 +75,12 @@ def worker(out):
     got = generate(model, prompts, n)
     want = generate(_plain(model, out), prompts, n)
     assert got == want, (got, want)
+    # bf16 mixed precision, generate as the model's very first forward
+    torch.manual_seed(0)
+    mp = shard_model(Transformer(cfg), mixed_precision=True)
+    comps, lps = generate(mp, prompts, n, temperature=1.0, seed=rank, k=2, return_logprobs=True)
+    assert [len(c) for c in comps] == [n] * 2 * len(prompts) and all(x <= 0 for lp in lps for x in lp)
+    mp(ids).mean().backward()  # and training still works afterwards
     dist.barrier()
     print("WORKER OK", flush=True)
     dist.destroy_process_group()

@@ -1,15 +1,11 @@
 """distill.py: the KG-path teacher's chains pass every check; a bad LLM teacher (wrong answers, broken format,
 hint restatements, overlong chains, a missing intermediate entity) behind a loopback OpenAI-compatible server is
 caught, refined with the right strategy prompts in order, or rejected with the right reasons; runs resume."""
-import http.server
 import json
-import os
-import threading
-
-import pytest
 
 import distill
 from common import extract_answer, is_well_formed, read_jsonl
+from fake_llm_server import FakeLLMServer
 
 
 def rec(i, family, options, answer, path, given, hidden, question="A patient presents with findings. Which?"):
@@ -126,39 +122,13 @@ def fake_reply(messages, n):
     raise AssertionError(user)
 
 
-@pytest.fixture
-def server():
-    log = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            log.append(body["messages"])
-            texts = fake_reply(body["messages"], body.get("n", 1))
-            data = json.dumps({"choices": [{"index": i, "message": {"role": "assistant", "content": t}}
-                                           for i, t in enumerate(texts)]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", log
-    httpd.shutdown()
-
-
-def test_bad_llm_teacher_is_refined_or_rejected(tmp_path, server):
-    url, log = server
+def test_bad_llm_teacher_is_refined_or_rejected(tmp_path):
+    srv = FakeLLMServer(lambda messages, n, temperature: fake_reply(messages, n)).start()
     tags = ["wrong", "broken", "hint", "mixed", "nohidden"]
     recs = [dict(RECORDS[1], id=t, question=f"TAG-{t} A patient has fever and rash. Which drug?") for t in tags]
     write(tmp_path / "train.jsonl", recs)
     out = tmp_path / "sft.jsonl"
-    args = ["--data", str(tmp_path / "train.jsonl"), "--teacher", url, "--out", str(out), "--k", "3",
+    args = ["--data", str(tmp_path / "train.jsonl"), "--teacher", srv.url, "--out", str(out), "--k", "3",
             "--rounds", "3", "--max-chars", "700", "--model-name", "fake-teacher"]
     distill.main(args)
     rows = {r["id"]: r for r in read_jsonl(out)}
@@ -173,6 +143,7 @@ def test_bad_llm_teacher_is_refined_or_rejected(tmp_path, server):
     assert any(x.startswith("restates the hint") for x in rej["hint"]["reasons"])
     assert rej["nohidden"]["reasons"] == ["does not name the intermediate entity 'Dengue'"]
     assert all(r["round"] == 3 for r in rej.values())
+    log = [p["messages"] for p in srv.payloads]
     # the teacher saw the question with its gold answer, then its failed chain, the reasons and one strategy per
     # round in the paper's order
     first = next(m for m in log if "TAG-broken" in m[0]["content"] and len(m) == 1)
@@ -185,6 +156,7 @@ def test_bad_llm_teacher_is_refined_or_rejected(tmp_path, server):
     wrong_fb = next(m for m in log if "TAG-wrong" in m[0]["content"] and len(m) == 3)
     assert "wrong answer: A instead of D" in wrong_fb[2]["content"] and wrong_fb[1]["role"] == "assistant"
     # resumable: a second run asks the teacher nothing
-    n = len(log)
+    n = srv.requests
     distill.main(args)
-    assert len(log) == n and len(read_jsonl(out)) == 2
+    srv.stop()
+    assert srv.requests == n and len(read_jsonl(out)) == 2

@@ -23,7 +23,7 @@ CMEXAM = os.path.join(BENCH, "cmexam", "val.csv")
 
 def rec(i, q="Which drug treats condition %d?", opts=("alpha", "beta", "gamma", "delta"), ans="A", hops=None,
         inlinks=None, source="synthetic"):
-    meta = {} if hops is None else {"hops": hops, "rarity": {"answer_inlinks": inlinks}}
+    meta = {} if hops is None else {"hops": hops, "rarity": {"disease_inlinks": inlinks}}
     return {"id": f"r{i}", "source": source, "question": q % i if "%d" in q else q,
             "options": dict(zip("ABCDE", [f"{o} {i}" for o in opts])) if isinstance(opts, tuple) else opts,
             "answer": ans, "difficulty": None, "meta": meta}
@@ -159,13 +159,55 @@ def test_verification_sends_always_wrong_items_to_review(tmp_path):
     assert all(r["meta"]["verify"] == {"k": 5, "correct": 5} and r["difficulty"] == "easy" for r in pool)
 
 
+def test_llm_judge_and_passrate_difficulty(tmp_path):
+    rows = [rec(i, ans="A", q="Common question %d?") for i in range(3)] + \
+           [rec(i, ans="B", q="Rare zebra question %d?") for i in range(3, 6)]
+    write(tmp_path / "in.jsonl", rows)
+    judge = lambda m, n, t: ["Difficult." if "zebra" in m[-1]["content"] else "easy"] * n
+    with FakeLLMServer(judge) as srv:
+        F.run([("synthetic", str(tmp_path / "in.jsonl"))], str(tmp_path / "a"), difficulty="llm", judge_spec=srv.url)
+    got = {r["id"]: r["difficulty"] for r in read_records(tmp_path / "a" / "train.jsonl")}
+    assert got == {f"r{i}": "easy" if i < 3 else "difficult" for i in range(6)}
+    assert "Rate the difficulty" in srv.payloads[0]["messages"][0]["content"]
+    answers_a = lambda m, n, t: ["<think>.</think><answer>A</answer>"] * (n - 1) + ["<answer>B</answer>"]
+    with FakeLLMServer(answers_a) as srv:  # pass rate over k=3 samples: 2/3 for answer A, 1/3 for B
+        F.run([("synthetic", str(tmp_path / "in.jsonl"))], str(tmp_path / "b"), difficulty="passrate",
+              judge_spec=srv.url, k=3)
+    got = {r["id"]: r["difficulty"] for r in read_records(tmp_path / "b" / "train.jsonl")}
+    assert got == {f"r{i}": "moderate" if i < 3 else "difficult" for i in range(6)}
+    assert read_jsonl(tmp_path / "b" / "review.jsonl") == []  # the difficulty model does not verify labels
+    with pytest.raises(SystemExit):
+        F.run([("synthetic", str(tmp_path / "in.jsonl"))], str(tmp_path / "c"), difficulty="llm")
+
+
+@pytest.mark.slow
+def test_verification_with_a_local_model_folder(tmp_path):
+    import torch
+    from model import init_model, train_tokenizer
+    torch.manual_seed(0)
+    rows = [rec(i) for i in range(4)]
+    write(tmp_path / "in.jsonl", rows)
+    folder = str(tmp_path / "tiny")
+    texts = [json.dumps(r) for r in rows] + ["<think> x </think> <answer>A</answer>"]
+    tok = train_tokenizer(texts * 3, folder, vocab_size=300)
+    init_model(folder, vocab_size=len(tok), tokenizer=tok, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+               num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048)
+    F.run([("synthetic", str(tmp_path / "in.jsonl"))], str(tmp_path / "out"), verify_spec=folder, k=2,
+          difficulty="passrate", max_tokens=6)
+    pool, review = read_records(tmp_path / "out" / "train.jsonl"), read_jsonl(tmp_path / "out" / "review.jsonl")
+    assert len(pool) + len(review) == 4 and all(len(r["trials"]) == 2 for r in review)
+    assert all(r["difficulty"] in ("easy", "moderate", "difficult") for r in pool)
+
+
 def test_heuristic_difficulty_and_mix(tmp_path):
     syn = [rec(i, hops=1 + i % 3, inlinks=(i * 7) % 40) for i in range(60)]
     pub = [rec(100 + i, source="medqa", q="Public question number %d about a drug?") for i in range(40)]
     F.difficulty_heuristic(syn + pub)
-    cut = sorted(r["meta"]["rarity"]["answer_inlinks"] for r in syn)[int(0.33 * 59)]
+    vals = [r["meta"]["rarity"]["disease_inlinks"] for r in syn]
+    cut = max(v for v in vals if sum(x <= v for x in vals) <= 30)  # the rarest half, ties together
+    assert 20 <= sum(v <= cut for v in vals) <= 30
     for r in syn:
-        h, rare = r["meta"]["hops"], r["meta"]["rarity"]["answer_inlinks"] <= cut
+        h, rare = r["meta"]["hops"], r["meta"]["rarity"]["disease_inlinks"] <= cut
         assert r["difficulty"] == {(1, False): "easy", (1, True): "moderate", (2, False): "moderate"}.get(
             (h, rare), "difficult")
     assert {r["difficulty"] for r in pub} == {"moderate"} and pub[0]["meta"]["difficulty_source"] == "default"

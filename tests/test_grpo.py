@@ -84,7 +84,8 @@ def metrics(run):
 
 def run_args(root, out, *extra):
     return ["--stage", "1", "--data", f"{root}/data.jsonl", "--init", f"{root}/sft", "--out", out, "--tiny",
-            "--prompts", "8", "--k", "8", "--max-new-tokens", "24", "--lr", "1e-3", "--eval-every", "1000",
+            "--prompts", "8", "--k", "8", "--max-new-tokens", "24", "--lr", "2e-3", "--eval-every", "1000",
+            "--plateau-window", "1000",
             *extra]
 
 
@@ -200,18 +201,35 @@ def test_two_ranks_equal_one_rank(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- whole runs
 
-def test_learning_quick(assets):
-    """One process, 12 steps from a format-only cold start (letters uniform): the reward rises from reward
-    alone (the right letter is always B). Seeds: data 0, init 0, run 0. Margin: +0.15 mean reward."""
+@pytest.fixture(scope="module")
+def quick_run(assets):
     root, _ = assets
     out = os.path.join(root, "quick")
-    grpo.main(run_args(root, out, "--max-steps", "12", "--lr", "2e-3"))
-    m = metrics(out)
+    grpo.main(run_args(root, out, "--max-steps", "10"))
+    return out
+
+
+def test_learning_quick(quick_run):
+    """One process, 10 steps from a format-only cold start (letters uniform): the reward rises from reward
+    alone (the right letter is always B). Seeds: data 0, init 0, run 0. Measured -0.03 -> 0.36 (first 3 vs
+    last 3 steps); asserted margin +0.15."""
+    m = metrics(quick_run)
     first, last = sum(r["reward"] for r in m[:3]) / 3, sum(r["reward"] for r in m[-3:]) / 3
     assert last > first + 0.15, (first, last)
     r = m[-1]
     assert 0 <= r["format_rate"] <= 1 and 0 <= r["zero_adv_frac"] <= 1 and r["entropy"] > 0 and r["t_gen"] > 0
-    assert os.path.isfile(os.path.join(out, "final", "model.safetensors"))
+    assert os.path.isfile(os.path.join(quick_run, "final", "model.safetensors"))
+
+
+def test_resume_continues_the_same_run(assets, quick_run):
+    """2 steps, then the same command with --max-steps 3 resumes from RUN_DIR/state: its steps (reward, loss,
+    grad norm: functions of the weights, optimizer state and RNG) are those of the uninterrupted quick run."""
+    root, _ = assets
+    b = os.path.join(root, "resumed")
+    grpo.main(run_args(root, b, "--max-steps", "2", "--save-every", "2"))
+    grpo.main(run_args(root, b, "--max-steps", "3", "--save-every", "2"))
+    keys = ("step", "reward", "loss", "grad_norm", "entropy")
+    assert [[r[k] for k in keys] for r in metrics(b)] == [[r[k] for k in keys] for r in metrics(quick_run)[:3]]
 
 
 @pytest.mark.slow
@@ -234,20 +252,6 @@ def test_learning_two_ranks(assets):
 
 def _final(out):
     return M.load_model(os.path.join(out, "final")).state_dict()
-
-
-def test_resume_continues_the_same_run(assets):
-    """2 steps, then the same command with --max-steps 4 resumes from RUN_DIR/state: == 4 steps in one go."""
-    root, _ = assets
-    a, b = os.path.join(root, "res_a"), os.path.join(root, "res_b")
-    grpo.main(run_args(root, a, "--max-steps", "4", "--save-every", "2"))
-    grpo.main(run_args(root, b, "--max-steps", "2", "--save-every", "2"))
-    grpo.main(run_args(root, b, "--max-steps", "4", "--save-every", "2"))
-    assert [r["step"] for r in metrics(b)] == [0, 1, 2, 3]
-    assert [r["reward"] for r in metrics(b)] == [r["reward"] for r in metrics(a)]
-    fa, fb = _final(a), _final(b)
-    for k in fa:
-        torch.testing.assert_close(fa[k], fb[k], atol=1e-6, rtol=0)
 
 
 @pytest.mark.slow

@@ -133,6 +133,15 @@ Blocks [[beta-adrenergic receptor]]s.
     assert kg.lead_class("X is a medication used to treat [[gout]].") is None
 
 
+def test_anatomy_and_other_infoboxes():
+    r = kg.parse_page("liver", "{{Infobox anatomy\n| Name = Liver\n| System = [[Digestive system]]\n"
+                               "| Artery = [[Hepatic artery proper]]\n}}\nThe liver is an [[organ (biology)|organ]].")
+    assert r["type"] == "anatomy" and edges_of(r) == {("Liver", "location", "Digestive system")}
+    assert kg.parse_page("Cough", "{{Infobox medical condition (new)\n| name = Cough\n}}")["type"] == "disease"
+    assert kg.parse_page("E. coli", "{{Speciesbox | genus = Escherichia}}")["pathogen"]
+    assert kg.parse_page("Eravacycline", "{{Chembox | Name = x}}")["type"] is None
+
+
 def test_norm_title_and_entity_filter():
     assert kg.norm_title(" diabetes_mellitus#Signs ") == "Diabetes mellitus"
     assert kg.norm_title(":fever") == "Fever"
@@ -155,6 +164,8 @@ PAGES = [
     ("Kidney stones", None, "Kidney stone disease"),
     ("Joint pain", "{{Infobox medical condition (new)|name=Arthralgia}}\nJoint pain is a [[symptom]].\n"),
     ("Arthralgia", None, "Joint pain"),
+    ("Lyme disease", "{{Infobox medical condition|causes=[[Borrelia]]}}"),
+    ("Borrelia", "{{Automatic taxobox | taxon = Borrelia}}\n'''Borrelia''' is a genus of bacteria."),
     ("Efficacy", "'''Efficacy''' is the ability to produce a result. [[1999]]"),
     ("Broken", "{{Infobox medical condition\n| symptoms = [[Fever]]\n'''Broken''' never closes its infobox.\n"),
 ]
@@ -165,7 +176,7 @@ def test_dump_end_to_end(tmp_path):
     p.write_text(xml_dump(PAGES))
     st = kg.build_from_dump(str(p), str(tmp_path / "out"))
     ents, edges, st2 = read_out(tmp_path / "out")
-    assert st == st2 and st["pages_read"] == 8 and st["pages_medical"] == 6 and st["redirects"] == 2
+    assert st == st2 and st["pages_read"] == 10 and st["pages_medical"] == 7 and st["redirects"] == 2
     t = triples(edges)
     assert ("Gout", "has_complication", "Kidney_stone_disease") in t  # via the redirect page
     assert ("Gout", "treated_with", "Allopurinol") in t               # treated_by -> drug tail -> treated_with
@@ -188,7 +199,7 @@ def test_dump_end_to_end(tmp_path):
     rej = [json.loads(l) for l in open(tmp_path / "out" / "rejects.jsonl")]
     assert {"page": "Efficacy", "reason": "non-medical: no medical infobox"} in rej
     assert any(r["page"] == "Broken" and "never closes" in r["reason"] for r in rej)
-    assert st["pages_rejected"] == 2
+    assert st["pages_rejected"] == 3 and ents["Borrelia"]["type"] == "pathogen"  # typed by its taxobox
 
 
 def test_dedupe_counts(tmp_path):

@@ -1,6 +1,7 @@
 """synth.py on a hand-made KG fixture (independent of kg.py): soundness of every item, split, rarity, CLI."""
 import json
 import os
+import re
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -62,13 +63,15 @@ def make_kg(d):
 
 def kg_truth(ents, edges):
     """What the KG says, computed here from the raw rows (by name), independently of synth.py."""
-    name = {e["id"]: e["name"] for e in ents}
+    name, etype = {e["id"]: e["name"] for e in ents}, {e["id"]: e["type"] for e in ents}
     rel = defaultdict(set)
     for e in edges:
-        h, r, t = name[e["head"]], e["relation"], name[e["tail"]]
-        if r == "treated_by" and h.startswith("Drug"):
-            h, t = t, h
-        rel[r].add((h, t))
+        if e["head"] not in name or e["tail"] not in name:
+            continue
+        h, r, t = e["head"], e["relation"], e["tail"]
+        if r in ("treated_by", "treated_with") and etype[t] == "disease" and etype[h] != "disease":
+            h, t = t, h  # written tail-first
+        rel[r].add((name[h], name[t]))
     out = lambda r, h: {t for hh, t in rel[r] if hh == h}
     treats = lambda d: out("treated_with", d) | out("treated_by", d)
     correct = {
@@ -80,6 +83,10 @@ def kg_truth(ents, edges):
         "drug_class": lambda d: set().union(*[out("drug_class", x) for x in treats(d)]),
         "mechanism": lambda d: set().union(*[out("mechanism", x) for x in treats(d)]),
     }
+    contra = lambda c: {x for x, dd in rel["contraindicated_in"] if dd == c}
+    # comorbidity: the right answer treats d and is contraindicated in the stated condition c; no option may be
+    # contraindicated in c or in d at all (that would be a second defensible answer)
+    correct["comorbidity"] = lambda d, c: (treats(d) & contra(c), contra(c) | contra(d))
     findings = lambda d: out("has_symptom", d) | out("risk_factor", d)
     return correct, findings, {e["name"]: e["type"] for e in ents}
 
@@ -91,14 +98,13 @@ def kg(tmp_path_factory):
     return d, ents, edges
 
 
-def test_every_item_is_sound(kg):
-    d, ents, edges = kg
-    train, test, stats = synth.synthesize(d, 400, 150, seed=1)
-    assert len(train) == 400 and len(test) == 150
+def check_items(items, ents, edges):
+    """Every item is sound according to the raw KG rows; returns the family counts."""
     correct, findings, etype = kg_truth(ents, edges)
     diseases = [e["name"] for e in ents if e["type"] == "disease"]
+    named = lambda name, text: re.search(r"(?<!\w)" + re.escape(name.lower()) + r"(?!\w)", text.lower())
     fams = Counter()
-    for q in train + test:
+    for q in items:
         assert check_record(q) is None, check_record(q)
         m, opts = q["meta"], list(q["options"].values())
         fams[m["family"]] += 1
@@ -108,17 +114,32 @@ def test_every_item_is_sound(kg):
         assert 2 <= len(m["given"]) <= 4 and set(m["given"]) <= findings(disease)
         # the given set identifies the disease: no other disease has all given findings
         assert [x for x in diseases if set(m["given"]) <= findings(x)] == [disease]
-        right = correct[m["family"]](disease)
+        if m["family"] == "comorbidity":
+            right_set, right = correct["comorbidity"](disease, m["comorbidity"])
+            assert m["answer_name"] in right_set and m["comorbidity"].lower() in q["question"].lower()
+        else:
+            right = correct[m["family"]](disease)
         assert m["answer_name"] in right
         for k, o in q["options"].items():
             if k != q["answer"]:
                 assert etype[o] == etype[m["answer_name"]], (o, m)  # same type as the answer
                 assert o not in right, (o, m)  # never a second right answer
         assert m["hops"] == synth.FAMILIES[m["family"]] and len(m["path"]) == len(m["given"]) + m["hops"] - 1
-        assert all(p["revid"] == 7 for p in m["provenance"])
+        assert len(m["provenance"]) == len(m["path"])
+        assert q["difficulty"] == "difficult" if m["hops"] == 3 else q["difficulty"] in (
+            ("easy", "moderate") if m["hops"] == 1 else ("moderate", "difficult"))
         for g in m["given"]:  # every given finding is stated
             assert g.lower() in q["question"].lower()
-        assert m["answer_name"].lower() not in q["question"].lower()
+        assert not named(m["answer_name"], q["question"]) and not named(disease, q["question"])
+    return fams
+
+
+def test_every_item_is_sound(kg):
+    d, ents, edges = kg
+    train, test, stats = synth.synthesize(d, 400, 150, seed=1)
+    assert len(train) == 400 and len(test) == 150
+    fams = check_items(train + test, ents, edges)
+    assert all(p["revid"] == 7 for q in train for p in q["meta"]["provenance"])
     assert set(fams) == set(synth.FAMILIES), fams  # every family occurs
     # the tail-first edge was flipped: Drug_14 treats Disease_11
     assert any(q["meta"]["answer_name"] == "Drug 14" and q["meta"]["hidden"] == "Disease 11"
@@ -127,16 +148,16 @@ def test_every_item_is_sound(kg):
 
 def test_split_disjoint_balanced_deterministic(kg):
     d = kg[0]
-    train, test, stats = synth.synthesize(d, 400, 200, seed=3)
+    train, test, val, stats = synth.synthesize(d, 400, 200, seed=3, val_n=60)
     key = lambda q: (q["meta"]["family"], frozenset(q["meta"]["given"]))
-    ktr, kte = [key(q) for q in train], [key(q) for q in test]
-    assert len(set(ktr)) == len(ktr) and len(set(kte)) == len(kte) and not set(ktr) & set(kte)
-    for split in (train, test):
+    ktr, kte, kva = [key(q) for q in train], [key(q) for q in test], [key(q) for q in val]
+    assert len(set(ktr + kte + kva)) == len(ktr) + len(kte) + len(kva) == 660  # no instance in two splits
+    for split in (train, test, val):
         pos = Counter(q["answer"] for q in split)
         assert max(pos[x] for x in "ABCD") - min(pos[x] for x in "ABCD") <= 1, pos  # balanced over A..D
-    again = synth.synthesize(d, 400, 200, seed=3)
-    assert (train, test) == again[:2]
-    other = synth.synthesize(d, 400, 200, seed=4)
+    again = synth.synthesize(d, 400, 200, seed=3, val_n=60)
+    assert (train, test, val) == again[:3]
+    other = synth.synthesize(d, 400, 200, seed=4, val_n=60)
     assert [q["id"] for q in test] != [q["id"] for q in other[1]]
     assert stats["supported_instances"]["total"] >= 600
 
@@ -169,8 +190,30 @@ def test_llm_rewrite_rejects_dropped_facts_and_leaks(kg, monkeypatch):
 def test_cli_writes_records_and_stats(kg, tmp_path):
     out = tmp_path / "synth"
     r = subprocess.run([sys.executable, "synth.py", "--kg", kg[0], "--out", str(out), "--n", "120",
-                        "--test-n", "40", "--seed", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+                        "--test-n", "40", "--val-n", "20", "--seed", "0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert len(read_records(out / "train.jsonl")) == 120 and len(read_records(out / "test.jsonl")) == 40
+    assert len(read_records(out / "val.jsonl")) == 20
     stats = json.loads((out / "stats.json").read_text())
     assert set(stats["sampled"]) >= {"family", "hops", "answer_inlinks_mean"} and "uniform" in stats
+
+
+SAMPLE = os.path.join(ROOT, "data", "sample_wiki.xml")
+
+
+@pytest.mark.skipif(not (os.path.exists(SAMPLE) and os.path.exists(os.path.join(ROOT, "kg.py"))),
+                    reason="needs kg.py and the shipped sample dump")
+def test_on_the_shipped_sample_kg(tmp_path):
+    """The real thing: kg.py on data/sample_wiki.xml, then synth; every item sound; enough instances for the
+    tiny pipeline (>= 1,000 held out); rarity weighting lowers the answers' mean inlinks vs uniform."""
+    r = subprocess.run([sys.executable, "kg.py", "--dump", SAMPLE, "--out", str(tmp_path / "kg")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ents = [json.loads(x) for x in open(tmp_path / "kg" / "entities.jsonl")]
+    edges = [json.loads(x) for x in open(tmp_path / "kg" / "edges.jsonl")]
+    train, test, stats = synth.synthesize(str(tmp_path / "kg"), 1500, 1000, seed=0)
+    assert len(test) == 1000 and len(train) == 1500 and stats["supported_instances"]["total"] >= 5000
+    fams = check_items(train + test, ents, edges)
+    assert len(fams) >= 6, fams
+    uni = synth.synthesize(str(tmp_path / "kg"), 1500, 0, seed=0, alpha=0.0, hop_weight=1.0)[2]
+    assert stats["sampled"]["disease_inlinks_mean"] < 0.9 * uni["sampled"]["disease_inlinks_mean"]

@@ -1,0 +1,139 @@
+"""kernels/logprob.py: both paths (Triton under TRITON_INTERPRET=1, chunked PyTorch) against the naive fp64
+formula and against each other. Shapes are tiny and deliberately not multiples of any block size."""
+import pytest
+import torch
+
+from kernels import logprob
+from kernels.logprob import token_logprobs
+
+N, D, V = 37, 24, 301
+TRITON = dict(block_n=16, block_v=32, block_d=16)  # 3 row blocks, 10 vocab blocks, 2 D blocks: all ragged
+TORCH = dict(chunk_n=16, chunk_v=64)
+SIZES = {"triton": TRITON, "torch": TORCH}
+
+
+def naive(h, w, t, temperature):
+    """log_softmax(h W^T / T) gathered at t, and the entropy, in fp64; rows with t = -100 give 0."""
+    lp = torch.log_softmax((h.double() @ w.double().T) / temperature, dim=-1)
+    keep = t != -100
+    logp = lp.gather(1, t.clamp(min=0)[:, None])[:, 0] * keep
+    ent = -(lp.exp() * lp).sum(1) * keep
+    return logp, ent
+
+
+def make(dtype, seed=0, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    h = (torch.randn(N, D, generator=g) * scale).to(dtype).requires_grad_()
+    w = torch.randn(V, D, generator=g).to(dtype).requires_grad_()
+    t = torch.randint(0, V, (N,), generator=g)
+    t[[0, 5, 36]] = -100
+    t[1], t[2] = 0, V - 1  # the first and last vocab entries
+    return h, w, t, torch.randn(N, generator=g), torch.randn(N, generator=g)
+
+
+def close(got, ref, tol):
+    """Elementwise relative tolerance, with an absolute floor of tol times the tensor's scale."""
+    torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+def grads(loss, *xs):
+    return torch.autograd.grad(loss, xs)
+
+
+@pytest.mark.parametrize("backend,dtype,temperature", [
+    ("torch", torch.float32, 0.7), ("torch", torch.float32, 1.0), ("torch", torch.bfloat16, 0.7),
+    ("triton", torch.float32, 0.7), ("triton", torch.float32, 1.0), ("triton", torch.bfloat16, 1.0)])
+def test_matches_naive_fp64(backend, dtype, temperature):
+    h, w, t, g, ge = make(dtype)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    h64, w64 = h.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref_lp, ref_ent = naive(h64, w64, t, temperature)
+    # log-probs only (the GRPO case): values and gradients
+    lp = token_logprobs(h, w, t, temperature, backend=backend, **SIZES[backend])
+    assert lp.dtype == torch.float32 and lp.shape == (N,)
+    close(lp, ref_lp, tol)
+    assert (lp[t == -100] == 0).all()
+    dh, dw = grads((lp * g).sum(), h, w)
+    rdh, rdw = grads((ref_lp * g.double()).sum(), h64, w64)
+    assert dh.dtype == dtype and dw.dtype == dtype
+    close(dh, rdh, tol)
+    close(dw, rdw, tol)
+    assert (dh[t == -100] == 0).all()  # ignored rows get no gradient
+    # with the entropy output, both outputs in the loss
+    lp, ent = token_logprobs(h, w, t, temperature, return_entropy=True, backend=backend, **SIZES[backend])
+    close(ent, ref_ent, tol)
+    assert (ent[t == -100] == 0).all()
+    dh, dw = grads((lp * g).sum() + (ent * ge).sum(), h, w)
+    rdh, rdw = grads((ref_lp * g.double()).sum() + (ref_ent * ge.double()).sum(), h64, w64)
+    close(dh, rdh, tol)
+    close(dw, rdw, tol)
+
+
+def test_gradcheck_torch_path():
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(11, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([3, -100, 0, 10, 7])
+    f = lambda h, w: token_logprobs(h, w, t, 0.7, return_entropy=True, backend="torch", chunk_n=2, chunk_v=4)
+    assert torch.autograd.gradcheck(f, (h, w))
+
+
+def test_triton_equals_torch_path():
+    """Different tile shapes, larger logits (exercises the running-max rescaling), an entropy-only loss
+    (the backward receives no gradient for the log-probs)."""
+    h, w, t, _, _ = make(torch.float32, seed=2, scale=3.0)
+    out = {}
+    for backend, sizes in [("triton", dict(block_n=32, block_v=64, block_d=32)), ("torch", dict(chunk_n=8, chunk_v=100))]:
+        lp, ent = token_logprobs(h, w, t, 0.7, return_entropy=True, backend=backend, **sizes)
+        out[backend] = (lp, ent, *grads(ent.sum(), h, w))
+    for a, b in zip(out["triton"], out["torch"]):
+        close(a, b.double(), 1e-5)
+    assert out["torch"][2].abs().sum() > 0
+
+
+def test_large_logits_stable():
+    """Logits in the hundreds: a softmax without the max subtraction would overflow to inf / nan."""
+    h, w, t, _, _ = make(torch.float32, seed=3, scale=40.0)
+    ref_lp, ref_ent = naive(h, w, t, 1.0)
+    lp, ent = token_logprobs(h, w, t, return_entropy=True, backend="torch", **TORCH)
+    assert ref_lp.min() < -100  # the test really has extreme logits
+    close(lp, ref_lp, 1e-5)
+    close(ent, ref_ent, 1e-4)  # near-one-hot rows: entropy is a difference of close numbers
+
+
+def test_dispatch(monkeypatch):
+    h, w, t, _, _ = make(torch.float32)
+
+    def boom(*a):
+        raise RuntimeError("triton path taken")
+    monkeypatch.setattr(logprob._TritonLogprob, "apply", boom)
+    monkeypatch.setattr(logprob, "INTERPRET", False)
+    token_logprobs(h, w, t)  # CPU without the interpreter: the PyTorch path
+    monkeypatch.setattr(logprob, "INTERPRET", True)
+    with pytest.raises(RuntimeError, match="triton path taken"):
+        token_logprobs(h, w, t)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda h, w, t: (h, w[:, :-1], t), "disagree on D"),
+    (lambda h, w, t: (h, w, t[:-1]), r"targets must be \(N,\)"),
+    (lambda h, w, t: (h[0], w, t), r"must be \(N, D\)"),
+    (lambda h, w, t: (h, w, t.float()), "integer token ids"),
+    (lambda h, w, t: (h, w.double(), t), "share one float dtype"),
+    (lambda h, w, t: (h, w, t.index_fill(0, torch.tensor([9]), V)), rf"targets\[9\] = {V} is outside"),
+    (lambda h, w, t: (h, w, t.index_fill(0, torch.tensor([4]), -1)), r"targets\[4\] = -1 is outside"),
+])
+def test_bad_input(change, match):
+    h, w, t, _, _ = make(torch.float32)
+    with pytest.raises(ValueError, match=match):
+        token_logprobs(*change(h.detach(), w.detach(), t), backend="torch")
+
+
+def test_bad_options():
+    h, w, t, _, _ = make(torch.float32)
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs(h, w, t, temperature=0.0)
+    with pytest.raises(ValueError, match="unknown backend"):
+        token_logprobs(h, w, t, backend="cuda")
+    with pytest.raises(ValueError, match="takes sizes"):
+        token_logprobs(h, w, t, backend="torch", block_n=16)
