@@ -3,7 +3,7 @@
 Reads unified records (train.jsonl), writes sft.jsonl rows
     {"id", "messages": [system, user (common.build_messages), assistant "<think>...</think>\n<answer>X</answer>"],
      "meta": {"teacher", "k", "round", "pass", "checks"}}
-and OUT.rejects.jsonl rows {"id", "teacher", "round", "reasons", "text"} for items no candidate passed.
+and sft.rejects.jsonl beside it, rows {"id", "teacher", "round", "reasons", "text"}, for items no candidate passed.
 
 For each item the teacher sees the question AND its gold answer and writes k candidate chains that bridge the two
 (pass@k). Each candidate is verified (`check`): the final <answer> is the gold letter, the format is what
@@ -63,15 +63,15 @@ CHECKS = ["format", "answer", "no_hint", "length", "names_hidden"]  # what a pas
 # ----------------------------------------------------------------------------------------------------------
 # the KG-path teacher: a chain written from meta.path (given findings -> hidden entity -> relation -> answer)
 
-POS = {  # one sentence per (head, relation, tails)
-    "has_symptom": "{h} presents with {t}", "has_complication": "{h} can lead to {t}",
+POS = {  # one sentence per (head, relation, tails); worded as tiny.py words the KG facts it pretrains on
+    "has_symptom": "{h} can present with {t}", "has_complication": "{h} can be complicated by {t}",
     "caused_by": "{h} is caused by {t}", "risk_factor": "{t} {be} a risk factor for {h}",
-    "diagnosed_by": "{h} is diagnosed by {t}", "differential": "{h} is a differential of {t}",
+    "diagnosed_by": "{h} is diagnosed with {t}", "differential": "{h} is a differential of {t}",
     "prevented_by": "{h} is prevented by {t}", "treated_by": "{h} is treated by {t}",
     "treated_with": "{h} is treated with {t}", "specialty": "{h} is managed in {t}",
-    "drug_class": "{h} belongs to the class {t}", "contraindicated_in": "{h} is contraindicated in {t}",
+    "drug_class": "{h} is a {t}", "contraindicated_in": "{h} is contraindicated in {t}",
     "adverse_effect": "{h} can cause {t}", "interacts_with": "{h} interacts with {t}",
-    "mechanism": "{h} works through {t}", "location": "{h} affects {t}",
+    "mechanism": "{h} acts by {t}", "location": "{h} affects {t}",
 }
 NEG_TAIL = {  # distractors {d} stand where the answer is the tail of (h, relation, answer)
     "has_symptom": "{d} {be} not a feature of {h}", "has_complication": "{d} {be} not a complication of {h}",
@@ -80,7 +80,7 @@ NEG_TAIL = {  # distractors {d} stand where the answer is the tail of (h, relati
     "treated_with": "{d} {do} not treat {h}; {it} treat{s} other conditions",
     "prevented_by": "{d} {do} not prevent {h}", "risk_factor": "{d} {be} not a risk factor for {h}",
     "adverse_effect": "{d} {be} not an adverse effect of {h}", "drug_class": "{d} {be} not the class of {h}",
-    "mechanism": "{h} does not work through {d}",
+    "mechanism": "{d} {be} not the mechanism of {h}",
 }
 NEG_HEAD = {  # distractors stand where the answer is the head, e.g. a competing diagnosis
     "has_symptom": "{d} {be} competing diagnos{es} but {do} not explain {t}",
@@ -110,7 +110,7 @@ def _fill(tmpl, n, **kw):  # singular/plural agreement for n subjects
 def kg_chains(record, k):
     """k phrasing variants of the chain for a synthetic record, or [] when it has no meta.path.
 
-    Example (2-hop, hidden "Dengue"):
+    Example (2-hop, hidden "Dengue"; variant 0):
       <think>Fever and rash point to Dengue. Dengue is treated with Paracetamol. Aspirin (A) and Heparin (B) do not
       treat Dengue; they treat other conditions. So the answer is Paracetamol, option C.</think>
       <answer>C</answer>
@@ -256,7 +256,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="unified records (JSONL)")
     p.add_argument("--teacher", required=True, help="kg | http(s)://BASE_URL | local HF folder")
-    p.add_argument("--out", required=True, help="sft.jsonl (appended; rejects go to OUT.rejects.jsonl)")
+    p.add_argument("--out", required=True, help="sft.jsonl (appended; rejects go to sft.rejects.jsonl beside it)")
     p.add_argument("--k", type=int, default=4, help="candidates per item (pass@k)")
     p.add_argument("--rounds", type=int, default=3, help="refinement rounds for items with no passing candidate")
     p.add_argument("--max-chars", type=int, default=3000, help="length budget of a chain")

@@ -9,6 +9,8 @@ loaders: medqa, medmcqa, pubmedqa, cmexam, ... or `jsonl` for unified records); 
     OUT/stats.json, OUT/stats.md   counts per stage and the source x difficulty table
 Stages, in order: load -> format filter -> anonymise -> exact / near duplicates -> decontamination against the
 eval benchmarks -> label verification (k trials) -> difficulty -> mix.
+Synthetic train and test are disjoint by question instance (synth.py); do not --decontaminate synthetic train
+against the synthetic test split: template wording alone puts ~37% of sample-KG items over the n-gram bar.
 
 Difficulty (--difficulty):
   llm        a judge model labels each item with the three definitions in JUDGE (paraphrasing the paper's).
@@ -20,6 +22,9 @@ Difficulty (--difficulty):
              moderate; 2 hops rare or 3+ hops = difficult.
              Records without hops keep a difficulty they already have, else "moderate" (meta.difficulty_source
              says "default"), so every record has one.
+Mixing (--mix): "public=0.6,synthetic=0.4" (fractions: the largest pool the scarcest group allows) or counts
+("medqa=2000,synthetic=5000"); keys are sources or the groups public / synthetic; inside a group the sample is
+stratified by difficulty tier, so the group keeps its tier profile (stats.md shows source x difficulty).
 """
 import argparse
 import bisect
@@ -130,7 +135,8 @@ ANON = [
     ("id", re.compile(r"\b(?:MRN|SSN|ID|patient (?:ID|number)|(?:medical )?record (?:no\.?|number))\s*[:#]?\s*"
                       r"(?=[\w-]*\d)[A-Z0-9][\w-]{3,}", re.I), "[ID]"),
     ("date", re.compile(rf"\b{_MONTH}\.? \d{{1,2}}(?:st|nd|rd|th)?,? \d{{4}}\b|\b\d{{1,2}}(?:st|nd|rd|th)? {_MONTH},? "
-                        r"\d{4}\b|\b\d{4}-\d{1,2}-\d{1,2}\b|\b\d{1,2}([/-])\d{1,2}\1(?:\d{4}|\d{2})\b"), "[DATE]"),
+                        r"\d{4}\b|\b\d{4}-\d{1,2}-\d{1,2}\b|\b\d{1,2}/\d{1,2}/(?:\d{4}|\d{2})\b|\b\d{1,2}-\d{1,2}-\d{4}\b"),
+     "[DATE]"),
     ("phone", re.compile(r"(?<![\w/.])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}\b"), "[PHONE]"),
     ("id", re.compile(r"(?<![\w.,/])\d{8,}(?![\w.,/%])"), "[ID]"),  # long bare digit runs (record numbers)
     ("name", re.compile(r"\b(?:Mr|Mrs|Ms|Miss|Dr|Prof)\.?\s+[A-Z][a-z'-]+(?:\s+[A-Z][a-z'-]+)?"), "[NAME]"),
@@ -161,7 +167,7 @@ def item_text(rec):
     return rec["question"] + "\n" + "\n".join(rec["options"].values())
 
 
-def dedup(recs, threshold=0.8, n=5, cap=300):
+def dedup(recs, threshold=0.8, n=5, cap=50):
     """(kept, [(rec, reason)]): exact duplicates (same normalised question and option set) and near duplicates
     (Jaccard of token n-gram shingles >= threshold with an earlier kept item). Candidates come from an inverted
     index over shingles; shingles shared by more than `cap` items (template phrases) are not used to find
@@ -174,8 +180,13 @@ def dedup(recs, threshold=0.8, n=5, cap=300):
             dropped.append((rec, f"duplicate of {exact[key]}"))
             continue
         sh = ngrams(tokens(item_text(rec)), n)
-        hits = Counter(j for s in sh if len(index[s]) <= cap for j in index[s])
-        best = max(((len(sh & shingles[j]) / len(sh | shingles[j]), j) for j in hits), default=(0, None))
+        rare = [s for s in sh if len(index[s]) <= cap]
+        hits, common = Counter(j for s in rare for j in index[s]), len(sh) - len(rare)
+        best = (0, None)
+        for j, h in hits.items():  # J = I / (|a| + |b| - I) <= I / max(|a|, |b|): exact only when it could pass
+            if (h + common) >= threshold * max(len(sh), len(shingles[j])):
+                inter = len(sh & shingles[j])
+                best = max(best, (inter / (len(sh) + len(shingles[j]) - inter), j))
         if best[0] >= threshold:
             dropped.append((rec, f"near_duplicate of {kept[best[1]]['id']} (jaccard {best[0]:.2f})"))
             continue
@@ -346,14 +357,12 @@ def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=
             else:
                 recs.append(r)
     anon = Counter()
-    for r in recs:
+    for r in recs:  # the question only: an option that is a date or a name is the answer, not personal data
         r["question"], found = anonymise(r["question"])
-        for k_ in r["options"]:
-            r["options"][k_], f2 = anonymise(r["options"][k_])
-            found += f2
         if found:
             r["meta"]["anonymised"] = dict(found)
             anon.update(found)
+            anon["items"] += 1
     stats["anonymised"] = dict(anon)
     recs, dropped = dedup(recs, near_threshold)
     for r, why in dropped:

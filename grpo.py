@@ -4,7 +4,7 @@ Reads  --data pool.jsonl (filter.py's pool: unified records with a difficulty), 
        tokenizer: the SFT cold start for stage 1, stage 1's RUN_DIR/final or best for stage 2), --val (validation
        records: checkpoint selection), stage 2 also --pool hard_pool.jsonl (mine.py; mined at step 0 if absent).
 Writes RUN_DIR/metrics.jsonl (one row per step, eval rows too), RUN_DIR/final (HF folder + tokenizer),
-       RUN_DIR/best (best greedy accuracy on --val, never on a test set), RUN_DIR/state (resumable: re-running
+       RUN_DIR/best (with --val: best greedy accuracy on it, never on a test set), RUN_DIR/state (resumable: re-running
        the same command continues the same run), stage 2: RUN_DIR/mine_STEP/{pass_rates,hard_pool}.jsonl.
 
 The objective. For a prompt x, k completions y_1..y_k are sampled at --temperature (top_p 1, so the log-probs
@@ -21,8 +21,11 @@ update per rollout batch: this is the paper's gradient. Variants, all off by def
     --drop-zero-var     groups with all-equal rewards leave the loss and its divisor  DAPO dynamic sampling
                         (without re-sampling to refill the batch)
 Stage 1: easy + moderate items, until --max-steps or the plateau test (see plateau()). Stage 2: the hard pool
-(mine.py's rules: repeated failures, difficult first, a share of moderate items, all-fail items capped),
-k raised to 16, re-mined with the current weights every --remine-every steps.
+(mine.py's rules: repeated failures, difficult first, --mine-moderate-share learnable moderate items, all-fail
+items capped at --mine-max-zero-share), k raised to 16, re-mined with the current weights every --remine-every
+steps; prompts are drawn uniformly from the pool, so a batch's difficulty mix is the pool's (printed when mined).
+Metrics per step: reward, accuracy (share of reward 1.0), format rate, zero-advantage group fraction, completion
+length, truncation rate, loss, grad norm, entropy, tokens/s, seconds in generation / log-probs / backward / optimizer.
 
 Memory, Qwen2.5-7B on 8 x 80 GB with the defaults (FSDP2, bf16 compute, fp32 master weights + AdamW):
 16 B/param x 7.6e9 / 8 ranks = 15 GB sharded state; the rollout unshards bf16 weights (15 GB) plus a KV cache of
@@ -48,9 +51,8 @@ import sampler
 import sft
 from kernels.logprob import token_logprobs
 
-TINY = dict(prompts=8, max_new_tokens=48, micro_batch=64, lr=1e-4, max_steps=60, eval_every=20, save_every=20,
-            plateau_window=10, plateau_patience=10, remine_every=20, mine_n=8, mine_batch=64, val_limit=200,
-            mixed_precision=False)
+TINY = dict(prompts=8, max_new_tokens=160, micro_batch=64, lr=1e-4, max_steps=60, eval_every=20, save_every=20,
+            plateau_window=10, plateau_patience=10, remine_every=20, mine_n=8, mine_batch=64, val_limit=200)
 
 
 def get_args(argv=None):
@@ -83,7 +85,7 @@ def get_args(argv=None):
     a("--weight-decay", type=float, default=0.0)
     a("--grad-clip", type=float, default=1.0)
     a("--micro-batch", type=int, default=2, help="completions per forward/backward")
-    a("--mixed-precision", action=argparse.BooleanOptionalAction, default=True, help="FSDP2 bf16 compute")
+    a("--mixed-precision", action=argparse.BooleanOptionalAction, help="FSDP2 bf16 compute (default: on CUDA)")
     a("--max-steps", type=int, default=500)
     a("--save-every", type=int, default=25)
     a("--eval-every", type=int, default=50)
@@ -107,6 +109,8 @@ def get_args(argv=None):
     args.loss_norm = args.loss_norm or float(args.max_new_tokens)
     if args.k < 2:
         p.error("--k must be >= 2: a group of one has no advantage")
+    if args.ppo_epochs > 1 and args.clip_eps <= 0:
+        p.error("--ppo-epochs > 1 needs --clip-eps: only the clipped ratio corrects for the stale samples")
     return args
 
 
@@ -243,7 +247,7 @@ def sample_prompts(pool, n, seed, step):
     return random.Random(seed * 1_000_003 + step).sample(pool, min(n, len(pool)))
 
 
-def remine(policy, tok, records, review, args, step, rank, world):
+def remine(policy, tok, records, review, args, step, rank):
     """Stage 2: evaluate the current weights on the items, select the hard pool (mine.select_pool's rules)."""
     items = records
     if args.remine_size and args.remine_size < len(records):
@@ -268,6 +272,9 @@ def evaluate(policy, tok, val, args):
 def train(args, rank, world, device):
     from transformers import AutoTokenizer
     torch.manual_seed(args.seed)
+    # CPU: the loss-scaled gradients (and softmax tails) reach fp32 denormals, which made the backward ~20x slower
+    # in tests/bench_grpo.py; flushing them to zero changes nothing measurable. No effect on CUDA.
+    torch.set_flush_denormal(True)
     os.makedirs(args.out, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(args.init)
     stops = common.eos_ids(tok)
@@ -276,6 +283,7 @@ def train(args, rank, world, device):
     by_id = {r["id"]: r for r in records}
     val = common.read_records(args.val)[:args.val_limit or None] if args.val else []
     review = mine.review_ids(args.review)
+    mp = args.mixed_precision if args.mixed_precision is not None else device.type == "cuda"
     if args.prompts % world:
         raise SystemExit(f"--prompts {args.prompts} must be a multiple of the world size {world}")
     if args.stage == 1:
@@ -286,11 +294,10 @@ def train(args, rank, world, device):
     if pool is not None and len(pool) < args.prompts:
         raise SystemExit(f"{args.data}: the stage {args.stage} pool has {len(pool)} items, fewer than --prompts")
 
-    policy = attach_logprobs(M.shard_model(M.load_model(args.init, device), args.mixed_precision))
+    policy = attach_logprobs(M.shard_model(M.load_model(args.init, device), mp))
     ref = None
     if args.kl_coef > 0:  # the frozen reference for the KL variant: the --init weights
-        ref = attach_logprobs(M.shard_model(M.load_model(args.init, device).requires_grad_(False),
-                                            args.mixed_precision))
+        ref = attach_logprobs(M.shard_model(M.load_model(args.init, device).requires_grad_(False), mp))
     opt = sft.make_optimizer(policy, args.lr, args.weight_decay, betas=(0.9, 0.99))  # constant lr, as usual in RL
     st = dict(step=0, best=-1.0, eval_step=-1, rewards=[], zero_fracs=[], stop=None, pool_ids=None)
     state_dir = os.path.join(args.out, "state")
@@ -298,11 +305,12 @@ def train(args, rank, world, device):
         st.update(M.load_state(state_dir, policy, opt) or {})
         if st["pool_ids"] is not None:
             pool = [by_id[i] for i in st["pool_ids"]]
-        mpath = os.path.join(args.out, "metrics.jsonl")
-        if rank == 0 and os.path.exists(mpath):  # drop rows a killed run logged after its last checkpoint
-            common.write_jsonl(mpath, [r for r in common.read_jsonl(mpath) if r["step"] < st["step"]])
+        if rank == 0:
             print(f"resumed {state_dir} at step {st['step']}", flush=True)
-    log = common.MetricsLog(os.path.join(args.out, "metrics.jsonl"))
+    mpath = os.path.join(args.out, "metrics.jsonl")
+    if rank == 0 and os.path.exists(mpath):  # drop rows a killed run logged after its last checkpoint
+        common.write_jsonl(mpath, [r for r in common.read_jsonl(mpath) if r["step"] < st["step"]])
+    log = common.MetricsLog(mpath)
     prog = common.Progress(args.max_steps, f"grpo stage {args.stage}")
     prog.done = st["step"]
     K, per_rank = args.k, args.prompts // world
@@ -325,7 +333,7 @@ def train(args, rank, world, device):
         # ---- stage 2: (re-)mine the hard pool with the current weights
         t0 = time.time()
         if args.stage == 2 and (pool is None or (args.remine_every and step and step % args.remine_every == 0)):
-            pool = remine(policy, tok, records, review, args, step, rank, world)
+            pool = remine(policy, tok, records, review, args, step, rank)
             st["pool_ids"] = [r["id"] for r in pool]
             if len(pool) < args.prompts:
                 st["stop"] = f"hard pool has {len(pool)} items, fewer than --prompts {args.prompts}"
@@ -355,17 +363,17 @@ def train(args, rank, world, device):
         trunc = [not c or c[-1] not in stops for c in comps]
         sums = torch.tensor([float(x) for x in (rewards.sum(), (rewards == 1).sum(), (rewards != -0.5).sum(),
                              zero.sum(), sum(map(len, comps)), sum(trunc), len(comps), len(batch),
-                             us["ent_sum"] if us else 0, us["ent_n"] if us else 0)], dtype=torch.float64)
+                             *([us["ent_sum"], us["ent_n"], us["loss"]] if us else [0, 0, 0]))], dtype=torch.float64)
         if dist.is_initialized():
             dist.all_reduce(sums)
-        R, acc, fmt, nz, ntok, ntr, N, G, es, en = sums.tolist()
+        R, acc, fmt, nz, ntok, ntr, N, G, es, en, loss = sums.tolist()  # loss: each rank holds its share
         st["rewards"].append(R / N)
         st["zero_fracs"].append(nz / G)
         m = dict(step=step, reward=R / N, accuracy=acc / N, format_rate=fmt / N, zero_adv_frac=nz / G,
                  mean_len=ntok / N, trunc_rate=ntr / N, entropy=es / max(en, 1), skipped=us is None,
                  tokens_per_s=ntok / (t_gen + t_train), t_gen=t_gen, t_train=t_train, t_mine=t_mine)
         if us:
-            m.update({k: us[k] for k in ("loss", "grad_norm", "t_logprob", "t_backward", "t_opt")})
+            m.update(loss=loss, **{k: us[k] for k in ("grad_norm", "t_logprob", "t_backward", "t_opt")})
         if rank == 0:
             log.log(m)
             prog.update(1, reward=m["reward"], acc=m["accuracy"], fmt=m["format_rate"], zero=m["zero_adv_frac"],

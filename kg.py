@@ -38,8 +38,8 @@ INFOBOX_TYPE = {"infobox medical condition (new)": "disease", "infobox medical c
                 "infobox interventions": "treatment", "infobox gene": "gene",
                 **{f"infobox {a}": "anatomy" for a in ("anatomy", "artery", "bone", "brain", "muscle", "nerve",
                                                         "vein", "ligament", "lymph", "organ", "joint")}}
-BOX_RE = re.compile(r"\{\{\s*(?:template:\s*)?(infobox[ _](?:medical|disease|drug|diagnostic|interventions?|gene|"
-                    r"anatomy|artery|bone|brain|muscle|nerve|vein|ligament|lymph|organ|joint)|drugbox)", re.I)
+BOX_RE = re.compile(r"\{\{\s*(?:template:\s*)?((?:infobox[ _](?:medical|disease|drug|diagnostic|interventions?|gene|"
+                    r"anatomy|artery|bone|brain|muscle|nerve|vein|ligament|lymph|organ|joint)|drugbox)[^|}\n<]*)", re.I)
 TAXO_RE = re.compile(r"\{\{\s*(automatic taxobox|taxobox|speciesbox|subspeciesbox|virusbox|infobox virus)\b", re.I)
 
 # (page type, infobox field) -> (relation, slot type of the tail, reversed: the tail is the head)
@@ -173,8 +173,8 @@ def parse_page(title, text, plain=True):
     title = norm_title(title)
     r = {"type": None, "edges": [], "slots": {}, "links": set(), "aliases": [], "lead": "", "lead_links": [],
          "error": None}
-    m = BOX_RE.search(text)
-    if not m:
+    m = next((m for m in BOX_RE.finditer(text) if re.sub(r"[\s_]+", " ", m[1]).strip().lower() in INFOBOX_TYPE), None)
+    if not m:  # no medical infobox ({{Infobox medical person}} is not one)
         r["pathogen"] = bool(TAXO_RE.search(text))
         return r
     code = mwp.parse(strip_noise(text))
@@ -325,13 +325,13 @@ class KG:
 
     def finish(self):
         """Resolve redirects, merge duplicates, type entities, count inlinks. -> (entities, edges, stats)."""
+        self.flush_llm()
+        self.load_redirects()
         slots = {}
         for t, c in self.slots.items():  # merge slot votes of redirect titles into their targets
             slots.setdefault(self.canon(t), Counter()).update(c)
         self.slots = slots
-        self.flush_llm()
-        self.load_redirects()
-        edges, nonmed = {}, np.sort(np.frombuffer(self.nonmed, dtype=np.int64))
+        edges, first, nonmed = {}, {}, np.sort(np.frombuffer(self.nonmed, dtype=np.int64))
         isnon = lambda t: (i := np.searchsorted(nonmed, thash(t))) < len(nonmed) and nonmed[i] == thash(t)
         for (h, rel, t), (src, n) in self.edges.items():
             h, t = self.canon(h), self.canon(t)
@@ -343,6 +343,7 @@ class KG:
             if rel == "treated_by" and self.type_of(t) == "drug":
                 rel = "treated_with"  # a drug linked from a "Treatment" field/section
             edges.setdefault((h, rel, t), [src, 0])[1] += n
+            first.setdefault(h, src), first.setdefault(t, src)
         names = set(self.pages) | {x for h, _, t in edges for x in (h, t)}
         inl = Counter()
         for t, n in self.inl.items():
@@ -359,7 +360,8 @@ class KG:
             al.pop(t.lower(), None)
             ents.append({"id": eid(t), "name": t, "type": self.type_of(t), "aliases": list(al.values()), "inlinks": inl[t],
                          "length": p.get("length", 0),
-                         "source": {"page": t, "revid": p["revid"]} if p else None})
+                         # an entity without its own page: the page that first mentioned it
+                         "source": {"page": t, "revid": p["revid"]} if p else {k: first[t][k] for k in ("page", "revid")}})
         out_edges = [{"head": eid(h), "relation": rel, "tail": eid(t), "source": src, "count": n}
                      for (h, rel, t), (src, n) in edges.items()]
         st = dict(self.stats, entities=len(ents), edges=len(out_edges),
@@ -374,8 +376,8 @@ class KG:
         st.update(extra or {})
         self.rejects.flush()
         for name, rows in (("entities.jsonl", ents), ("edges.jsonl", edges)):
-            atomic_write(os.path.join(self.out, name), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        atomic_write(os.path.join(self.out, "stats.json"), json.dumps(st, indent=1) + "\n")
+            atomic_write(os.path.join(self.out, name), (json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        atomic_write(os.path.join(self.out, "stats.json"), [json.dumps(st, indent=1) + "\n"])
         self.red_f.close()
         os.remove(self.red_f.name)
         return st
@@ -389,10 +391,10 @@ def eid(title):
     return title.replace(" ", "_")
 
 
-def atomic_write(path, s):
+def atomic_write(path, lines):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(s)
+        f.writelines(lines)
     os.replace(tmp, path)
 
 
@@ -424,34 +426,28 @@ def llm_edges(llm, batch):
 def iter_dump(path):
     """Stream (title, ns, revid, redirect_target|None, text) from a MediaWiki XML export (.xml or .xml.bz2).
     Elements are cleared as we go, so memory does not grow with the dump. Raises DumpError naming the position."""
-    opener = bz2.open if path.endswith(".bz2") else open
     last, n = None, 0
     try:
-        with opener(path, "rb") as f:
+        with (bz2.open if path.endswith(".bz2") else open)(path, "rb") as f:
             ctx = ET.iterparse(f, events=("start", "end"))
             _, root = next(ctx)
             for ev, el in ctx:
-                if ev != "end" or not el.tag.endswith("page"):
-                    continue
-                kids = {c.tag.rsplit("}", 1)[-1]: c for c in el}
-                rev = {c.tag.rsplit("}", 1)[-1]: c for c in kids.get("revision", [])}
-                red = kids.get("redirect")
-                last, n = kids["title"].text if "title" in kids else None, n + 1
-                yield (last, int(kids["ns"].text or 0) if "ns" in kids else 0,
-                       int(rev["id"].text) if "id" in rev else None,
-                       red.get("title") if red is not None else None,
-                       rev["text"].text or "" if "text" in rev else "")
-                root.clear()  # drop finished pages from the tree
+                if ev == "end" and el.tag.rsplit("}", 1)[-1] == "page":  # {*}: any export schema version
+                    last, n, red = el.findtext("{*}title"), n + 1, el.find("{*}redirect")
+                    yield (last, int(el.findtext("{*}ns") or 0), int(el.findtext("{*}revision/{*}id") or 0) or None,
+                           red.get("title") if red is not None else None, el.findtext("{*}revision/{*}text") or "")
+                    root.clear()  # drop finished pages from the tree
     except ET.ParseError as e:
-        line, col = e.position
-        raise DumpError(f"{path}: line {line}, column {col}: truncated or malformed XML after page {n} "
-                        f"({last!r}): {e}") from None
+        raise DumpError(f"{path}: line {e.position[0]}, column {e.position[1]}: truncated or malformed XML after "
+                        f"page {n} ({last!r}): {e}") from None
     except (OSError, EOFError, StopIteration) as e:
         raise DumpError(f"{path}: corrupt or truncated file after page {n} ({last!r}): {e}") from None
 
 
 def build_from_dump(path, out, llm=None, limit=None, plain=True):
     """Dump -> OUT files. On a broken dump, writes the graph built so far, then raises DumpError."""
+    if not os.path.isfile(path):
+        raise DumpError(f"{path}: no such file")
     kg, t0, err = KG(out, plain, llm), time.time(), None
     tp = t0
     try:
@@ -470,7 +466,7 @@ def build_from_dump(path, out, llm=None, limit=None, plain=True):
         err = e
     st = kg.write({"source": path, "seconds": round(time.time() - t0, 2), "error": str(err) if err else None})
     if err:
-        raise err
+        raise DumpError(f"{err} (the graph built so far is written to {out})")
     return st
 
 
@@ -502,7 +498,7 @@ def api_get(url, params, cache_dir, user_agent, session=None, backoff=5.0, max_t
                 err = d.get("error")
                 if not err:
                     os.makedirs(os.path.dirname(path), exist_ok=True)
-                    atomic_write(path, json.dumps(d))
+                    atomic_write(path, [json.dumps(d)])
                     return d
                 if err.get("code") != "maxlag":
                     raise RuntimeError(f"API error {err.get('code')}: {err.get('info')} (params {params})")
@@ -564,15 +560,19 @@ def crawl(api, seeds, out, user_agent, max_pages=1000, cat_depth=1, cache_dir=No
             while i < len(queue) and len(batch) < min(50, max_pages - fetched):
                 batch += [queue[i]] if queue[i] not in done else []
                 i += 1
-            q = get({"action": "query", "prop": "revisions", "rvprop": "content|ids", "rvslots": "main",
-                     "redirects": "1", "titles": "|".join(batch)}).get("query", {}) if batch else {}
-            for rd in q.get("redirects", []):
-                kg.add_redirect(rd["from"], rd["to"])
-                seen.add(norm_title(rd["to"]))  # the target comes in this same response
-            for p in q.get("pages", []):
+            params, d = {"action": "query", "prop": "revisions", "rvprop": "content|ids", "rvslots": "main",
+                         "redirects": "1", "titles": "|".join(batch)}, {"continue": {}} if batch else {}
+            pages = []
+            while "continue" in d:  # a big batch may come in parts (rvcontinue): pages without content yet
+                d = get({**params, **d["continue"]})
+                for rd in d.get("query", {}).get("redirects", []):
+                    kg.add_redirect(rd["from"], rd["to"])
+                    seen.add(norm_title(rd["to"]))  # the target comes in this same response
+                pages += d.get("query", {}).get("pages", [])
+            for p in pages:
                 title = norm_title(p.get("title", ""))
+                kg.stats["pages_missing"] += bool(p.get("missing"))
                 if not p.get("revisions") or title in done:
-                    kg.stats["pages_missing"] += not p.get("revisions")
                     continue
                 done.add(title)
                 fetched += 1
@@ -587,7 +587,7 @@ def crawl(api, seeds, out, user_agent, max_pages=1000, cat_depth=1, cache_dir=No
     st = kg.write({"source": api, "seconds": round(time.time() - t0, 2), "pages_fetched": fetched,
                    "error": str(err) if err else None})
     if err:
-        raise RuntimeError(str(err))
+        raise RuntimeError(f"{err} (the graph built so far is written to {out}; re-run to resume from the cache)")
     return st
 
 
@@ -629,7 +629,7 @@ def main(argv=None):
             st = crawl(a.api, seeds, a.out,
                        a.user_agent, a.max_pages, a.cat_depth, a.cache, a.backoff, llm, not a.links_only)
     except (DumpError, RuntimeError) as e:
-        sys.exit(f"kg: error: {e} (graph built so far written to {a.out})")
+        sys.exit(f"kg: error: {e}")
     print(json.dumps({k: st[k] for k in ("pages_read", "pages_medical", "pages_rejected", "entities", "edges")}))
 
 

@@ -76,6 +76,10 @@ def select_pool(records, rates, threshold=0.5, moderate_share=0.25, max_zero_sha
     zero = sorted([(r, x) for r, x in fails if x["passes"] == 0], key=lambda rx: TIER.get(rx[0]["difficulty"], 3))
     # zeros may be at most max_zero_share of (partial + zeros): z <= share / (1 - share) * partial
     z_cap = len(zero) if max_zero_share >= 1 else int(max_zero_share / (1 - max_zero_share) * len(partial))
+    if not partial and zero:  # nothing learnable at all: keep the failures rather than an empty pool, and say so
+        print(f"mine: no item has a partial pass rate; keeping all {len(zero)} all-fail items (they give no "
+              f"gradient until the policy solves some of them)", flush=True)
+        z_cap = len(zero)
     hard = partial + zero[:z_cap]
     extra = sorted([(r, x) for r, x in rows if r.get("difficulty") == "moderate" and threshold < x["pass_rate"] < 1],
                    key=lambda rx: rx[1]["pass_rate"])
@@ -128,15 +132,15 @@ def main(argv=None):
     p.add_argument("--data", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--review")
-    p.add_argument("--n", type=int, default=8, help="samples per item")
+    p.add_argument("--samples", type=int, default=8, help="samples per item (not --n: torchrun takes that for its own)")
     p.add_argument("--batch-size", type=int, default=64, help="items per generate call (per rank)")
-    p.add_argument("--max-new-tokens", type=int, help="default 1024 (48 with --tiny)")
+    p.add_argument("--max-new-tokens", type=int, help="default 1024 (160 with --tiny)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="CPU preset")
     add_pool_args(p)
     args = p.parse_args(argv)
-    args.max_new_tokens = args.max_new_tokens or (48 if args.tiny else 1024)
+    args.max_new_tokens = args.max_new_tokens or (160 if args.tiny else 1024)
     rank, world, device = M.setup_dist()
     try:
         from transformers import AutoTokenizer
@@ -145,7 +149,7 @@ def main(argv=None):
         model = M.load_model(args.model, device)
         M.shard_model(model)
         with torch.no_grad():
-            rates = mine(model, tok, records, args.n, args.batch_size, args.max_new_tokens, args.temperature,
+            rates = mine(model, tok, records, args.samples, args.batch_size, args.max_new_tokens, args.temperature,
                          args.seed)
         pool = select_pool(records, rates, review=review_ids(args.review), **pool_kwargs(args))
         if rank == 0:

@@ -42,9 +42,9 @@ class ModelConfig:
             raise ValueError("use_sliding_window=true is not supported")
         kw = {f.name: d[f.name] for f in fields(cls) if f.name in d and d[f.name] is not None}
         # transformers 5.x nests the RoPE base in rope_parameters; hub configs keep a top-level rope_theta
-        rp = d.get("rope_parameters") or {}
-        if rp.get("rope_type", "default") != "default":
-            raise ValueError(f"unsupported rope_type {rp['rope_type']!r}")
+        rp = {**(d.get("rope_scaling") or {}), **(d.get("rope_parameters") or {})}
+        if rp.get("rope_type", rp.get("type", "default")) != "default":
+            raise ValueError(f"unsupported RoPE scaling {rp} (only the default RoPE is implemented)")
         kw["rope_theta"] = rp.get("rope_theta", d.get("rope_theta", 10000.0))
         kw.setdefault("num_key_value_heads", d["num_attention_heads"])
         kw.setdefault("head_dim", d["hidden_size"] // d["num_attention_heads"])
@@ -360,12 +360,11 @@ def shard_model(model, mixed_precision=False):
     if not _is_dist() or torch.distributed.get_world_size() == 1:
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else None
+    kw = dict(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else {}
     for block in model.layers:
-        fully_shard(block, **({"mp_policy": mp} if mp else {}))
-    root_mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
-                                   output_dtype=torch.float32)  # fp32 outputs: set on the root only
-    fully_shard(model, **({"mp_policy": root_mp} if mp else {}))
+        fully_shard(block, mp_policy=MixedPrecisionPolicy(**kw))
+    out = torch.float32 if mixed_precision else None  # fp32 outputs: set on the root only
+    fully_shard(model, mp_policy=MixedPrecisionPolicy(**kw, output_dtype=out))
     return model
 
 

@@ -5,8 +5,8 @@ then one token per step for every row. Group mode (k samples per prompt, GRPO, F
 each prompt once and replicates its cache k times. Under FSDP2 the weights are all-gathered once per call,
 not once per decode step.
 
-    >>> generate(model, [[5, 6, 7], [8]], max_new_tokens=4, eos_ids=[2])
-    [[11, 12, 2], [9, 9, 9, 9]]   # row 0 stopped at its EOS (kept), row 1 hit max_new_tokens
+    generate(model, [[5, 6, 7], [8]], max_new_tokens=4, eos_ids=[2])
+    -> e.g. [[11, 12, 2], [9, 9, 9, 9]]: row 0 stopped at its EOS (kept), row 1 hit max_new_tokens
 """
 from contextlib import contextmanager
 
@@ -95,9 +95,9 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
             h = model(tok[:, None], position_ids=(lens + t)[:, None], attention_mask=mask[:, :P + t + 1],
                       kv_cache=cache, cache_pos=P + t, return_hidden=True)  # (N, 1, D)
             logits = model.lm_head(h[:, -1].to(dtype)).float()  # (N, V)
-    comps, logps = [], []
+    comps, logps, stop = [], [], set(eos_ids)
     for row, lp in zip(out.tolist(), lps.tolist()):
-        n = next((j + 1 for j, x in enumerate(row[:t + 1]) if x in set(eos_ids)), t + 1)
+        n = next((j + 1 for j, x in enumerate(row[:t + 1]) if x in stop), t + 1)  # cut after the first EOS
         comps.append(row[:n])
         logps.append(lp[:n])
     return (comps, logps) if return_logprobs else comps

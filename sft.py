@@ -5,7 +5,8 @@ LM on every token -- the tiny pipeline pre-trains Base that way) and an HF-forma
     RUN_DIR/final          HF folder (config.json + model.safetensors + tokenizer) loadable by transformers
     RUN_DIR/state          resumable state (model, optimizer, step, RNG), rewritten atomically every --save-every
     RUN_DIR/metrics.jsonl  loss, val_loss, lr, grad_norm, tokens/s per step
-    RUN_DIR/rejects.jsonl  rows longer than --max-len (skipped, not truncated: a cut chain loses its answer)
+    RUN_DIR/rejects.jsonl  chat rows longer than --max-len (skipped, not truncated: a cut chain loses its answer;
+                           text rows are cut into --max-len windows instead)
 
     torchrun --standalone --nproc_per_node 8 sft.py --data sft.jsonl --init Qwen2.5-7B --out runs/sft
     python sft.py --tiny --data sft.jsonl --init tiny_base --out runs/sft        # one process
@@ -89,19 +90,18 @@ def split_for_rank(items, lengths, rank, world, micro):
 # data
 
 
-def _template_ids(tokenizer, messages, gen):
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=gen, tokenize=True)
-    if hasattr(out, "keys"):  # transformers 5 returns a BatchEncoding
-        out = out["input_ids"]
-    return [int(t) for t in (out[0] if out and isinstance(out[0], list) else out)]
+def special_ids(tokenizer):
+    """(end of text, end of turn) ids: <|endoftext|> closes a plain-text row, <|im_end|> an assistant turn."""
+    vocab = tokenizer.get_vocab()  # built anew on every call (152k entries for Qwen): call once
+    return vocab.get("<|endoftext|>", tokenizer.eos_token_id), vocab.get("<|im_end|>", tokenizer.eos_token_id)
 
 
-def encode(tokenizer, row, where):
+def encode(tokenizer, row, where, specials):
     """-> (ids, start): the loss covers ids[start:]. `where` ("path:line") prefixes every error."""
+    eot, eos = specials
     if "text" in row:
         if not isinstance(row["text"], str) or not row["text"].strip():
             raise ValueError(f"{where}: field 'text' must be a non-empty string")
-        eot = tokenizer.get_vocab().get("<|endoftext|>", tokenizer.eos_token_id)  # the document separator
         return tokenizer(row["text"], add_special_tokens=False)["input_ids"] + [eot], 1
     msgs = row.get("messages")
     if not isinstance(msgs, list) or not msgs:
@@ -112,23 +112,29 @@ def encode(tokenizer, row, where):
                          f"{last.get('role') if isinstance(last, dict) else last!r})")
     if not tokenizer.chat_template:
         raise ValueError(f"{where}: the tokenizer has no chat template")
-    prompt = _template_ids(tokenizer, msgs[:-1], True)
-    full = _template_ids(tokenizer, msgs, False)
-    if full[:len(prompt)] != prompt:
+    prompt_text = tokenizer.apply_chat_template(msgs[:-1], add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(msgs, tokenize=False)
+    if not full_text.startswith(prompt_text):
         raise ValueError(f"{where}: the chat template renders the prompt differently inside the full conversation")
-    eos = tokenizer.get_vocab().get("<|im_end|>", tokenizer.eos_token_id)
-    ends = [i for i in range(len(prompt), len(full)) if full[i] == eos]
+    # the prompt exactly as common.prompt_ids gives it at inference, then the reply tokenized on its own, as the
+    # model generates it after the prompt
+    prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    reply = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
+    ends = [i for i, t in enumerate(reply) if t == eos]
     if not ends:
         raise ValueError(f"{where}: the chat template does not close the assistant turn with EOS id {eos}")
-    return full[:ends[-1] + 1], len(prompt)  # what follows <|im_end|> (a newline) is not the model's to write
+    return prompt + reply[:ends[-1] + 1], len(prompt)  # what follows <|im_end|> (a newline) is not the model's
 
 
 def load_data(path, tokenizer, max_len, val_frac, seed):
-    """-> (train [(ids, start)], val [(ids, start)], rejects). Rows over max_len are rejected with their reason."""
-    rows, data, rejects = read_jsonl(path), [], []
+    """-> (train [(ids, start)], val [(ids, start)], rejects). Chat rows over max_len are rejected with their
+    reason; text rows are cut into max_len windows (plain LM loses nothing by the cut)."""
+    rows, data, rejects, specials = read_jsonl(path), [], [], special_ids(tokenizer)
     for i, row in enumerate(rows, 1):
-        ids, start = encode(tokenizer, row, f"{path}:{i}")
-        if len(ids) > max_len:
+        ids, start = encode(tokenizer, row, f"{path}:{i}", specials)
+        if "text" in row:
+            data += [(ids[j:j + max_len], 1) for j in range(0, len(ids) - 1, max_len)]
+        elif len(ids) > max_len:
             rejects.append({"line": i, "id": row.get("id"), "reason": f"{len(ids)} tokens > --max-len {max_len}"})
         else:
             data.append((ids, start))
@@ -178,6 +184,10 @@ def evaluate(model, data, rank, world, micro, pad_id, device, amp):
 
 
 def train(a):
+    final_dir = os.path.join(a.out, "final")
+    if os.path.isfile(os.path.join(final_dir, "config.json")):  # re-running a finished stage is a no-op
+        print(f"sft: {final_dir} exists, nothing to do (use a new --out to train again)", flush=True)
+        return
     rank, world, device = M.setup_dist()
     torch.manual_seed(a.seed)
     from transformers import AutoTokenizer
@@ -201,7 +211,7 @@ def train(a):
     bs = min(a.batch_size, len(train_set))
     total = a.steps or a.epochs * max(1, len(train_set) // bs)
     warmup = a.warmup if a.warmup >= 1 else int(a.warmup * total)
-    state_dir, final_dir = os.path.join(a.out, "state"), os.path.join(a.out, "final")
+    state_dir = os.path.join(a.out, "state")
     extra = M.load_state(state_dir, model, opt) if os.path.isdir(state_dir) else None
     step = extra["step"] if extra else 0
     if extra and (extra.get("total") != total or extra.get("batch_size") != bs):
@@ -261,7 +271,6 @@ def train(a):
         if step == a.stop_after:  # simulate a kill (tests): no save, the resumed run redoes the lost steps
             return
     M.save_model(model, final_dir, tokenizer)
-    save()  # a re-run finds step == total and only rewrites final
     if rank == 0:
         print(f"sft: wrote {final_dir}", flush=True)
 

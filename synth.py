@@ -1,7 +1,10 @@
 """KG-guided question synthesis (Fleming-R1, arXiv 2509.15279, §3.1 "Reasoning-Oriented Data Strategy").
 
-Reads kg.py's KG_DIR/entities.jsonl + edges.jsonl; writes OUT/train.jsonl, OUT/test.jsonl (unified records,
-source "synthetic") and OUT/stats.json.
+Reads kg.py's KG_DIR/entities.jsonl + edges.jsonl; writes OUT/train.jsonl, OUT/test.jsonl, OUT/val.jsonl
+(--val-n; unified records, source "synthetic", options = KG entity names, difficulty from hops x rarity with
+filter.py's heuristic so every split has tiers) and OUT/stats.json. meta: family, hops, path (name chain), given,
+hidden, comorbidity, answer_name, answer_type, correct (every answer the KG accepts), provenance (page, revid,
+field of each edge), rarity (inlinks of answer and disease, sampling weight).
 
 A question is a typed path through the KG with part of it masked: the given findings (2-4 symptoms of a
 disease, sometimes with one risk factor) are stated, the disease is either asked (diagnosis, 1 hop) or kept
@@ -28,7 +31,9 @@ with weight  prod_e 1/(1+inlinks_e)**alpha  over the disease and the answer (alp
 families, uniform candidates). Each draw consumes one unused given-subset of that (family, disease).
 A question instance is the key (family, given set); instances are unique, so the train/test split (a seeded
 shuffle of instances) never shares one. stats.json compares the sampled hops / families / mean answer inlinks
-with uniform sampling and counts how many distinct instances the KG supports.
+with uniform sampling and counts how many distinct instances the KG supports (given-sets are capped at
+2,000 per size per disease). --llm optionally rewrites items into vignettes; a rewrite that drops a given
+finding or names the answer / hidden disease is rejected and the template kept.
 """
 import argparse
 import bisect
@@ -75,16 +80,23 @@ ASKS = {
     "comorbidity": ["Which drug used for the most likely condition is contraindicated given the patient's {c}?",
                     "Because of the known {c}, which medication for the most likely condition should be avoided?",
                     "Given the coexisting {c}, which treatment of the most likely diagnosis is contraindicated?"],
-    "mechanism": ["What is the mechanism of action of a drug used to treat the most likely condition?",
-                  "A drug used for the most likely diagnosis acts by which mechanism?",
-                  "Which mechanism of action belongs to a medication used for this patient's condition?"],
+    "mechanism": ["A drug used to treat the most likely condition acts through which target or mechanism?",
+                  "Which of the following is involved in the mechanism of action of a drug used for the most "
+                  "likely diagnosis?",
+                  "The mechanism of action of a medication for this patient's condition involves which of the "
+                  "following?"],
 }
 RISK = [", with a history of {r}", "; a known risk factor is {r}", ", and the history includes {r}"]
 
 
 def load_kg(kg_dir):
     """Entities by id and adjacency out[rel][head] -> {tail: source}; edges with unknown ids are skipped."""
-    ents = {e["id"]: e for e in read_jsonl(os.path.join(kg_dir, "entities.jsonl"))}
+    path, ents = os.path.join(kg_dir, "entities.jsonl"), {}
+    for i, e in enumerate(read_jsonl(path), 1):
+        bad = next((k for k in ("id", "name", "type") if not isinstance(e.get(k), str) or not e[k].strip()), None)
+        if bad:
+            raise ValueError(f"{path}: entity row {i}: field {bad!r} must be a non-empty string")
+        ents[e["id"]] = e
     out = defaultdict(lambda: defaultdict(dict))
     for e in read_jsonl(os.path.join(kg_dir, "edges.jsonl")):
         h, r, t = e.get("head"), e.get("relation"), e.get("tail")
@@ -168,7 +180,7 @@ def build_candidates(ents, out, families, alpha, hop_weight):
     cands = []
     for fam in families:
         mine = [{"family": fam, "disease": d, "answer": a, "path": path, "correct": correct,
-                 "inlinks": ents[a].get("inlinks", 0),
+                 "inlinks": ents[a].get("inlinks", 0), "d_inlinks": ents[d].get("inlinks", 0),
                  "w": rarity(ents[a], alpha) * (rarity(ents[d], alpha) if a != d else 1.0)}
                 for d in sorted(fset) for a, path, correct in answers(fam, d, out, ents)]
         total = sum(c["w"] for c in mine)
@@ -187,13 +199,17 @@ def distractors(c, given, idx, out, ents, k, rng):
     if fam in ("contraindication", "comorbidity"):  # drugs that treat this very disease: the closest lures
         pool = [a for a, _, _ in answers("treatment", d, out, ents)]
     for dd in rivals:  # the rival disease itself, or what the KG says about it along the same path
-        alts = [dd] if fam == "diagnosis" else [a for a, _, _ in answers(fam, dd, out, ents)]
+        if (fam, dd) not in idx["answers"]:  # memo: rivals recur across items
+            idx["answers"][fam, dd] = [dd] if fam == "diagnosis" else [a for a, _, _ in answers(fam, dd, out, ents)]
+        alts = list(idx["answers"][fam, dd])
         rng.shuffle(alts)
         pool += alts
     typed = idx["bytype"][atype]
     rest = rng.sample(typed, min(len(typed), 8 * k + 32))  # enough almost always; the full list if not
     names, seen = [], {ents[x]["name"].strip().lower() for x in list(c["correct"]) + [f for f, _ in given]}
-    for x in itertools.chain(pool, rest, rng.sample(typed, len(typed))):
+    def everything():  # only shuffled if the cheaper sources run dry
+        yield from rng.sample(typed, len(typed))
+    for x in itertools.chain(pool, rest, everything()):
         nm = ents[x]["name"]
         if x in c["correct"] or ents[x]["type"] != atype or nm.strip().lower() in seen:
             continue
@@ -205,7 +221,9 @@ def distractors(c, given, idx, out, ents, k, rng):
 
 
 def plain(name):
-    """'Fever' -> 'fever' in running text; acronyms and proper names (second letter upper) are kept."""
+    """'Fever' -> 'fever', 'Anorexia (symptom)' -> 'anorexia' in running text (Wikipedia's disambiguation
+    suffix dropped); acronyms and proper names (second letter upper) are kept."""
+    name = re.sub(r"\s*\([^()]*\)$", "", name) or name
     return name[0].lower() + name[1:] if len(name) > 1 and name[1].islower() and name[0].isupper() else name
 
 
@@ -229,7 +247,7 @@ def make_item(c, given, ents, idx, out, num_options, rng):
     a, d, fam = c["answer"], c["disease"], c["family"]
     comorbid = ents[c["path"][-1][2]]["name"] if fam == "comorbidity" else None
     question = render(fam, given, ents, rng, comorbid)
-    if any(mentions(question, ents[x]["name"]) for x in {a, d}):
+    if any(mentions(question, plain(ents[x]["name"])) for x in {a, d}):
         return None, "answer_or_hidden_named_in_findings"  # e.g. complication "anemia" given as a symptom
     dis = distractors(c, given, idx, out, ents, num_options - 1, rng)
     if dis is None:
@@ -237,6 +255,9 @@ def make_item(c, given, ents, idx, out, num_options, rng):
     gpath = [(d, r, f) for f, r in given]  # the given findings are edges of the disease too
     edges = gpath + c["path"]
     src = lambda h, r, t: out[r][h][t]
+    right = c["correct"]  # for comorbidity that set is what no option may be; the right ones also treat d
+    if fam == "comorbidity":
+        right = right & set().union(*[out[r].get(d, {}) for r in TREATS])
     return {"id": "syn-" + hashlib.sha1(key_of(fam, given).encode()).hexdigest()[:12], "source": "synthetic",
             "question": question, "options": None, "answer": None, "difficulty": None,
             "meta": {"family": fam, "hops": FAMILIES[fam],
@@ -244,7 +265,7 @@ def make_item(c, given, ents, idx, out, num_options, rng):
                      "given": [ents[f]["name"] for f, _ in given],
                      "hidden": None if fam == "diagnosis" else ents[d]["name"], "comorbidity": comorbid,
                      "answer_name": ents[a]["name"], "answer_type": ents[a]["type"],
-                     "correct": sorted(ents[x]["name"] for x in c["correct"]),
+                     "correct": sorted(ents[x]["name"] for x in right),
                      "provenance": [dict(src(h, r, t), head=ents[h]["name"], relation=r, tail=ents[t]["name"])
                                     for h, r, t in edges],
                      "rarity": {"answer_inlinks": ents[a].get("inlinks", 0),
@@ -280,7 +301,7 @@ def synthesize(kg_dir, n, test_n, seed=0, alpha=1.0, hop_weight=2.0, num_options
     ents, out = load_kg(kg_dir)
     families = families or list(FAMILIES)
     fset, cands = build_candidates(ents, out, families, alpha, hop_weight)
-    idx = {"has": defaultdict(set), "bytype": defaultdict(list)}
+    idx = {"has": defaultdict(set), "bytype": defaultdict(list), "answers": {}}
     for d in sorted(fset):
         for f, _ in fset[d]:
             idx["has"][f].add(d)
@@ -347,9 +368,10 @@ def report(train, test, cands, supported, skipped, args):
     allq = train + test
     mean = lambda xs: round(sum(xs) / max(1, len(xs)), 3)
     frac = lambda cnt: {k: round(v / max(1, sum(cnt.values())), 3) for k, v in sorted(cnt.items())}
-    by_fam = defaultdict(list)
+    by_fam, d_fam = defaultdict(list), defaultdict(list)
     for c in cands:
         by_fam[c["family"]].append(c["inlinks"])
+        d_fam[c["family"]].append(c["d_inlinks"])
     return {"args": args, "n_train": len(train), "n_test": len(test),
             "supported_instances": dict(supported, total=sum(supported.values())),
             "candidates": len(cands), "skipped": dict(skipped),
@@ -359,7 +381,8 @@ def report(train, test, cands, supported, skipped, args):
                         "disease_inlinks_mean": mean([q["meta"]["rarity"]["disease_inlinks"] for q in allq])},
             "uniform": {"family": frac(Counter({f: 1 for f in by_fam})),  # alpha=0, hop_weight=1
                         "hops": frac(Counter(FAMILIES[f] for f in by_fam)),
-                        "answer_inlinks_mean": mean([mean(v) for v in by_fam.values()])},
+                        "answer_inlinks_mean": mean([mean(v) for v in by_fam.values()]),
+                        "disease_inlinks_mean": mean([mean(v) for v in d_fam.values()])},
             "answer_position": dict(sorted(Counter(q["answer"] for q in allq).items()))}
 
 
@@ -374,10 +397,10 @@ def llm_rewrite(items, spec, model_name=None, cache_dir=None):
     ok = 0
     for it, (text,) in zip(items, llm(convs, n=1, temperature=0.0, max_tokens=256)):
         low = text.lower()
-        bad = [it["meta"]["answer_name"]] + ([it["meta"]["hidden"]] if it["meta"]["hidden"] else [])
+        bad = [plain(it["meta"]["answer_name"])] + ([plain(it["meta"]["hidden"])] if it["meta"]["hidden"] else [])
         keep = it["meta"]["given"] + [x for x in [it["meta"].get("comorbidity")] if x]
-        if text.strip() and all(g.lower() in low for g in keep) and \
-                not any(re.search(r"\b" + re.escape(b.lower()) + r"\b", low) for b in bad):
+        if text.strip() and all(plain(g).lower() in low for g in keep) and \
+                not any(mentions(text, b) for b in bad):
             it["meta"]["template_question"], it["question"] = it["question"], text.strip()
             ok += 1
     return ok
@@ -398,10 +421,11 @@ def main(argv=None):
     p.add_argument("--llm", default=None, help="URL or model folder for the optional vignette rewrite")
     p.add_argument("--llm-model", default=None)
     p.add_argument("--tiny", action="store_true", help="tiny pipeline preset: 6000 train, 1200 test, 300 val, "
-                   "hop weight 1 (every family equally often, so the easy tier is not starved)")
+                   "hop weight 0.5 (each difficulty tier gets a sizeable share of the test split)")
     a = p.parse_args(argv)
-    if a.tiny:
-        a.n, a.test_n, a.val_n, a.hop_weight = 6000, 1200, 300, 1.0
+    if a.tiny:  # preset defaults; flags given explicitly still win
+        p.set_defaults(n=6000, test_n=1200, val_n=300, hop_weight=0.5)
+        a = p.parse_args(argv)
     fams = [f for f in a.families.split(",") if f]
     bad = [f for f in fams if f not in FAMILIES]
     if bad:

@@ -107,7 +107,8 @@ def ablation(run, seeds):
     preds = {(s, st): base if st == "base" else _correct(os.path.join(run, f"seed{s}", "eval", st, "predictions.jsonl"))
              for s in seeds for st, _ in STAGES}
     ids = sorted(preds[(seeds[0], "base")])
-    tiers = sorted({d for d in (v[1] for v in preds[(seeds[0], "base")].values()) if d})
+    found = {v[1] for v in base.values()}
+    tiers = [t for t in ("easy", "moderate", "difficult") if t in found]
     out = {"seeds": seeds, "n_test": len(ids), "stages": {}}
     prev = None
     for st, label in STAGES:

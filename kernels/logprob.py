@@ -11,9 +11,11 @@ numbers exactly in O(N + tile) extra memory.
 The math (one row i; z = h_i W^T / T are the tempered logits, y = targets[i]):
     lse   = log sum_j exp(z_j)            logp = z_y - lse            entropy = lse - sum_j p_j z_j,  p = exp(z - lse)
   Forward, streaming over vocab blocks (never more than one (rows x block) tile alive), per row keep
-    m (running max), s = sum exp(z - m), t = sum exp(z - m) * z, and z_y when y falls in the block;
-    a new block with max m' rescales: s <- s * exp(m - m') + sum exp(z - m'), t likewise, m <- m'.
-    At the end lse = m + log s and E_p[z] = t / s.          Saved for backward: lse and entropy (2N floats).
+    m (running max), s = sum exp(z - m), t = sum exp(z - m) * (z - m), and z_y when y falls in the block;
+    a new block with max m' rescales, a = exp(m - m'):  s <- a s + sum exp(z - m'),
+    t <- a (t + (m - m') s) + sum exp(z - m') (z - m'),  m <- m'.
+    At the end lse = m + log s and entropy = log s - t / s (both terms O(1): no cancellation between large
+    logits).                                                   Saved for backward: lse and entropy (2N floats).
   Backward, given g = dL/dlogp and e = dL/dentropy, recompute each tile z, p = exp(z - lse), and
     dL/dz_j = g * (1[j = y] - p_j) - e * p_j * (z_j - E_p[z])       (E_p[z] = lse - entropy)
     grad_hidden  += (dL/dz) W_block / T          grad_weight[block] += (dL/dz)^T h / T
@@ -25,8 +27,11 @@ Two implementations of this one algorithm:
     vocab blocks; the backward runs one program per (row block, vocab block) tile and adds its contributions
     into fp32 grad_hidden / grad_weight with atomic adds (so on a GPU the summation order, hence the last bits,
     is not deterministic). Tiles are bf16 or fp32 in, fp32 accumulate; fp32 dots use full IEEE precision.
-  * `_torch_fwd` / `_torch_bwd` (PyTorch): the same loops with big (chunk_n x chunk_v) tiles and a reused
-    buffer; the CPU path, and the tests' second oracle besides the naive fp64 formula.
+    Only run here under the interpreter (CI has no GPU); GPU speed is not measured.
+  * `_torch_fwd` / `_torch_bwd` (PyTorch): the same streaming forward with big (chunk_n x chunk_v) tiles
+    written into one reused buffer, 1/T folded into h; the backward builds -dL/dz of a tile in place and
+    feeds it to two addmm calls. The CPU path, and the tests' second oracle besides the naive fp64 formula.
+    Measured (tests/bench_logprob.py, N=4096 D=896 V=151936 fp32, 2 CPU cores): see the README.
 Dispatch: CUDA -> Triton; CPU -> PyTorch, or Triton under TRITON_INTERPRET=1 (how CI exercises the kernel).
 """
 import os
@@ -48,10 +53,11 @@ def _logits_tile(H, W, rows, cols, N, V, D, inv_temp,
                  UPCAST: tl.constexpr, PREC: tl.constexpr):
     """(BLOCK_N, BLOCK_V) fp32 tile of (H[rows] @ W[cols].T) * inv_temp; out-of-range entries are 0."""
     acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
+    ro, co = rows.to(tl.int64)[:, None] * D, cols.to(tl.int64)[:, None] * D  # int64: N * D may pass 2^31
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
-        h = tl.load(H + rows[:, None] * D + ds[None, :], mask=(rows[:, None] < N) & (ds[None, :] < D), other=0.0)
-        w = tl.load(W + cols[:, None] * D + ds[None, :], mask=(cols[:, None] < V) & (ds[None, :] < D), other=0.0)
+        h = tl.load(H + ro + ds[None, :], mask=(rows[:, None] < N) & (ds[None, :] < D), other=0.0)
+        w = tl.load(W + co + ds[None, :], mask=(cols[:, None] < V) & (ds[None, :] < D), other=0.0)
         if UPCAST:  # the interpreter's tl.dot returns garbage on bf16
             h, w = h.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(h, tl.trans(w), acc, input_precision=PREC)
@@ -64,9 +70,9 @@ def _fwd_kernel(H, W, T, LOGP, LSE, ENT, N, V, D, inv_temp,
                 UPCAST: tl.constexpr, PREC: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     tgt = tl.load(T + rows, mask=rows < N, other=-100)
-    m = tl.full([BLOCK_N], float("-inf"), dtype=tl.float32)  # running max
+    m = tl.full([BLOCK_N], -1e30, dtype=tl.float32)  # running max (finite, so that (m - m') * 0 = 0)
     s = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum exp(z - m)
-    t = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum exp(z - m) * z
+    t = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum exp(z - m) * (z - m)
     zy = tl.zeros([BLOCK_N], dtype=tl.float32)  # z at the target
     for v0 in range(0, V, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
@@ -74,16 +80,17 @@ def _fwd_kernel(H, W, T, LOGP, LSE, ENT, N, V, D, inv_temp,
         z = _logits_tile(H, W, rows, cols, N, V, D, inv_temp, BLOCK_N, BLOCK_V, BLOCK_D, UPCAST, PREC)
         m_new = tl.maximum(m, tl.max(tl.where(inv, z, float("-inf")), 1))
         alpha = tl.exp(m - m_new)
-        e = tl.where(inv, tl.exp(z - m_new[:, None]), 0.0)
+        u = z - m_new[:, None]
+        e = tl.where(inv, tl.exp(u), 0.0)
+        t = alpha * (t + (m - m_new) * s) + tl.sum(e * u, 1)
         s = s * alpha + tl.sum(e, 1)
-        t = t * alpha + tl.sum(e * z, 1)
         zy += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), 1)
         m = m_new
     lse = m + tl.log(s)
     keep = tgt != -100
     tl.store(LSE + rows, lse, mask=rows < N)
     tl.store(LOGP + rows, tl.where(keep, zy - lse, 0.0), mask=rows < N)
-    tl.store(ENT + rows, tl.where(keep, lse - t / s, 0.0), mask=rows < N)
+    tl.store(ENT + rows, tl.where(keep, tl.log(s) - t / s, 0.0), mask=rows < N)
 
 
 @triton.jit
@@ -107,16 +114,17 @@ def _bwd_kernel(H, W, T, LSE, ENT, G, GE, DH, DW, N, V, D, inv_temp,
     dz = dz * inv_temp
     if not UPCAST:
         dz = dz.to(H.dtype.element_ty)  # tensor-core inputs match; accumulation stays fp32
+    ro, co = rows.to(tl.int64)[:, None] * D, cols.to(tl.int64)[:, None] * D
     for d0 in range(0, D, BLOCK_D):
         ds = d0 + tl.arange(0, BLOCK_D)
         hm = rmask[:, None] & (ds[None, :] < D)
         wm = (cols[:, None] < V) & (ds[None, :] < D)
-        h = tl.load(H + rows[:, None] * D + ds[None, :], mask=hm, other=0.0)
-        w = tl.load(W + cols[:, None] * D + ds[None, :], mask=wm, other=0.0)
+        h = tl.load(H + ro + ds[None, :], mask=hm, other=0.0)
+        w = tl.load(W + co + ds[None, :], mask=wm, other=0.0)
         if UPCAST:
             h, w = h.to(tl.float32), w.to(tl.float32)
-        tl.atomic_add(DH + rows[:, None] * D + ds[None, :], tl.dot(dz, w, input_precision=PREC), mask=hm)
-        tl.atomic_add(DW + cols[:, None] * D + ds[None, :], tl.dot(tl.trans(dz), h, input_precision=PREC), mask=wm)
+        tl.atomic_add(DH + ro + ds[None, :], tl.dot(dz, w, input_precision=PREC), mask=hm)
+        tl.atomic_add(DW + co + ds[None, :], tl.dot(tl.trans(dz), h, input_precision=PREC), mask=wm)
 
 
 def _meta(h, block_n, block_v, block_d):
@@ -173,22 +181,23 @@ def _torch_fwd(h, w, t, temperature, want_ent, chunk_n, chunk_v):
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     hs = h.to(acc) / temperature  # fold 1/T into the small operand: z = hs @ W.T
     buf = torch.empty(min(N, chunk_n) * min(V, chunk_v), dtype=acc, device=h.device)
-    m = torch.full((N,), float("-inf"), dtype=acc, device=h.device)
+    m = torch.full((N,), -1e30, dtype=acc, device=h.device)  # finite, so that (m - m') * 0 = 0
     s, tz = torch.zeros_like(m), torch.zeros_like(m)
     for r, c in _tiles(N, V, chunk_n, chunk_v):
         z = _tile(buf, hs, w, r, c)  # (n, v)
         m_new = torch.maximum(m[r], z.amax(1))
         alpha = (m[r] - m_new).exp()
-        e = (z - m_new[:, None]).exp_() if want_ent else z.sub_(m_new[:, None]).exp_()  # in place if we can
+        u = z.sub_(m_new[:, None])
+        e = u.exp() if want_ent else u.exp_()  # in place unless the entropy needs u as well
         if want_ent:
-            tz[r] = tz[r] * alpha + (e * z).sum(1)
+            tz[r] = alpha * (tz[r] + (m[r] - m_new) * s[r]) + (e * u).sum(1)
         s[r] = s[r] * alpha + e.sum(1)
         m[r] = m_new
     lse = m + s.log()
     keep = t != IGNORE
     zy = (hs * w[t.clamp(min=0)].to(acc)).sum(1)  # target logits directly: O(N D)
     logp = torch.where(keep, zy - lse, 0)
-    ent = torch.where(keep, lse - tz / s, 0) if want_ent else torch.zeros_like(logp)
+    ent = torch.where(keep, s.log() - tz / s, 0) if want_ent else torch.zeros_like(logp)
     return logp, ent, lse
 
 
@@ -264,7 +273,7 @@ def token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=Fals
     """log_softmax((hidden @ weight.T) / temperature)[i, targets[i]] for each row i, as (N,) fp32.
 
     Rows with target -100 give 0 (and entropy 0) and no gradient. Differentiable w.r.t. hidden and weight
-    (both outputs). backend: None (auto: Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "triton" or
+    (both outputs). fp32/bf16/fp16 inputs give fp32 outputs; fp64 (PyTorch path only, for gradcheck) gives fp64. backend: None (auto: Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "triton" or
     "torch"; `blocks` overrides TRITON_BLOCKS (block_n/v/d) or TORCH_CHUNKS (chunk_n/v), e.g. for tests.
     Example: token_logprobs(h, lm_head.weight, ids[1:], temperature=0.7) with h the hidden states of ids[:-1].
     """

@@ -54,7 +54,9 @@ def main():
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--micro-batch", type=int, default=4)
     ap.add_argument("--reps", type=int, default=2, help="steps timed after one warm-up step; best is shown")
+    ap.add_argument("--keep-denormals", action="store_true", help="do not flush denormals (grpo.py flushes them)")
     args = ap.parse_args()
+    torch.set_flush_denormal(not args.keep_denormals)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.prompts} prompts x k={args.k}, "
           f"prompt {args.prompt_len} + {args.new} new tokens, micro-batch {args.micro_batch}")
     print("| config | params | generation s | log-probs s | backward s | optimizer s | step s | gen tok/s "

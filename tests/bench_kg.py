@@ -73,7 +73,7 @@ def main():
     for n_other, what in ((0, "medical pages only (API-crawl-like)"), (6_800_000, "+ a full enwiki dump's ~6.8M other articles")):
         h = (n_med * med_cpu + n_other * non_cpu) / 3600
         print(f"100k entities, {what}: ~{n_med:,.0f} medical pages, ~{h:.2f} h single core, "
-              f"~{base['maxrss_mb'] + kb_ent * 100_000 / 1024:,.0f} MB peak (+ redirect table for a full dump)")
+              f"~{base['maxrss_mb'] + kb_ent * 100_000 / 1024:,.0f} MB peak")
 
 
 if __name__ == "__main__":

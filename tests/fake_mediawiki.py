@@ -18,12 +18,13 @@ def _norm(t):
 
 class FakeWiki:
     def __init__(self, pages, redirects=None, embedded=None, categories=None, batch=2, maxlag_first=True,
-                 fail_on=(), delay=0.0):
+                 fail_on=(), delay=0.0, rv_parts=False):
         self.pages = {_norm(t): text for t, text in pages.items()}  # title -> wikitext
         self.redirects = {_norm(a): _norm(b) for a, b in (redirects or {}).items()}
         self.embedded = embedded or {}      # "Template:X" -> [titles]
         self.categories = categories or {}  # "Category:X" -> [titles, "Category:Sub", ...]
         self.batch, self.maxlag_first, self.fail_on, self.delay = batch, maxlag_first, set(fail_on), delay
+        self.rv_parts = rv_parts  # content of a big prop=revisions batch comes in two parts (rvcontinue)
         self.hits, self.served, self.agents, self.bad = 0, [], [], []
         self.lock = threading.Lock()
 
@@ -69,6 +70,14 @@ class FakeWiki:
                 else:
                     pages.append({"ns": 0, "title": n, "missing": True})
             query["pages"] = list({p["title"]: p for p in pages}.values())
+            if self.rv_parts and len(query["pages"]) > 2:  # like $wgAPIMaxResultSize: half now, half later
+                half = len(query["pages"]) // 2
+                second = "rvcontinue" in q
+                for i, p in enumerate(query["pages"]):
+                    if (i < half) == second:
+                        p.pop("revisions", None)
+                if not second:
+                    return {"continue": {"rvcontinue": f"{half}|0", "continue": "||"}, "query": query}
             return {"batchcomplete": True, "query": query}
         return {"error": {"code": "badvalue", "info": f"unsupported request {q}"}}
 

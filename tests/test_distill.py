@@ -160,3 +160,19 @@ def test_bad_llm_teacher_is_refined_or_rejected(tmp_path):
     distill.main(args)
     srv.stop()
     assert srv.requests == n and len(read_jsonl(out)) == 2
+
+
+def test_local_folder_teacher(tmp_path):
+    """A local HF-format folder as the teacher (sampled with sampler.py): a random tiny model writes nothing
+    usable, so every item goes through the refinement round and is rejected with its reasons."""
+    import model as M
+    tok = M.train_tokenizer([json.dumps(r) for r in RECORDS], str(tmp_path / "m"), vocab_size=300)
+    M.init_model(str(tmp_path / "m"), len(tok), tokenizer=tok, hidden_size=32, intermediate_size=64,
+                 num_attention_heads=2, num_key_value_heads=1)
+    write(tmp_path / "train.jsonl", RECORDS[:2])
+    distill.main(["--data", str(tmp_path / "train.jsonl"), "--teacher", str(tmp_path / "m"), "--out",
+                  str(tmp_path / "sft.jsonl"), "--k", "2", "--rounds", "1", "--max-tokens", "8"])
+    assert not (tmp_path / "sft.jsonl").exists()
+    rej = read_jsonl(tmp_path / "sft.rejects.jsonl")
+    assert [r["id"] for r in rej] == ["syn-0", "syn-1"] and all(r["round"] == 1 for r in rej)
+    assert all(any(x.startswith("malformed") for x in r["reasons"]) for r in rej)

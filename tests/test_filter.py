@@ -121,6 +121,7 @@ def test_decontamination_counts_per_benchmark():
     ("Contact jane.doe@example.org or (555) 123-4567.", {"email": 1, "phone": 1}),
     ("MRN: 483920 admitted 2020-11-04; Dr Chen reviewed it.", {"id": 1, "date": 1, "name": 1}),
     ("Record number 12345678901 and date 12/05/2019.", {"id": 1, "date": 1}),
+    ("Born 3 January 1990, seen 01-02-2021 and 4/5/21.", {"date": 3}),
 ])
 def test_anonymise_replaces_personal_data(text, kinds):
     out, found = F.anonymise(text)
@@ -132,12 +133,24 @@ def test_anonymise_replaces_personal_data(text, kinds):
     "A 45-year-old man takes metformin 500 mg twice daily and aspirin 81 mg.",
     "BP 120/80 mmHg, pulse 88/min, Hb 9.8 g/dL, platelets 150,000/mm3, WBC 12500/mm3, Na 135 mEq/L.",
     "Give 0.5 mg/kg IV over 30 min; HbA1c 7.2%; pH 7.35; 2 x 10^9/L; creatinine 1.2 mg/dL for 3 months.",
-    "In March she had fever for 3 days; a 6-month-old infant; dose 1-2 g/day; ratio 1:160.",
+    "In March she had fever for 3 days; a 6-month-old infant; dose 1-2 g/day; ratio 1:160; titrate 5-10-20 mg.",
     "Platelet count 250000 per microliter, leukocytes 12500, serum osmolality 290 mOsm/kg, vitamin B12 1500 pg/mL.",
 ])
 def test_anonymise_leaves_clinical_numbers(text):
     out, found = F.anonymise(text)
     assert out == text and not found
+
+
+def test_anonymisation_in_the_pipeline_touches_questions_only(tmp_path):
+    rows = [rec(1, q="Mr. John Smith (MRN: 48392011) asks on 2020-11-04: which drug %d?"),
+            rec(2, q="When was the declaration %d signed?", opts={"A": "May 11, 2011", "B": "June 2, 2012"})]
+    write(tmp_path / "in.jsonl", rows)
+    stats = F.run([("synthetic", str(tmp_path / "in.jsonl"))], str(tmp_path / "out"), difficulty="heuristic")
+    pool = {r["id"]: r for r in read_records(tmp_path / "out" / "train.jsonl")}
+    assert pool["r1"]["question"] == "[NAME] ([ID]) asks on [DATE]: which drug 1?"
+    assert pool["r1"]["meta"]["anonymised"] == {"name": 1, "id": 1, "date": 1}
+    assert pool["r2"]["options"] == rows[1]["options"] and "anonymised" not in pool["r2"]["meta"]
+    assert stats["anonymised"] == {"name": 1, "id": 1, "date": 1, "items": 1}
 
 
 def test_verification_sends_always_wrong_items_to_review(tmp_path):
@@ -233,3 +246,13 @@ def test_cli_tiny(tmp_path):
     assert Counter(p["source"] for p in pool) == {"medqa": 30, "synthetic": 30}
     assert "| synthetic |" in r.stdout and (tmp_path / "out" / "stats.md").exists()
     assert any(x["id"] == "dup" and x["reason"].startswith("duplicate") for x in read_jsonl(tmp_path / "out" / "rejects.jsonl"))
+
+
+@pytest.mark.parametrize("name,path", [("medmcqa", os.path.join(BENCH, "medmcqa", "medmcqa_input.jsonl")),
+                                       ("pubmedqa", os.path.join(BENCH, "pubmedqa", "ori_pqal.json"))])
+def test_public_loaders_through_eval(name, path):
+    recs, rejects = F.load_source(name, path)
+    assert len(recs) >= 1000 and all(r["source"] == name and r["meta"]["origin"].startswith(path) for r in recs)
+    bad = Counter(F.check_format(r) for r in recs)
+    assert bad[None] >= 0.98 * len(recs), bad  # real files are mostly clean; the rest has a named reason
+    assert all(isinstance(k, str) for k in bad if k is not None)

@@ -114,6 +114,17 @@ def test_policy_loss_hand_computed():
     assert got == pytest.approx(1.0 + 0.3 * (torch.tensor(0.5).exp().item() - 1.5), abs=1e-5)
 
 
+def test_plateau_rules():
+    w, pat = 3, 4
+    assert grpo.plateau([0.1] * 2, [0.0] * 2, w, pat, 0.01, 0.9) is None  # fewer than `window` steps
+    assert grpo.plateau([0.1] * 3, [1.0, 0.9, 0.95], w, pat, 0.01, 0.9).startswith("reward sparsity")
+    rising = [0.1 * i for i in range(10)]
+    assert grpo.plateau(rising, [0.0] * 10, w, pat, 0.01, 0.9) is None
+    flat = rising[:4] + [0.3] * 8  # the moving average stops improving after step 5
+    assert grpo.plateau(flat, [0.0] * 12, w, pat, 0.01, 0.9).startswith("reward plateau")
+    assert grpo.plateau(flat[:9], [0.0] * 9, w, pat, 0.01, 0.9) is None  # still rising within `patience`
+
+
 def tiny_model(seed=0):
     torch.manual_seed(seed)
     c = M.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -215,6 +226,7 @@ def test_learning_quick(quick_run):
     last 3 steps); asserted margin +0.15."""
     m = metrics(quick_run)
     first, last = sum(r["reward"] for r in m[:3]) / 3, sum(r["reward"] for r in m[-3:]) / 3
+    print(f"quick learning: mean reward {first:.3f} (first 3 steps) -> {last:.3f} (last 3)")
     assert last > first + 0.15, (first, last)
     r = m[-1]
     assert 0 <= r["format_rate"] <= 1 and 0 <= r["zero_adv_frac"] <= 1 and r["entropy"] > 0 and r["t_gen"] > 0
@@ -232,6 +244,25 @@ def test_resume_continues_the_same_run(assets, quick_run):
     assert [[r[k] for k in keys] for r in metrics(b)] == [[r[k] for k in keys] for r in metrics(quick_run)[:3]]
 
 
+def test_stage2_mines_and_remines_with_every_variant(assets):
+    """Stage 2 without --pool mines at step 0 and re-mines at step 2 (RUN_DIR/mine_0, mine_2); every loss
+    variant on at once (std-norm, KL to the frozen init, PPO clip with 2 epochs, token mean, drop zero-var)."""
+    root, _ = assets
+    out = os.path.join(root, "stage2")
+    args = run_args(root, out, "--max-steps", "3", "--remine-every", "2", "--mine-n", "4", "--k", "4",
+                    "--prompts", "4", "--mine-max-zero-share", "1", "--std-norm", "--kl-coef", "0.05",
+                    "--clip-eps", "0.2", "--ppo-epochs", "2", "--token-mean", "--drop-zero-var")
+    grpo.main(["--stage", "2"] + args[2:])
+    for s in (0, 2):
+        rates = common.read_jsonl(os.path.join(out, f"mine_{s}", "pass_rates.jsonl"))
+        pool = common.read_jsonl(os.path.join(out, f"mine_{s}", "hard_pool.jsonl"))
+        assert len(rates) == 48 and all(r["n"] == 4 for r in rates)
+        assert pool and all(next(x for x in rates if x["id"] == r["id"])["pass_rate"] <= 0.5 or
+                            r["difficulty"] == "moderate" for r in pool)
+    m = metrics(out)
+    assert [r["step"] for r in m] == [0, 1, 2] and all(r["skipped"] or r["grad_norm"] > 0 for r in m)
+
+
 @pytest.mark.slow
 def test_learning_two_ranks(assets):
     """torchrun 2 ranks, 30 steps: mean reward of the last 5 steps >= first 5 + 0.3 (measured: about -0.05 ->
@@ -244,6 +275,7 @@ def test_learning_two_ranks(assets):
                    env=ENV, check=True, cwd=ROOT, timeout=900)
     m = metrics(out)
     first, last = sum(r["reward"] for r in m[:5]) / 5, sum(r["reward"] for r in m[-5:]) / 5
+    print(f"2-rank learning: mean reward {first:.3f} (first 5 steps) -> {last:.3f} (last 5)")
     assert last > first + 0.3, (first, last)
     evals = [r for r in common.read_jsonl(os.path.join(out, "metrics.jsonl")) if "val_acc" in r]
     assert [r["step"] for r in evals] == [0, 10, 20, 30]

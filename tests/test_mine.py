@@ -107,7 +107,7 @@ def test_cli_on_tiny_model(tmp_path, tok):
     M.init_model(str(tmp_path / "m"), len(tok), tokenizer=tok, hidden_size=32, intermediate_size=64,
                  num_attention_heads=2, num_key_value_heads=1)
     mine.main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "pool.jsonl"), "--out", str(tmp_path / "o"),
-               "--review", str(tmp_path / "review.jsonl"), "--n", "3", "--tiny", "--max-new-tokens", "8",
+               "--review", str(tmp_path / "review.jsonl"), "--samples", "3", "--tiny", "--max-new-tokens", "8",
                "--max-zero-share", "1"])
     rates = common.read_jsonl(str(tmp_path / "o" / "pass_rates.jsonl"))
     assert [r["id"] for r in rates] == [r["id"] for r in recs] and all(r["n"] == 3 for r in rates)

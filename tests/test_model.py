@@ -105,6 +105,8 @@ def test_config_roundtrip_and_rope_theta_forms():
     c3 = ModelConfig.from_hf({**DIMS, "model_type": "qwen3", "head_dim": 16,
                               "rope_parameters": {"rope_type": "default", "rope_theta": 7.0}})
     assert c3.rope_theta == 7.0 and c3.head_dim == 16 and not c3.attention_bias
+    with pytest.raises(ValueError, match="RoPE scaling"):
+        ModelConfig.from_hf({**DIMS, "model_type": "qwen2", "rope_scaling": {"type": "yarn", "factor": 4.0}})
 
 
 def test_bad_inputs(tmp_path):
@@ -167,3 +169,38 @@ def test_tiny_tokenizer_and_init_model(tmp_path):
     m2 = init_model(str(tmp_path / "m2"), len(tok), seed=3, hidden_size=32, intermediate_size=64,
                     num_attention_heads=4, num_key_value_heads=2)
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+
+
+def test_save_state_load_state_single_process(tmp_path):
+    from model import load_state, save_state
+
+    def fresh(seed):
+        torch.manual_seed(seed)
+        m = Transformer(ModelConfig(vocab_size=50, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+                                    num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+        decay = [p for n, p in m.named_parameters() if p.dim() == 2]
+        rest = [p for n, p in m.named_parameters() if p.dim() < 2]
+        return m, torch.optim.AdamW([{"params": decay}, {"params": rest, "weight_decay": 0.0}], lr=1e-2)
+
+    ids = torch.randint(0, 50, (2, 7), generator=torch.Generator().manual_seed(0))
+    m, opt = fresh(0)
+    for _ in range(2):
+        m(ids).logsumexp(-1).mean().backward()
+        opt.step()
+        opt.zero_grad()
+    assert load_state(str(tmp_path / "state"), m, opt) is None  # nothing saved yet
+    torch.manual_seed(7)
+    save_state(str(tmp_path / "state"), m, opt, {"step": 2, "note": "x"})
+    after = torch.rand(2)
+    m2, opt2 = fresh(1)
+    assert load_state(str(tmp_path / "state"), m2, opt2) == {"step": 2, "note": "x"}
+    assert torch.equal(torch.rand(2), after)
+    assert m2.lm_head.weight is m2.model.embed_tokens.weight
+    for (n, a), b in zip(m.state_dict().items(), m2.state_dict().values()):
+        assert torch.equal(a, b), n
+    assert opt2.param_groups[1]["weight_decay"] == 0.0 and opt2.param_groups[0]["weight_decay"] == 0.01
+    assert torch.equal(load_model(str(tmp_path / "state"))(ids), m(ids))  # the state folder is an HF folder
+    for mm, oo in ((m, opt), (m2, opt2)):  # the next step is identical
+        mm(ids).logsumexp(-1).mean().backward()
+        oo.step()
+    assert all(torch.equal(a, b) for a, b in zip(m.parameters(), m2.parameters()))

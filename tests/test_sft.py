@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import model as M
 import sft
-from common import read_jsonl
+from common import chat_ids, read_jsonl
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DIS = ["Dengue", "Malaria", "Influenza", "Measles", "Typhoid", "Cholera"]
@@ -55,10 +55,10 @@ def weights(run):
 def test_loss_mask_and_helpers(env):
     d, tok = env
     row = chat_row(3)
-    ids, start = sft.encode(tok, row, "x:1")
+    ids, start = sft.encode(tok, row, "x:1", sft.special_ids(tok))
     assert tok.decode(ids[start:]) == row["messages"][2]["content"] + "<|im_end|>"
-    assert tok.decode(ids[:start]).endswith("<|im_start|>assistant\n") and "Which disease" in tok.decode(ids[:start])
-    ids, start = sft.encode(tok, {"text": "fever and rash"}, "x:2")
+    assert ids[:start] == chat_ids(tok, row["messages"][:2])  # the prompt exactly as generation sees it
+    ids, start = sft.encode(tok, {"text": "fever and rash"}, "x:2", sft.special_ids(tok))
     assert start == 1 and tok.decode(ids) == "fever and rash<|endoftext|>"
     x, y = sft.pad_batch([[5, 6, 7, 8], [1, 2]], [2, 1], pad_id=0)
     assert x.tolist() == [[5, 6, 7, 8], [1, 2, 0, 0]] and y.tolist() == [[-100, 7, 8, -100], [2, -100, -100, -100]]
@@ -95,18 +95,22 @@ def test_train_resume_reload_and_two_ranks(env, tmp_path):
         km = [r for r in read_jsonl(killed / "metrics.jsonl") if "loss" in r]
         assert [r["step"] for r in km] == list(range(1, 11)) and [r["loss"] for r in km] == pytest.approx(losses)
         a, b = weights(full), weights(killed)
+        sft.main(args(d, killed))  # a finished run is not redone
+        assert len(read_jsonl(killed / "metrics.jsonl")) == len(m)
         assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
         assert any(not torch.allclose(a[k], load_file(str(d / "init" / "model.safetensors"))[k]) for k in a)
         # the final folder reloads in transformers with the logits of model.load_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
         hf = AutoModelForCausalLM.from_pretrained(str(full / "final"), dtype=torch.float32).eval()
-        ids = torch.tensor([sft.encode(AutoTokenizer.from_pretrained(str(full / "final")), chat_row(1), "x")[0]])
+        tok2 = AutoTokenizer.from_pretrained(str(full / "final"))
+        ids = torch.tensor([sft.encode(tok2, chat_row(1), "x", sft.special_ids(tok2))[0]])
         with torch.no_grad():
             assert torch.allclose(hf(ids).logits, M.load_model(str(full / "final"))(ids), atol=1e-4)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
         c = weights(two)
         assert max((a[k] - c[k]).abs().max().item() for k in a) < 1e-5
+        assert [r["val_loss"] for r in read_jsonl(two / "metrics.jsonl") if "val_loss" in r] == pytest.approx(vals)
         two_m = [r for r in read_jsonl(two / "metrics.jsonl") if "loss" in r]
         assert [r["loss"] for r in two_m] == pytest.approx(losses, rel=1e-4)
         # Adam hides a constant gradient scale in the weights; the logged norm shows a wrong divisor
@@ -124,15 +128,22 @@ def test_bad_input(env, tmp_path):
     base[1] = str(bad)
     with pytest.raises(ValueError, match=r"bad.jsonl:2: field 'messages' must end with a non-empty assistant"):
         sft.main(base)
-    # a row over --max-len is rejected with its reason (not truncated); nothing left -> an error
+    # a chat row over --max-len is rejected with its reason (not truncated), a long text row is cut into windows;
+    # nothing left -> an error
     long = tmp_path / "long.jsonl"
-    long.write_text(json.dumps(chat_row(0)) + "\n" + json.dumps({"text": "fever " * 200}) + "\n")
+    row = chat_row(0)
+    row["messages"][2]["content"] += " fever" * 100
+    long.write_text(json.dumps(chat_row(0)) + "\n" + json.dumps(row) + "\n")
     base[1] = str(long)
     sft.main(base[:-2] + ["--max-len", "100", "--steps", "1"])
     rej = read_jsonl(tmp_path / "r" / "rejects.jsonl")
     assert len(rej) == 1 and rej[0]["line"] == 2 and "> --max-len 100" in rej[0]["reason"]
     with pytest.raises(ValueError, match="no usable rows"):
         sft.main(base[:-2] + ["--max-len", "10", "--out", str(tmp_path / "r2")])
+    ids = tok("fever " * 50, add_special_tokens=False)["input_ids"] + [sft.special_ids(tok)[0]]
+    long.write_text(json.dumps({"text": "fever " * 50}) + "\n")
+    train, _, rej = sft.load_data(str(long), tok, 16, 0.0, 0)
+    assert rej == [] and [x for w, _ in train for x in w] == ids and max(len(w) for w, _ in train) == 16
     with pytest.raises(ValueError, match="exceeds the model context"):
         sft.main(args(d, tmp_path / "r3", "--max-len", "4096"))
     # a model whose vocabulary is smaller than the tokenizer's

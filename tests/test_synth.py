@@ -72,7 +72,11 @@ def kg_truth(ents, edges):
         if r in ("treated_by", "treated_with") and etype[t] == "disease" and etype[h] != "disease":
             h, t = t, h  # written tail-first
         rel[r].add((name[h], name[t]))
-    out = lambda r, h: {t for hh, t in rel[r] if hh == h}
+    adj = defaultdict(set)
+    for r, pairs in rel.items():
+        for h, t in pairs:
+            adj[r, h].add(t)
+    out = lambda r, h: adj[r, h]
     treats = lambda d: out("treated_with", d) | out("treated_by", d)
     correct = {
         "diagnosis": lambda d: {d},
@@ -86,7 +90,8 @@ def kg_truth(ents, edges):
     contra = lambda c: {x for x, dd in rel["contraindicated_in"] if dd == c}
     # comorbidity: the right answer treats d and is contraindicated in the stated condition c; no option may be
     # contraindicated in c or in d at all (that would be a second defensible answer)
-    correct["comorbidity"] = lambda d, c: (treats(d) & contra(c), contra(c) | contra(d))
+    correct["comorbidity"] = lambda d, c: (treats(d) & contra(c), treats(d) & (contra(c) | contra(d)),
+                                           contra(c) | contra(d))
     findings = lambda d: out("has_symptom", d) | out("risk_factor", d)
     return correct, findings, {e["name"]: e["type"] for e in ents}
 
@@ -102,6 +107,8 @@ def check_items(items, ents, edges):
     """Every item is sound according to the raw KG rows; returns the family counts."""
     correct, findings, etype = kg_truth(ents, edges)
     diseases = [e["name"] for e in ents if e["type"] == "disease"]
+    fsets = {x: findings(x) for x in diseases}
+    strip = lambda name: re.sub(r"\s*\([^()]*\)$", "", name)  # "Anorexia (symptom)" is stated as "anorexia"
     named = lambda name, text: re.search(r"(?<!\w)" + re.escape(name.lower()) + r"(?!\w)", text.lower())
     fams = Counter()
     for q in items:
@@ -113,13 +120,14 @@ def check_items(items, ents, edges):
         disease = m["hidden"] or m["answer_name"]
         assert 2 <= len(m["given"]) <= 4 and set(m["given"]) <= findings(disease)
         # the given set identifies the disease: no other disease has all given findings
-        assert [x for x in diseases if set(m["given"]) <= findings(x)] == [disease]
+        assert [x for x in diseases if set(m["given"]) <= fsets[x]] == [disease]
         if m["family"] == "comorbidity":
-            right_set, right = correct["comorbidity"](disease, m["comorbidity"])
-            assert m["answer_name"] in right_set and m["comorbidity"].lower() in q["question"].lower()
+            on_path, right_set, right = correct["comorbidity"](disease, m["comorbidity"])
+            assert m["answer_name"] in on_path and strip(m["comorbidity"]).lower() in q["question"].lower()
+            assert set(m["correct"]) == right_set
         else:
             right = correct[m["family"]](disease)
-        assert m["answer_name"] in right
+        assert m["answer_name"] in right and set(m["correct"]) <= right
         for k, o in q["options"].items():
             if k != q["answer"]:
                 assert etype[o] == etype[m["answer_name"]], (o, m)  # same type as the answer
@@ -128,9 +136,9 @@ def check_items(items, ents, edges):
         assert len(m["provenance"]) == len(m["path"])
         assert q["difficulty"] == "difficult" if m["hops"] == 3 else q["difficulty"] in (
             ("easy", "moderate") if m["hops"] == 1 else ("moderate", "difficult"))
-        for g in m["given"]:  # every given finding is stated
-            assert g.lower() in q["question"].lower()
-        assert not named(m["answer_name"], q["question"]) and not named(disease, q["question"])
+        for g in m["given"]:  # every given finding is stated (without a "(disambiguation)" suffix)
+            assert strip(g).lower() in q["question"].lower()
+        assert not named(strip(m["answer_name"]), q["question"]) and not named(strip(disease), q["question"])
     return fams
 
 
@@ -142,8 +150,8 @@ def test_every_item_is_sound(kg):
     assert all(p["revid"] == 7 for q in train for p in q["meta"]["provenance"])
     assert set(fams) == set(synth.FAMILIES), fams  # every family occurs
     # the tail-first edge was flipped: Drug_14 treats Disease_11
-    assert any(q["meta"]["answer_name"] == "Drug 14" and q["meta"]["hidden"] == "Disease 11"
-               for q in train + test if q["meta"]["family"] == "treatment")
+    _, out = synth.load_kg(d)
+    assert "Drug_14" in out["treated_by"]["Disease_11"] and "Drug_14" not in out["treated_by"]
 
 
 def test_split_disjoint_balanced_deterministic(kg):
@@ -172,19 +180,30 @@ def test_rarity_weighting_shifts_answers(kg):
     assert hop["sampled"]["hops"].get(3, 0) > uni["sampled"]["hops"].get(3, 0) + 0.1
 
 
-def test_llm_rewrite_rejects_dropped_facts_and_leaks(kg, monkeypatch):
-    import common
+def test_llm_rewrite_rejects_dropped_facts_and_leaks(kg, tmp_path):
+    from fake_llm_server import FakeLLMServer
     train = synth.synthesize(kg[0], 3, 0, seed=0, families=["treatment"])[0]
-    g0 = train[0]["meta"]["given"]
-    replies = [" ".join(train[1]["meta"]["given"][:1]) + " - which drug?",  # drops a finding
-               " ".join(train[1]["meta"]["given"]) + " " + train[1]["meta"]["hidden"],  # leaks the disease
-               "Vignette: " + ", ".join(train[2]["meta"]["given"]) + ". Which drug?"]  # fine
-    replies[0] = "A patient with " + g0[0] + ". Which drug?" if len(g0) > 1 else replies[0]
-    monkeypatch.setattr(common, "make_llm", lambda *a, **k: lambda convs, **kw: [[r] for r in replies])
+    m = [q["meta"] for q in train]
+    replies = ["A patient with " + m[0]["given"][0] + ". Which drug?",  # drops the other findings
+               "Known " + m[1]["hidden"] + ": " + ", ".join(m[1]["given"]) + ". Which drug?",  # names the disease
+               "Vignette: " + ", ".join(m[2]["given"]) + ". Which drug?"]  # keeps every finding, names nothing
+
+    def reply(messages, n, temperature):
+        return [next(r for q, r in zip(train, replies) if q["question"] in messages[-1]["content"])] * n
     before = [q["question"] for q in train]
-    assert synth.llm_rewrite(train, "http://unused") == 1
+    with FakeLLMServer(reply) as srv:
+        assert synth.llm_rewrite(train, srv.url, cache_dir=str(tmp_path / "cache")) == 1
     assert [q["question"] for q in train[:2]] == before[:2]
     assert train[2]["question"] == replies[2] and train[2]["meta"]["template_question"] == before[2]
+
+
+def test_bad_kg_row_names_file_row_and_field(tmp_path):
+    make_kg(str(tmp_path))
+    rows = (tmp_path / "entities.jsonl").read_text().splitlines()
+    rows[4] = json.dumps(dict(json.loads(rows[4]), name=""))
+    (tmp_path / "entities.jsonl").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"entities.jsonl: entity row 5: field 'name'"):
+        synth.synthesize(str(tmp_path), 10, 5)
 
 
 def test_cli_writes_records_and_stats(kg, tmp_path):
