@@ -234,7 +234,8 @@ def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
     for k, shape in expected.items():
         if sd[k].shape != shape:
             raise ValueError(f"{path}: tensor {k} has shape {tuple(sd[k].shape)}, config expects {tuple(shape)}")
-    model.load_state_dict({k: v.to(dtype) for k, v in sd.items()}, strict=False, assign=True)
+    # copy=True: load_file memory-maps the file; weights must live in RAM, not in evictable page cache
+    model.load_state_dict({k: v.to(dtype, copy=True) for k, v in sd.items()}, strict=False, assign=True)
     model.tie()  # assign=True replaced the Parameter objects: re-tie
     return model.to(device)
 

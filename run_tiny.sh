@@ -29,18 +29,12 @@ stage "kg.py: sample dump -> knowledge graph"
 [ -f "$RUN/kg/stats.json" ] || python kg.py --dump data/sample_wiki.xml --out "$RUN/kg"
 
 stage "synth.py: KG -> multiple-choice questions (train, held-out val + test)"
-if [ ! -f "$RUN/synth/test.jsonl" ]; then
-  python synth.py --kg "$RUN/kg" --out "$RUN/synth" --n "$N_TRAIN" --test-n $((N_TEST + N_VAL)) --seed 0
-  head -n "$N_VAL" "$RUN/synth/test.jsonl" > "$RUN/synth/val_items.jsonl"    # checkpoint selection only
-  tail -n +$((N_VAL + 1)) "$RUN/synth/test.jsonl" > "$RUN/synth/test_items.jsonl"  # reported, never selected on
-fi
+[ -f "$RUN/synth/val.jsonl" ] || python synth.py --tiny --kg "$RUN/kg" --out "$RUN/synth" --n "$N_TRAIN" \
+  --test-n "$N_TEST" --val-n "$N_VAL" --seed 0
 
 stage "filter.py: format filter, dedup, difficulty (heuristic: hops + rarity), mixing"
-for split in train val test; do
-  src="$RUN/synth/${split}.jsonl"; [ "$split" = train ] || src="$RUN/synth/${split}_items.jsonl"
-  [ -f "$RUN/pool_$split/train.jsonl" ] || python filter.py --synthetic "$src" --out "$RUN/pool_$split" --tiny
-done
-POOL="$RUN/pool_train/train.jsonl"; VAL="$RUN/pool_val/train.jsonl"; TEST="$RUN/pool_test/train.jsonl"
+[ -f "$RUN/pool/train.jsonl" ] || python filter.py --tiny --synthetic "$RUN/synth/train.jsonl" --out "$RUN/pool"
+POOL="$RUN/pool/train.jsonl"; VAL="$RUN/synth/val.jsonl"; TEST="$RUN/synth/test.jsonl"  # val: checkpoint choice only
 
 stage "distill.py: CoT cold-start data from the KG-path teacher"
 python distill.py --data "$POOL" --teacher kg --out "$RUN/sft.jsonl" --tiny

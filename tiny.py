@@ -44,10 +44,18 @@ def article_texts(dump):
 
 
 def fact_texts(kg_dir):
+    """Every KG edge as a sentence, in short paragraphs: one per head entity (an encyclopedic entry), and one per
+    tail entity listing what points to it ("Fever is linked to: A (has symptom), B (has symptom)."), because a
+    model that only read "A can present with fever" does not learn the way back (the "reversal curse")."""
     names = {e["id"]: e["name"] for e in read_jsonl(os.path.join(kg_dir, "entities.jsonl"))}
+    by_head, by_tail = {}, {}
     for e in read_jsonl(os.path.join(kg_dir, "edges.jsonl")):
-        s = FACT[e["relation"]].format(h=names[e["head"]], t=names[e["tail"]])
-        yield s[0].upper() + s[1:]
+        h, t = names[e["head"]], names[e["tail"]]
+        s = FACT[e["relation"]].format(h=h, t=t)
+        by_head.setdefault(h, []).append(s[0].upper() + s[1:])
+        by_tail.setdefault(t, []).append(f"{h} ({e['relation'].replace('_', ' ')})")
+    return ([" ".join(facts) for facts in by_head.values()] +
+            [f"{t} is linked to: {', '.join(heads)}." for t, heads in by_tail.items()])
 
 
 def format_practice(pool, n, rng):
@@ -190,7 +198,7 @@ def main(argv=None):
     b.add_argument("--kg", required=True)
     b.add_argument("--pool", required=True, help="filter.py's train.jsonl (options for format practice)")
     b.add_argument("--out", required=True)
-    b.add_argument("--vocab", type=int, default=4096)
+    b.add_argument("--vocab", type=int, default=2048)
     b.add_argument("--dim", type=int, default=128)
     b.add_argument("--layers", type=int, default=4)
     b.add_argument("--heads", type=int, default=4)
