@@ -52,7 +52,7 @@ import sft
 from kernels.logprob import token_logprobs
 
 TINY = dict(prompts=8, max_new_tokens=160, micro_batch=64, lr=1e-4, max_steps=60, eval_every=20, save_every=20,
-            plateau_window=10, plateau_patience=10, remine_every=20, mine_n=8, mine_batch=64, val_limit=200)
+            plateau_window=10, plateau_patience=10, remine_every=20, remine_size=400, mine_n=8, mine_batch=64, val_limit=200)
 
 
 def get_args(argv=None):

@@ -21,6 +21,7 @@ Selection rules (select_pool):
 """
 import argparse
 import math
+import random
 import os
 
 import torch
@@ -136,6 +137,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="items per generate call (per rank)")
     p.add_argument("--max-new-tokens", type=int, help="default 1024 (160 with --tiny)")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--sample", type=int, default=0, help="mine a seeded random sample of N items (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="CPU preset")
     add_pool_args(p)
@@ -146,6 +148,8 @@ def main(argv=None):
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(args.model)
         records = common.read_records(args.data)
+        if 0 < args.sample < len(records):  # the same sample on every rank: it depends on the seed only
+            records = random.Random(args.seed).sample(records, args.sample)
         model = M.load_model(args.model, device)
         M.shard_model(model)
         with torch.no_grad():
