@@ -63,7 +63,7 @@ CHECKS = ["format", "answer", "no_hint", "length", "names_hidden"]  # what a pas
 # ----------------------------------------------------------------------------------------------------------
 # the KG-path teacher: a chain written from meta.path (given findings -> hidden entity -> relation -> answer)
 
-POS = {  # one sentence per (head, relation, tails); worded as tiny.py words the KG facts it pretrains on
+POS = {  # one sentence per (head, relation, tails); tiny.py words the KG facts its Base reads the same way
     "has_symptom": "{h} can present with {t}", "has_complication": "{h} can be complicated by {t}",
     "caused_by": "{h} is caused by {t}", "risk_factor": "{t} {be} a risk factor for {h}",
     "diagnosed_by": "{h} is diagnosed with {t}", "differential": "{h} is a differential of {t}",
@@ -89,8 +89,11 @@ NEG_HEAD = {  # distractors stand where the answer is the head, e.g. a competing
     "contraindicated_in": "{d} {be} not contraindicated in {t}",
 }
 EVIDENCE = ["{g} point{s} to {x}.", "{g} suggest{s} {x}.", "The findings {g} fit {x}.", "{x} explains {g}."]
-MAPPING = ["So the answer is {e}, option {L}.", "{e} is option {L}.", "Therefore {e}, option {L}.",
-           "The answer is {e}, which is option {L}."]
+# The letter is written *before* the entity it names, here and in the distractor list ("C (Heparin)"): in the
+# prompt an option's text is followed by the *next* option's letter, so a small model that has just written an
+# entity name and copies what followed it in the prompt gets the wrong letter ("Heparin is option D").
+MAPPING = ["So the answer is option {L}, {e}.", "The answer is option {L}: {e}.", "Therefore option {L}, {e}.",
+           "Option {L}, {e}, is the answer."]
 
 
 def _join(names):
@@ -111,8 +114,8 @@ def kg_chains(record, k):
     """k phrasing variants of the chain for a synthetic record, or [] when it has no meta.path.
 
     Example (2-hop, hidden "Dengue"; variant 0):
-      <think>Fever and rash point to Dengue. Dengue is treated with Paracetamol. Aspirin (A) and Heparin (B) do not
-      treat Dengue; they treat other conditions. So the answer is Paracetamol, option C.</think>
+      <think>Fever and rash point to Dengue. Dengue is treated with Paracetamol. A (Aspirin) and B (Heparin) do not
+      treat Dengue; they treat other conditions. So the answer is option C, Paracetamol.</think>
       <answer>C</answer>
     """
     meta = record.get("meta") or {}
@@ -128,7 +131,7 @@ def kg_chains(record, k):
             groups.setdefault((e["head"], e["relation"]), []).append(e["tail"])
     # the answer's own edge decides how the distractors are refuted
     edge = next((e for e in path if answer.casefold() in (e["head"].casefold(), e["tail"].casefold())), path[-1])
-    wrong = [f"{v} ({x})" for x, v in record["options"].items() if x != L]
+    wrong = [f"{x} ({v})" for x, v in record["options"].items() if x != L]
     if edge["tail"].casefold() == answer.casefold():
         neg = _fill(NEG_TAIL.get(edge["relation"], "{d} {be} not linked to {h}"), len(wrong), d=_join(wrong),
                     h=edge["head"])

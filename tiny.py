@@ -23,17 +23,7 @@ import argparse, json, math, os, random
 import mwparserfromhell as mwp
 
 from common import atomic_write, build_messages, read_jsonl, write_jsonl
-
-# one plain sentence per relation; "{h}" and "{t}" are entity names (the KG's direction: disease -> symptom, ...)
-FACT = {"has_symptom": "{h} can present with {t}.", "has_complication": "{h} can be complicated by {t}.",
-        "caused_by": "{h} is caused by {t}.", "risk_factor": "A risk factor for {h} is {t}.",
-        "diagnosed_by": "{h} is diagnosed with {t}.", "differential": "The differential diagnosis of {h} includes {t}.",
-        "prevented_by": "{h} can be prevented by {t}.", "treated_by": "{h} is treated by {t}.",
-        "treated_with": "{h} is treated with {t}.", "specialty": "{h} belongs to {t}.",
-        "drug_class": "{h} is a {t}.", "contraindicated_in": "{h} is contraindicated in {t}.",
-        "adverse_effect": "An adverse effect of {h} is {t}.", "interacts_with": "{h} interacts with {t}.",
-        "mechanism": "{h} acts by {t}.", "location": "{h} is located in {t}."}
-
+from distill import POS, _fill
 
 def article_texts(dump):
     from kg import iter_dump
@@ -51,7 +41,7 @@ def fact_texts(kg_dir):
     by_head, by_tail = {}, {}
     for e in read_jsonl(os.path.join(kg_dir, "edges.jsonl")):
         h, t = names[e["head"]], names[e["tail"]]
-        s = FACT[e["relation"]].format(h=h, t=t)
+        s = _fill(POS[e["relation"]], 1, h=h, t=t) + "."  # the wording the KG-path teacher's chains use
         by_head.setdefault(h, []).append(s[0].upper() + s[1:])
         by_tail.setdefault(t, []).append(f"{h} ({e['relation'].replace('_', ' ')})")
     return ([" ".join(facts) for facts in by_head.values()] +
@@ -67,7 +57,7 @@ def format_practice(pool, n, rng):
         L = rng.choice(list(rec["options"]))
         name = rec["options"][L]
         q = {"question": f"Which of the following options reads \"{name}\"?", "options": rec["options"]}
-        think = f"The option that reads {name} is option {L}. So the answer is {name}, option {L}."
+        think = f"Option {L} reads {name}. So the answer is option {L}, {name}."  # letter first: see distill.MAPPING
         rows.append({"id": f"format-{i}", "messages": build_messages(q) + [
             {"role": "assistant", "content": f"<think>{think}</think>\n<answer>{L}</answer>"}]})
     return rows

@@ -57,9 +57,9 @@ def test_kg_teacher_chains_pass_checks_and_map_entity_to_letter(tmp_path):
         assert extract_answer(text, "ABCDE") == r["answer"]
         think = text.split("</think>")[0]
         ans = r["options"][r["answer"]]
-        assert f"{ans} is option {r['answer']}" in think or f"{ans}, option {r['answer']}" in think
+        assert f"option {r['answer']}, {ans}" in think or f"option {r['answer']}: {ans}" in think
         for x, v in r["options"].items():  # every distractor is named with its letter and refuted
-            assert x == r["answer"] or f"{v} ({x})" in think
+            assert x == r["answer"] or f"{x} ({v})" in think
         assert 15 <= len(think.split()) <= 60, think  # short enough for the tiny model to write
         if r["meta"]["hidden"]:
             assert r["meta"]["hidden"] in think
