@@ -159,8 +159,8 @@ def plot(run, seeds, path):
             rows = [r for r in read_jsonl(f) if "reward" in r] if os.path.exists(f) else []
             xs = [x0 + r["step"] for r in rows]
             axes[0].plot(xs, [r["reward"] for r in rows], style, label=f"seed {s} {stage}")
-            vals = [r for r in read_jsonl(f) if "val_accuracy" in r] if os.path.exists(f) else []
-            axes[1].plot([x0 + r["step"] for r in vals], [r["val_accuracy"] for r in vals], style + "o",
+            vals = [r for r in read_jsonl(f) if "val_acc" in r] if os.path.exists(f) else []
+            axes[1].plot([x0 + r["step"] for r in vals], [100 * r["val_acc"] for r in vals], style + "o",
                          label=f"seed {s} {stage}")
             x0 = max(xs, default=x0)
     axes[0].set(title="GRPO mean reward per step", xlabel="step (stage 2 after stage 1)")
