@@ -25,17 +25,25 @@ DIFFICULTIES = ("easy", "moderate", "difficult")
 # ----------------------------------------------------------------------------------------------------------
 # JSONL I/O
 
+def iter_jsonl(path):
+    """(line number, row) for each non-blank line; a line that is not JSON yields a ValueError in place of the
+    row, so each caller decides whether bad input stops the run (read_jsonl) or goes to a rejects file."""
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield i, ValueError(f"invalid JSON: {e.msg} (column {e.colno})")
+
+
 def read_jsonl(path):
     """Rows of a JSONL file (blank lines skipped); bad JSON raises ValueError("path:line: ...")."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: invalid JSON: {e.msg} (column {e.colno})") from None
+    for i, row in iter_jsonl(path):
+        if isinstance(row, ValueError):
+            raise ValueError(f"{path}:{i}: {row}")
+        rows.append(row)
     return rows
 
 
@@ -86,18 +94,11 @@ def check_record(rec):
 def read_records(path):
     """Unified records of a JSONL file; raises ValueError("path:line: field ...") on the first bad one."""
     recs = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i}: invalid JSON: {e.msg}") from None
-            problem = check_record(rec)
-            if problem:
-                raise ValueError(f"{path}:{i}: {problem}")
-            recs.append(rec)
+    for i, rec in iter_jsonl(path):
+        problem = str(rec) if isinstance(rec, ValueError) else check_record(rec)
+        if problem:
+            raise ValueError(f"{path}:{i}: {problem}")
+        recs.append(rec)
     return recs
 
 # ----------------------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import os
 import re
 
 from common import LETTERS, Progress, append_jsonl, atomic_write, build_messages, check_record, extract_answer, \
-    is_well_formed, make_llm, make_local_llm, write_jsonl
+    is_well_formed, iter_jsonl, make_llm, make_local_llm, write_jsonl
 
 # Published numbers are shown next to ours only when given with --paper FILE ({"model": {"bench": accuracy %}}).
 # Table 3 of the paper could not be verified from here (its results are an image in the public README), so no
@@ -77,13 +77,8 @@ def _split_choices(question):
 
 
 def _jsonl_rows(path):
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield i, Reject(f"invalid JSON: {e.msg}")
+    for i, row in iter_jsonl(path):
+        yield i, Reject(str(row)) if isinstance(row, ValueError) else row
 
 
 def _csv_rows(path):

@@ -37,7 +37,7 @@ import unicodedata
 from collections import Counter, defaultdict
 
 from common import (DIFFICULTIES, check_record, write_jsonl, atomic_write, build_messages,
-                    extract_answer, Progress)
+                    extract_answer, iter_jsonl, Progress)
 
 # ----------------------------------------------------------------------------------------------------------
 # loading
@@ -45,21 +45,16 @@ from common import (DIFFICULTIES, check_record, write_jsonl, atomic_write, build
 def load_unified(path, source):
     """Unified-record JSONL (synth.py output); bad JSON goes to rejects instead of stopping the run."""
     recs, rejects = [], []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                rejects.append({"source": source, "where": f"{path}:{i}", "reason": f"bad_json: {e.msg}"})
-                continue
-            if isinstance(rec, dict):
-                rec.setdefault("source", source)
-                rec.setdefault("meta", {})
-                rec["meta"] = rec["meta"] if isinstance(rec["meta"], dict) else {}
-                rec["meta"]["origin"] = f"{path}:{i}"
-            recs.append(rec)
+    for i, rec in iter_jsonl(path):
+        if isinstance(rec, ValueError):
+            rejects.append({"source": source, "where": f"{path}:{i}", "reason": f"bad_json: {rec}"})
+            continue
+        if isinstance(rec, dict):
+            rec.setdefault("source", source)
+            rec.setdefault("meta", {})
+            rec["meta"] = rec["meta"] if isinstance(rec["meta"], dict) else {}
+            rec["meta"]["origin"] = f"{path}:{i}"
+        recs.append(rec)
     return recs, rejects
 
 

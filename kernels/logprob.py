@@ -177,7 +177,7 @@ def _tile(buf, hs, w, r, c):
 
 def _torch_fwd(h, w, t, temperature, want_ent, chunk_n, chunk_v):
     """The kernel's streaming forward with (chunk_n x chunk_v) tiles. Returns logp, entropy, lse (fp32)."""
-    (N, D), V = h.shape, w.shape[0]
+    N, V = h.shape[0], w.shape[0]
     acc = torch.float64 if h.dtype == torch.float64 else torch.float32
     hs = h.to(acc) / temperature  # fold 1/T into the small operand: z = hs @ W.T
     buf = torch.empty(min(N, chunk_n) * min(V, chunk_v), dtype=acc, device=h.device)

@@ -7,7 +7,7 @@ adds `filler` non-medical pages per copy (a real dump is ~95% non-medical), comp
 build_from_dump in a fresh process and reports pages/s, entities/s and peak RSS (resource.getrusage). Peak RSS
 minus the baseline of an empty run, divided by entities, gives the per-entity cost used for the 100k estimate.
 """
-import argparse, bz2, json, os, re, resource, subprocess, sys, tempfile, time
+import argparse, bz2, json, os, re, subprocess, sys, tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -2,7 +2,6 @@
 generate() on a sharded model. pytest launches this file itself under torchrun; the worker is at the bottom."""
 import os, subprocess, sys
 
-import pytest
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))

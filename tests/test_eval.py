@@ -152,7 +152,7 @@ def test_evaluate_scores_samples_and_resumes(tmp_path):
 
     def llm(convs, n=1, temperature=0.0, max_tokens=512, seed=0):  # answers A for every question
         calls.append(len(convs))
-        return [[f"<think>t</think><answer>A</answer>" if s == 0 else "<answer>B" for s in range(n)] for _ in convs]
+        return [["<think>t</think><answer>A</answer>" if s == 0 else "<answer>B" for s in range(n)] for _ in convs]
 
     recs, pred = records(), str(tmp_path / "pred.jsonl")
     res = evaluate(llm, recs, n=2, bench="t", predictions=pred, chunk=4)

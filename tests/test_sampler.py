@@ -46,7 +46,7 @@ def test_cached_decoding_equals_full_forward(kind):
 
 @pytest.mark.parametrize("kind", ["qwen2", "qwen3"])
 def test_greedy_matches_transformers_generate(tmp_path, kind):
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from test_model import hf_model
     ref = hf_model(kind, tied=kind == "qwen2")
     ref.generation_config.eos_token_id = None
