@@ -73,27 +73,13 @@ POS = {  # one sentence per (head, relation, tails); tiny.py words the KG facts 
     "adverse_effect": "{h} can cause {t}", "interacts_with": "{h} interacts with {t}",
     "mechanism": "{h} acts by {t}", "location": "{h} affects {t}",
 }
-NEG_TAIL = {  # distractors {d} stand where the answer is the tail of (h, relation, answer)
-    "has_symptom": "{d} {be} not a feature of {h}", "has_complication": "{d} {be} not a complication of {h}",
-    "caused_by": "{d} {do} not cause {h}", "diagnosed_by": "{d} {do} not establish {h}",
-    "treated_by": "{d} {do} not treat {h}; {it} treat{s} other conditions",
-    "treated_with": "{d} {do} not treat {h}; {it} treat{s} other conditions",
-    "prevented_by": "{d} {do} not prevent {h}", "risk_factor": "{d} {be} not a risk factor for {h}",
-    "adverse_effect": "{d} {be} not an adverse effect of {h}", "drug_class": "{d} {be} not the class of {h}",
-    "mechanism": "{d} {be} not the mechanism of {h}",
-}
-NEG_HEAD = {  # distractors stand where the answer is the head, e.g. a competing diagnosis
-    "has_symptom": "{d} {be} competing diagnos{es} but {do} not explain {t}",
-    "has_complication": "{d} {do} not lead to {t}", "treated_with": "{d} {be} not treated with {t}",
-    "diagnosed_by": "{d} {be} not diagnosed by {t}", "adverse_effect": "{d} {do} not cause {t}",
-    "contraindicated_in": "{d} {be} not contraindicated in {t}",
-}
-EVIDENCE = ["{g} point{s} to {x}.", "{g} suggest{s} {x}.", "The findings {g} fit {x}.", "{x} explains {g}."]
-# The letter is written *before* the entity it names, here and in the distractor list ("C (Heparin)"): in the
-# prompt an option's text is followed by the *next* option's letter, so a small model that has just written an
-# entity name and copies what followed it in the prompt gets the wrong letter ("Heparin is option D").
-MAPPING = ["So the answer is option {L}, {e}.", "The answer is option {L}: {e}.", "Therefore option {L}, {e}.",
-           "Option {L}, {e}, is the answer."]
+EVIDENCE = ["The findings {g} point to {x}.", "The findings {g} suggest {x}.", "With {g}, think of {x}.",
+            "Given {g}, the cause is {x}."]  # the findings mid-sentence, written as the question writes them
+# The chain ends with the answer's name followed at once by its letter ("So the answer is Paracetamol: C."). For a
+# small model, "which letter preceded this name in the prompt" is a far easier lookup than "which name followed this
+# letter": in a drill of the tiny model (4 layers, width 128; 300 steps of 32 option lists) name -> letter reached
+# 57% accuracy, letter -> name 10%, and a cold start that had to copy each option's name after its letter
+# ("A. Aspirin: no.") miscopied 86% of them.
 
 
 def _join(names):
@@ -114,30 +100,21 @@ def kg_chains(record, k):
     """k phrasing variants of the chain for a synthetic record, or [] when it has no meta.path.
 
     Example (2-hop, hidden "Dengue"; variant 0):
-      <think>Fever and rash point to Dengue. Dengue is treated with Paracetamol. A (Aspirin) and B (Heparin) do not
-      treat Dengue; they treat other conditions. So the answer is option C, Paracetamol.</think>
+      <think>The findings fever and rash point to Dengue. Dengue is treated with Paracetamol. So the answer is
+      Paracetamol: C.</think>
       <answer>C</answer>
     """
     meta = record.get("meta") or {}
     path, L = meta.get("path") or [], record["answer"]
     if not path:
         return []
-    answer = record["options"][L]
     gset = {g.casefold() for g in meta.get("given") or []}
     given_edges = [e for e in path if e["tail"].casefold() in gset]  # disease -> finding edges (the vignette)
     groups = {}  # the other edges by (head, relation) -> tails, in path order
     for e in path:
         if e not in given_edges:
             groups.setdefault((e["head"], e["relation"]), []).append(e["tail"])
-    # the answer's own edge decides how the distractors are refuted
-    edge = next((e for e in path if answer.casefold() in (e["head"].casefold(), e["tail"].casefold())), path[-1])
-    wrong = [f"{x} ({v})" for x, v in record["options"].items() if x != L]
-    if edge["tail"].casefold() == answer.casefold():
-        neg = _fill(NEG_TAIL.get(edge["relation"], "{d} {be} not linked to {h}"), len(wrong), d=_join(wrong),
-                    h=edge["head"])
-    else:
-        t = "these findings" if edge in given_edges else edge["tail"]
-        neg = _fill(NEG_HEAD.get(edge["relation"], "{d} {do} not fit {t}"), len(wrong), d=_join(wrong), t=t)
+    answer = f"So the answer is {record['options'][L]}: {L}."
     findings = [_plain(e["tail"]) for e in given_edges]
     out = []
     for v in range(k):
@@ -145,8 +122,7 @@ def kg_chains(record, k):
                  ] if given_edges else []  # the given findings -> the hidden (or asked) entity
         sents += [_fill(POS.get(rel, "{h} " + rel.replace("_", " ") + " {t}"), len(tails), h=h, t=_join(tails))
                   + "." for (h, rel), tails in groups.items()]  # -> the asked relation -> the answer
-        sents += [neg + ".", MAPPING[(v // len(EVIDENCE) + v) % len(MAPPING)].format(e=answer, L=L)]
-        chain = " ".join(sents)
+        chain = " ".join(sents + [answer])
         out.append(f"<think>{chain[0].upper() + chain[1:]}</think>\n<answer>{L}</answer>")
     return list(dict.fromkeys(out))  # identical variants count once
 

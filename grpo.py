@@ -37,21 +37,19 @@ import argparse
 import os
 import random
 import time
-import types
 
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
-from torch.distributed.fsdp import register_fsdp_forward_method
 
 import common
 import mine
 import model as M
 import sampler
 import sft
-from kernels.logprob import token_logprobs
+from sft import attach_logprobs
 
-TINY = dict(prompts=8, max_new_tokens=160, micro_batch=64, lr=1e-4, max_steps=60, eval_every=20, save_every=20,
+TINY = dict(prompts=8, max_new_tokens=96, micro_batch=64, lr=1e-4, max_steps=60, eval_every=20, save_every=20,
             plateau_window=10, plateau_patience=10, remine_every=20, remine_size=400, mine_n=8, mine_batch=64, val_limit=200)
 
 
@@ -142,26 +140,6 @@ def policy_loss(logp, mask, adv, old_logp=None, ref_logp=None, clip_eps=0.0, kl_
         d = ref_logp - logp
         obj = obj - kl_coef * (torch.exp(d) - d - 1)
     return -(obj * mask).sum()
-
-
-def _seq_logprobs(self, ids, tgt, temperature):
-    """ids (B, T) right-padded prompt + completion, tgt (B, T) the completion token each position predicts
-    (-100 elsewhere: sft.pad_batch; the completion's EOS is in, pads are not, since the mask comes from lengths
-    and a pad id equal to an EOS id is harmless) -> per-token log-probs (B, T) at `temperature` (0 where -100),
-    and the entropy (N,) of the selected positions. A method of the model registered with FSDP2, so that
-    lm_head.weight is unsharded while token_logprobs uses it."""
-    h = self.forward(ids, return_hidden=True)  # (B, T, D) final-normed hidden states; right pads are never seen
-    sel = tgt != -100
-    logp, ent = token_logprobs(h[sel], self.lm_head.weight, tgt[sel], temperature, return_entropy=True,
-                               backend="triton" if h.is_cuda else "torch")  # (N,)
-    return torch.zeros(tgt.shape, device=h.device).masked_scatter(sel, logp), ent.detach()
-
-
-def attach_logprobs(model):
-    """model.seq_logprobs(ids, tgt, temperature); call it after model.shard_model."""
-    model.seq_logprobs = types.MethodType(_seq_logprobs, model)
-    register_fsdp_forward_method(model, "seq_logprobs")  # no-op without FSDP
-    return model
 
 
 def _sync(t):

@@ -135,14 +135,14 @@ def main(argv=None):
     p.add_argument("--review")
     p.add_argument("--samples", type=int, default=8, help="samples per item (not --n: torchrun takes that for its own)")
     p.add_argument("--batch-size", type=int, default=64, help="items per generate call (per rank)")
-    p.add_argument("--max-new-tokens", type=int, help="default 1024 (160 with --tiny)")
+    p.add_argument("--max-new-tokens", type=int, help="default 1024 (96 with --tiny)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--sample", type=int, default=0, help="mine a seeded random sample of N items (0: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true", help="CPU preset")
     add_pool_args(p)
     args = p.parse_args(argv)
-    args.max_new_tokens = args.max_new_tokens or (160 if args.tiny else 1024)
+    args.max_new_tokens = args.max_new_tokens or (96 if args.tiny else 1024)
     rank, world, device = M.setup_dist()
     try:
         from transformers import AutoTokenizer

@@ -298,8 +298,9 @@ CHATML = ("{%- for m in messages %}{{- '<|im_start|>' + m['role'] + '\\n' + m['c
           "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
 
 
-def train_tokenizer(texts, out_dir, vocab_size=4096):
+def train_tokenizer(texts, out_dir, vocab_size=4096, words=()):
     """Train a byte-level BPE on an iterable of strings; save an HF tokenizer folder with ChatML specials.
+    `words`: extra strings that always stay one token (added tokens, matched before BPE).
 
     <|endoftext|> is pad, <|im_end|> is eos; <think> </think> <answer> </answer> are added (non-special)
     tokens, so they stay single ids and survive decode(skip_special_tokens=True).
@@ -313,7 +314,7 @@ def train_tokenizer(texts, out_dir, vocab_size=4096):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer)
-    tok.add_tokens([AddedToken(t, normalized=False) for t in ("<think>", "</think>", "<answer>", "</answer>")])
+    tok.add_tokens([AddedToken(t, normalized=False) for t in ("<think>", "</think>", "<answer>", "</answer>", *words)])
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                  chat_template=CHATML)
     os.makedirs(out_dir, exist_ok=True)

@@ -23,15 +23,17 @@ import argparse
 import math
 import os
 import time
+import types
 from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.distributed.elastic.multiprocessing.errors import record
+from torch.distributed.fsdp import register_fsdp_forward_method
 
 import model as M
 from common import MetricsLog, Progress, read_jsonl, write_jsonl
+from kernels.logprob import token_logprobs
 
 IGNORE = -100
 
@@ -74,6 +76,28 @@ def clip_grad(model, max_norm):
     """Clip the global gradient norm; -> the norm before clipping as a float (a DTensor under FSDP)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def _seq_logprobs(self, ids, tgt, temperature=1.0, entropy=True):
+    """ids (B, T) right-padded prompt + completion, tgt (B, T) the completion token each position predicts
+    (-100 elsewhere: sft.pad_batch; the completion's EOS is in, pads are not, since the mask comes from lengths
+    and a pad id equal to an EOS id is harmless) -> per-token log-probs (B, T) at `temperature` (0 where -100),
+    and the entropy (N,) of the selected positions (None if not `entropy`). Only the selected positions go
+    through lm_head, in the fused kernel: no (B, T, V) logits, and prompt tokens cost no lm_head FLOPs. A method of the model registered with FSDP2, so that
+    lm_head.weight is unsharded while token_logprobs uses it."""
+    h = self.forward(ids, return_hidden=True)  # (B, T, D) final-normed hidden states; right pads are never seen
+    sel = tgt != -100
+    out = token_logprobs(h[sel], self.lm_head.weight, tgt[sel], temperature, return_entropy=entropy,
+                         backend="triton" if h.is_cuda else "torch")  # (N,)
+    logp, ent = out if entropy else (out, None)
+    return torch.zeros(tgt.shape, device=h.device).masked_scatter(sel, logp), ent.detach() if entropy else None
+
+
+def attach_logprobs(model):
+    """model.seq_logprobs(ids, tgt, temperature); call it after model.shard_model."""
+    model.seq_logprobs = types.MethodType(_seq_logprobs, model)
+    register_fsdp_forward_method(model, "seq_logprobs")  # no-op without FSDP
+    return model
 
 
 def split_for_rank(items, lengths, rank, world, micro):
@@ -164,8 +188,8 @@ def token_loss_sum(model, data, idx, pad_id, device, amp):
             return model(x).sum() * 0.0, 0
     x, y = pad_batch([data[i][0] for i in idx], [data[i][1] for i in idx], pad_id, device)
     with amp:
-        logits = model(x)  # (B, T, V) fp32
-    loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        logp, _ = model.seq_logprobs(x, y, entropy=False)  # (B, T), 0 where y is IGNORE
+    loss = -logp.sum()
     return loss, sum(len(data[i][0]) for i in idx)
 
 
@@ -204,7 +228,7 @@ def train(a):
     lengths = [len(d[0]) for d in train_set]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # pad positions carry no loss
     cuda = device.type == "cuda"
-    model = M.shard_model(model, mixed_precision=cuda)
+    model = attach_logprobs(M.shard_model(model, mixed_precision=cuda))
     # single-GPU runs are not sharded: bf16 autocast there, FSDP's mixed precision policy otherwise
     amp = torch.autocast("cuda", torch.bfloat16) if cuda and world == 1 else nullcontext()
     opt = make_optimizer(model, a.lr, a.weight_decay)

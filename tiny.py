@@ -2,10 +2,10 @@
 
 1. `base`: the stand-in for "a pretrained instruct model", which is where the paper's recipe starts (Qwen2.5-7B is
    pretrained and instruction-tuned before Fleming-R1 touches it). Reads the sample dump, the KG (kg.py) and the
-   training pool (filter.py); writes OUT/tokenizer (byte-level BPE, ChatML), OUT/init (a random Qwen2-shaped
-   model) and OUT/pretrain.jsonl for sft.py:
+   training pool (filter.py); writes OUT/tokenizer (byte-level BPE, ChatML, every KG entity name one token),
+   OUT/init (a random Qwen2-shaped model) and OUT/pretrain.jsonl for sft.py:
      - {"text"} rows: the articles as plain text and every KG edge as a sentence — the *knowledge* a pretrained
-       model has;
+       model has — and option-lookup drills ("C. Heparin" ... "So the answer is Heparin: C.");
      - {"messages"} rows: format practice on a task with no medical reasoning in it ("Which option reads 'X'?"),
        so Base can write <think>…</think><answer>L</answer> and map a named option to its letter, as an
        instruct model can. Base is then scored exactly like every later row; it has the facts and the format
@@ -23,14 +23,21 @@ import argparse, json, math, os, random
 import mwparserfromhell as mwp
 
 from common import atomic_write, build_messages, read_jsonl, write_jsonl
-from distill import POS, _fill
+from distill import POS, _fill, _plain
 
-def article_texts(dump):
+def article_texts(dump, chunk=600):
+    """The articles as plain text, in pieces of about `chunk` characters, each headed by its title: short rows of
+    similar length batch with little padding."""
     from kg import iter_dump
     for title, ns, _, redirect, text in iter_dump(dump):
         if ns == 0 and not redirect and text.strip():
-            plain = mwp.parse(text).strip_code(normalize=True, collapse=True)
-            yield title + "\n" + "\n".join(l.strip() for l in plain.splitlines() if l.strip())
+            piece = title
+            for line in mwp.parse(text).strip_code(normalize=True, collapse=True).splitlines():
+                if len(piece) > chunk:
+                    yield piece
+                    piece = title + ":"
+                piece += "\n" + line.strip() if line.strip() else ""
+            yield piece
 
 
 def fact_texts(kg_dir):
@@ -57,28 +64,55 @@ def format_practice(pool, n, rng):
         L = rng.choice(list(rec["options"]))
         name = rec["options"][L]
         q = {"question": f"Which of the following options reads \"{name}\"?", "options": rec["options"]}
-        think = f"Option {L} reads {name}. So the answer is option {L}, {name}."  # letter first: see distill.MAPPING
+        think = f"So the answer is {name}: {L}."  # as distill.kg_chains ends
         rows.append({"id": f"format-{i}", "messages": build_messages(q) + [
             {"role": "assistant", "content": f"<think>{think}</think>\n<answer>{L}</answer>"}]})
+    return rows
+
+
+def lookup_drills(pool, n, rng):
+    """Short plain-text rows that drill the one in-context skill the chains need: an option list, then its names
+    in random order, each followed by its letter ("C. Heparin" ... "So the answer is Heparin: C."). The letter can only come from
+    looking the name up above; a small model does not learn that from a few thousand chains alone."""
+    rows = []
+    for i in range(n):
+        opts = list(rng.choice(pool)["options"].items())
+        lines = [f"{x}. {v}" for x, v in opts] + [f"So the answer is {v}: {x}." for x, v in rng.sample(opts, len(opts))]
+        rows.append({"id": f"drill-{i}", "text": "\n".join(lines)})
     return rows
 
 
 def base(a):
     from model import init_model, train_tokenizer
     rng = random.Random(a.seed)
-    texts = list(article_texts(a.dump)) + list(fact_texts(a.kg))
+    articles, facts = list(article_texts(a.dump)), fact_texts(a.kg)
+    texts = articles + facts
     pool = read_jsonl(a.pool)
     chats = format_practice(pool, a.format_items, rng)
-    tok_corpus = texts + [m["content"] for r in chats[:200] for m in r["messages"]]
-    tok = train_tokenizer(tok_corpus, os.path.join(a.out, "tokenizer"), vocab_size=a.vocab)
+    # the chats as the template renders them (role names included) and the training questions' wording
+    tok_corpus = texts + ["\n".join(f"{m['role']}\n{m['content']}" for m in r["messages"]) for r in chats] + [
+        r["question"] + "\n" + "\n".join(f"{k}. {v}" for k, v in r["options"].items()) for r in pool]
+    # Every KG entity name (with its leading space, capitalised and mid-sentence) is one token: the tiny model must
+    # copy an option's name from the prompt and compare it with the one its chain reached, which a 1M-parameter
+    # model learns for one symbol but not for a 5-token span (measured: 5.5 BPE tokens per name at vocab 2048;
+    # the cold start then miscopied option names). Qwen's tokenizer splits names too, but a 7B model copies spans.
+    names = {e["name"] for e in read_jsonl(os.path.join(a.kg, "entities.jsonl")) if len(e["name"]) >= 4}
+    # "A." .. "E." too: the letter a chain writes ("Heparin: C.") is then the very token that preceded the name
+    # in the prompt ("C. Heparin")
+    words = [f"{x}." for x in "ABCDE"] + sorted({" " + v for n in names for v in (n, _plain(n))})
+    tok = train_tokenizer(tok_corpus, os.path.join(a.out, "tokenizer"), vocab_size=a.vocab, words=words)
+    # RoPE base 1e4, not Qwen's 1e6: with 32-dim heads and short contexts, 1e6 leaves few fast-rotating
+    # (position-telling) frequencies, and copying needs sharp relative positions
     init_model(os.path.join(a.out, "init"), len(tok), seed=a.seed, tokenizer=tok, hidden_size=a.dim,
                intermediate_size=a.dim * 3, num_hidden_layers=a.layers, num_attention_heads=a.heads,
-               num_key_value_heads=max(1, a.heads // 2))
-    rows = [{"id": f"text-{i}", "text": t} for i, t in enumerate(texts)] * a.text_repeat + chats
+               num_key_value_heads=max(1, a.heads // 2), rope_theta=10000.0)
+    rows = ([{"id": f"article-{i}", "text": t} for i, t in enumerate(articles)]
+            + [{"id": f"fact-{i}", "text": t} for i, t in enumerate(facts)] * a.fact_repeat
+            + chats + lookup_drills(pool, a.drills, rng))
     rng.shuffle(rows)
     write_jsonl(os.path.join(a.out, "pretrain.jsonl"), rows)
-    print(f"tiny base: {len(texts)} texts x{a.text_repeat}, {len(chats)} format-practice chats, vocab {len(tok)} "
-          f"-> {a.out}")
+    print(f"tiny base: {len(articles)} article pieces, {len(facts)} fact paragraphs x{a.fact_repeat}, {len(chats)} "
+          f"format-practice chats, {a.drills} drills, vocab {len(tok)} -> {a.out}")
 
 # ----------------------------------------------------------------------------------------------------------
 # the ablation table (Table 4 in miniature)
@@ -188,12 +222,13 @@ def main(argv=None):
     b.add_argument("--kg", required=True)
     b.add_argument("--pool", required=True, help="filter.py's train.jsonl (options for format practice)")
     b.add_argument("--out", required=True)
-    b.add_argument("--vocab", type=int, default=2048)
+    b.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary, before the entity-name tokens")
     b.add_argument("--dim", type=int, default=128)
     b.add_argument("--layers", type=int, default=4)
     b.add_argument("--heads", type=int, default=4)
-    b.add_argument("--format-items", type=int, default=1500)
-    b.add_argument("--text-repeat", type=int, default=3, help="epochs of the text part in pretrain.jsonl")
+    b.add_argument("--format-items", type=int, default=800, help="format-practice chats")
+    b.add_argument("--drills", type=int, default=8000, help="option-lookup drills (plain text)")
+    b.add_argument("--fact-repeat", type=int, default=3, help="copies of the KG-fact paragraphs in pretrain.jsonl")
     b.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("report", help="the ablation table from RUN/seed*/eval/*/predictions.jsonl")
     r.add_argument("--run", required=True)

@@ -56,16 +56,13 @@ def test_kg_teacher_chains_pass_checks_and_map_entity_to_letter(tmp_path):
         assert distill.check(text, r, 600) == [] and is_well_formed(text, "ABCDE")
         assert extract_answer(text, "ABCDE") == r["answer"]
         think = text.split("</think>")[0]
-        ans = r["options"][r["answer"]]
-        assert f"option {r['answer']}, {ans}" in think or f"option {r['answer']}: {ans}" in think
-        for x, v in r["options"].items():  # every distractor is named with its letter and refuted
-            assert x == r["answer"] or f"{x} ({v})" in think
-        assert 15 <= len(think.split()) <= 60, think  # short enough for the tiny model to write
+        # the chain ends with the answer's name, then its letter at once (name -> letter: see distill.py)
+        assert think.endswith(f"So the answer is {r['options'][r['answer']]}: {r['answer']}."), think
+        assert 10 <= len(think.split()) <= 60, think  # short enough for the tiny model to write
         if r["meta"]["hidden"]:
             assert r["meta"]["hidden"] in think
         assert rows[r["id"]]["meta"]["teacher"] == "kg" and rows[r["id"]]["meta"]["round"] == 0
-    assert "competing diagnoses but do not explain" in rows["syn-0"]["messages"][2]["content"]
-    assert "do not treat Dengue" in rows["syn-1"]["messages"][2]["content"]
+    assert "Dengue is treated with Paracetamol. So the answer is" in rows["syn-1"]["messages"][2]["content"]
     # the kept chain is the shortest of the k variants
     assert len(rows["syn-1"]["messages"][2]["content"]) == min(map(len, distill.kg_chains(RECORDS[1], 4)))
     rej = read_jsonl(tmp_path / "sft.rejects.jsonl")
