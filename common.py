@@ -109,8 +109,13 @@ SYSTEM_PROMPT = ("You are a medical expert answering a multiple-choice question.
                  "<answer> </answer> tags, for example <answer>C</answer>.")
 
 
+def options_text(options):
+    """{"A": "Fever", "B": "Rash"} -> "A. Fever\nB. Rash", the layout of every prompt (and of tiny.py's drills)."""
+    return "\n".join(f"{k}. {v}" for k, v in options.items())
+
+
 def build_messages(record):
-    options = "\n".join(f"{k}. {v}" for k, v in record["options"].items())
+    options = options_text(record["options"])
     return [{"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": f"{record['question'].strip()}\n\n{options}"}]
 

@@ -27,7 +27,7 @@ import os
 import re
 
 from common import (Progress, append_jsonl, build_messages, extract_answer, is_well_formed, make_llm,
-                    read_records)
+                    options_text, read_records)
 
 # ----------------------------------------------------------------------------------------------------------
 # the checks
@@ -82,6 +82,10 @@ EVIDENCE = ["The findings {g} point to {x}.", "The findings {g} suggest {x}.", "
 # ("A. Aspirin: no.") miscopied 86% of them.
 
 
+def answer_line(name, L):
+    return f"So the answer is {name}: {L}."
+
+
 def _join(names):
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -114,7 +118,7 @@ def kg_chains(record, k):
     for e in path:
         if e not in given_edges:
             groups.setdefault((e["head"], e["relation"]), []).append(e["tail"])
-    answer = f"So the answer is {record['options'][L]}: {L}."
+    answer = answer_line(record["options"][L], L)
     findings = [_plain(e["tail"]) for e in given_edges]
     out = []
     for v in range(k):
@@ -157,7 +161,7 @@ STRATEGIES = [  # the paper's refinement loop, one per round in this order
 
 
 def teacher_messages(record):
-    opts = "\n".join(f"{x}. {v}" for x, v in record["options"].items())
+    opts = options_text(record["options"])
     return [{"role": "user", "content": TEACHER_PROMPT.format(question=record["question"].strip(), options=opts,
                                                              L=record["answer"],
                                                              answer=record["options"][record["answer"]])}]

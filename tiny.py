@@ -22,8 +22,8 @@ import argparse, json, math, os, random
 
 import mwparserfromhell as mwp
 
-from common import atomic_write, build_messages, read_jsonl, write_jsonl
-from distill import POS, _fill, _plain
+from common import atomic_write, build_messages, options_text, read_jsonl, write_jsonl
+from distill import POS, _fill, _plain, answer_line
 
 def article_texts(dump, chunk=600):
     """The articles as plain text, in pieces of about `chunk` characters, each headed by its title: short rows of
@@ -64,7 +64,7 @@ def format_practice(pool, n, rng):
         L = rng.choice(list(rec["options"]))
         name = rec["options"][L]
         q = {"question": f"Which of the following options reads \"{name}\"?", "options": rec["options"]}
-        think = f"So the answer is {name}: {L}."  # as distill.kg_chains ends
+        think = answer_line(name, L)  # as distill.kg_chains ends
         rows.append({"id": f"format-{i}", "messages": build_messages(q) + [
             {"role": "assistant", "content": f"<think>{think}</think>\n<answer>{L}</answer>"}]})
     return rows
@@ -77,8 +77,8 @@ def lookup_drills(pool, n, rng):
     rows = []
     for i in range(n):
         opts = list(rng.choice(pool)["options"].items())
-        lines = [f"{x}. {v}" for x, v in opts] + [f"So the answer is {v}: {x}." for x, v in rng.sample(opts, len(opts))]
-        rows.append({"id": f"drill-{i}", "text": "\n".join(lines)})
+        lookups = [answer_line(v, x) for x, v in rng.sample(opts, len(opts))]
+        rows.append({"id": f"drill-{i}", "text": "\n".join([options_text(dict(opts))] + lookups)})
     return rows
 
 
@@ -91,7 +91,7 @@ def base(a):
     chats = format_practice(pool, a.format_items, rng)
     # the chats as the template renders them (role names included) and the training questions' wording
     tok_corpus = texts + ["\n".join(f"{m['role']}\n{m['content']}" for m in r["messages"]) for r in chats] + [
-        r["question"] + "\n" + "\n".join(f"{k}. {v}" for k, v in r["options"].items()) for r in pool]
+        r["question"] + "\n" + options_text(r["options"]) for r in pool]
     # Every KG entity name (with its leading space, capitalised and mid-sentence) is one token: the tiny model must
     # copy an option's name from the prompt and compare it with the one its chain reached, which a 1M-parameter
     # model learns for one symbol but not for a 5-token span (measured: 5.5 BPE tokens per name at vocab 2048;
