@@ -94,10 +94,8 @@ def _plain(name):  # "Fever" -> "fever" mid-sentence; acronyms ("HIV", "pH") kep
     return name[0].lower() + name[1:] if len(name) > 1 and name[0].isupper() and name[1].islower() else name
 
 
-def _fill(tmpl, n, **kw):  # singular/plural agreement for n subjects
-    one = n == 1
-    return tmpl.format(be="is" if one else "are", do="does" if one else "do", s="s" if one else "",
-                       it="it" if one else "they", es="is" if one else "es", **kw)
+def _fill(tmpl, n, **kw):  # "{be}" agrees with n subjects
+    return tmpl.format(be="is" if n == 1 else "are", **kw)
 
 
 def kg_chains(record, k):

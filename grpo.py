@@ -47,7 +47,6 @@ import mine
 import model as M
 import sampler
 import sft
-from sft import attach_logprobs
 
 TINY = dict(prompts=8, max_new_tokens=96, micro_batch=64, lr=1e-4, max_steps=60, eval_every=20, save_every=20,
             plateau_window=10, plateau_patience=10, remine_every=20, remine_size=400, mine_n=8, mine_batch=64, val_limit=200)
@@ -272,10 +271,10 @@ def train(args, rank, world, device):
     if pool is not None and len(pool) < args.prompts:
         raise SystemExit(f"{args.data}: the stage {args.stage} pool has {len(pool)} items, fewer than --prompts")
 
-    policy = attach_logprobs(M.shard_model(M.load_model(args.init, device), mp))
+    policy = sft.attach_logprobs(M.shard_model(M.load_model(args.init, device), mp))
     ref = None
     if args.kl_coef > 0:  # the frozen reference for the KL variant: the --init weights
-        ref = attach_logprobs(M.shard_model(M.load_model(args.init, device).requires_grad_(False), mp))
+        ref = sft.attach_logprobs(M.shard_model(M.load_model(args.init, device).requires_grad_(False), mp))
     opt = sft.make_optimizer(policy, args.lr, args.weight_decay, betas=(0.9, 0.99))  # constant lr, as usual in RL
     st = dict(step=0, best=-1.0, eval_step=-1, rewards=[], zero_fracs=[], stop=None, pool_ids=None)
     state_dir = os.path.join(args.out, "state")

@@ -83,8 +83,8 @@ def _seq_logprobs(self, ids, tgt, temperature=1.0, entropy=True):
     (-100 elsewhere: sft.pad_batch; the completion's EOS is in, pads are not, since the mask comes from lengths
     and a pad id equal to an EOS id is harmless) -> per-token log-probs (B, T) at `temperature` (0 where -100),
     and the entropy (N,) of the selected positions (None if not `entropy`). Only the selected positions go
-    through lm_head, in the fused kernel: no (B, T, V) logits, and prompt tokens cost no lm_head FLOPs. A method of the model registered with FSDP2, so that
-    lm_head.weight is unsharded while token_logprobs uses it."""
+    through lm_head, in the fused kernel: no (B, T, V) logits, and prompt tokens cost no lm_head FLOPs.
+    A method of the model registered with FSDP2, so that lm_head.weight is unsharded while token_logprobs uses it."""
     h = self.forward(ids, return_hidden=True)  # (B, T, D) final-normed hidden states; right pads are never seen
     sel = tgt != -100
     out = token_logprobs(h[sel], self.lm_head.weight, tgt[sel], temperature, return_entropy=entropy,

@@ -72,8 +72,8 @@ def format_practice(pool, n, rng):
 
 def lookup_drills(pool, n, rng):
     """Short plain-text rows that drill the one in-context skill the chains need: an option list, then its names
-    in random order, each followed by its letter ("C. Heparin" ... "So the answer is Heparin: C."). The letter can only come from
-    looking the name up above; a small model does not learn that from a few thousand chains alone."""
+    in random order, each followed by its letter ("C. Heparin" ... "So the answer is Heparin: C."). The letter
+    can only come from looking the name up above; a small model does not learn that from a few thousand chains."""
     rows = []
     for i in range(n):
         opts = list(rng.choice(pool)["options"].items())
@@ -93,9 +93,8 @@ def base(a):
     tok_corpus = texts + ["\n".join(f"{m['role']}\n{m['content']}" for m in r["messages"]) for r in chats] + [
         r["question"] + "\n" + options_text(r["options"]) for r in pool]
     # Every KG entity name (with its leading space, capitalised and mid-sentence) is one token: the tiny model must
-    # copy an option's name from the prompt and compare it with the one its chain reached, which a 1M-parameter
-    # model learns for one symbol but not for a 5-token span (measured: 5.5 BPE tokens per name at vocab 2048;
-    # the cold start then miscopied option names). Qwen's tokenizer splits names too, but a 7B model copies spans.
+    # find the name its chain reached among the options, which a 1M-parameter model learns for one symbol far
+    # sooner than for a span (5.5 BPE tokens per name at vocab 2,048). Qwen splits names too; a 7B model copes.
     names = {e["name"] for e in read_jsonl(os.path.join(a.kg, "entities.jsonl")) if len(e["name"]) >= 4}
     # "A." .. "E." too: the letter a chain writes ("Heparin: C.") is then the very token that preceded the name
     # in the prompt ("C. Heparin")

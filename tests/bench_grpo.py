@@ -63,7 +63,7 @@ def main():
           "| step tok/s |\n|---|---|---|---|---|---|---|---|---|")
     for name in args.configs.split(","):
         torch.manual_seed(0)
-        model = grpo.attach_logprobs(M.Transformer(M.ModelConfig(**CONFIGS[name])))
+        model = sft.attach_logprobs(M.Transformer(M.ModelConfig(**CONFIGS[name])))
         opt = sft.make_optimizer(model, 1e-6)
         best = None
         for rep in range(args.reps + 1):

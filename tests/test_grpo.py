@@ -17,6 +17,7 @@ sys.path.insert(0, ROOT)
 import common  # noqa: E402
 import grpo  # noqa: E402
 import model as M  # noqa: E402
+import sft  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
 WORDS = "fever cough rash ache pain chill sore swelling itch cramp nausea dizzy".split()
@@ -129,7 +130,7 @@ def tiny_model(seed=0):
     torch.manual_seed(seed)
     c = M.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=8)
-    return grpo.attach_logprobs(M.Transformer(c))
+    return sft.attach_logprobs(M.Transformer(c))
 
 
 def fixed_batch(P=4, k=4, eos=3, seed=0):
@@ -315,7 +316,7 @@ if __name__ == "__main__":  # torchrun worker of test_two_ranks_equal_one_rank
     import torch.distributed as dist
     rank, world, _ = M.setup_dist()
     try:
-        model = grpo.attach_logprobs(M.shard_model(tiny_model()))  # after sharding: FSDP2 hooks the method
+        model = sft.attach_logprobs(M.shard_model(tiny_model()))  # after sharding: FSDP2 hooks the method
         rows, rewards = fixed_batch()
         one_update(model, rows, rewards, uargs(drop_zero_var=True), world, rank)
         M.save_model(model, sys.argv[1])
