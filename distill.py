@@ -75,11 +75,12 @@ POS = {  # one sentence per (head, relation, tails); tiny.py words the KG facts 
 }
 EVIDENCE = ["The findings {g} point to {x}.", "The findings {g} suggest {x}.", "With {g}, think of {x}.",
             "Given {g}, the cause is {x}."]  # the findings mid-sentence, written as the question writes them
-# The chain ends with the answer's name followed at once by its letter ("So the answer is Paracetamol: C."). For a
-# small model, "which letter preceded this name in the prompt" is a far easier lookup than "which name followed this
-# letter": in a drill of the tiny model (4 layers, width 128; 300 steps of 32 option lists) name -> letter reached
-# 57% accuracy, letter -> name 10%, and a cold start that had to copy each option's name after its letter
-# ("A. Aspirin: no.") miscopied 86% of them.
+# The chain ends with the answer's name followed at once by its letter ("So the answer is Paracetamol: C."), so the
+# letter is "the one that preceded this name in the prompt". Measured since (tests/bench_lookup.py, issue #9): the
+# tiny model does not learn that lookup -- chance after 600 steps of 64 option lists -- while the other direction,
+# "the name that followed this letter" (an induction head), reaches 91% in 200 steps. The figure that chose this
+# ending (name -> letter 57%) came from drills whose last lookups can be answered by elimination. A chain built on
+# letter -> name is the open step.
 
 
 def answer_line(name, L):

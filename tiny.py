@@ -72,8 +72,9 @@ def format_practice(pool, n, rng):
 
 def lookup_drills(pool, n, rng):
     """Short plain-text rows that drill the one in-context skill the chains need: an option list, then its names
-    in random order, each followed by its letter ("C. Heparin" ... "So the answer is Heparin: C."). The letter
-    can only come from looking the name up above; a small model does not learn that from a few thousand chains."""
+    in random order, each followed by its letter ("C. Heparin" ... "So the answer is Heparin: C."). Known flaw
+    (issue #9): every option comes once, so the last lookups of a row can be answered by elimination, which is what
+    the tiny model learns; drawn with replacement, name -> letter stays at chance (tests/bench_lookup.py)."""
     rows = []
     for i in range(n):
         opts = list(rng.choice(pool)["options"].items())

@@ -1,0 +1,84 @@
+"""Which option lookup can the tiny model learn? A diagnostic for issue #9 (not a test, nothing is asserted).
+
+Trains the tiny Qwen2 shape (4 layers, width 128, 4 heads, 2 kv heads, RoPE 1e4) from random init on a synthetic
+token-level task and prints the accuracy of the looked-up token every 100 steps. Each row is an option list
+"\\n A. x1 \\n B. x2 \\n C. x3 \\n D. x4" of names drawn from --names distinct ids, then 4 lookups whose option is drawn
+*with replacement* (so no lookup can be answered by elimination):
+
+  letter-to-name   "\\n C." -> x3        what followed this token in the list (an induction head)
+  name-to-letter   "\\n x3 : _" -> C.    what preceded this name, as the chains write it ("Paracetamol: C.")
+  name-then-letter "\\n x3" -> C.        the same, the letter right after the name
+
+    python tests/bench_lookup.py --direction letter-to-name --names 2800 --steps 400
+"""
+import argparse, random, time
+
+import torch
+import torch.nn.functional as F
+
+import os, sys
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import ModelConfig, Transformer  # noqa: E402
+
+NL, COLON, SPACE = 1, 2, 3
+LETTERS = [4, 5, 6, 7]
+
+
+def row(names, direction, rng):
+    opts = rng.sample(names, 4)
+    seq, tgt = [], []
+    for L, x in zip(LETTERS, opts):
+        seq += [NL, L, x]
+        tgt += [-100] * 3
+    for _ in range(4):
+        j = rng.randrange(4)
+        part = {"letter-to-name": [NL, LETTERS[j], opts[j]],
+                "name-to-letter": [NL, opts[j], COLON, SPACE, LETTERS[j]],
+                "name-then-letter": [NL, opts[j], LETTERS[j]]}[direction]
+        seq += part
+        tgt += [-100] * (len(part) - 1) + [part[-1]]
+    return seq, tgt[1:] + [-100]  # position i predicts token i + 1
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--direction", default="letter-to-name",
+                    choices=["letter-to-name", "name-to-letter", "name-then-letter"])
+    ap.add_argument("--names", type=int, default=2800, help="distinct name ids (the tiny KG has ~2,800 name tokens)")
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(a.seed)
+    rng = random.Random(a.seed)
+    cfg = ModelConfig(vocab_size=8 + a.names, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=1e4,
+                      tie_word_embeddings=True)
+    model = Transformer(cfg)
+    for name, p in model.named_parameters():  # the HF init, as model.init_model
+        torch.nn.init.ones_(p) if "norm" in name else torch.nn.init.zeros_(p) if name.endswith("bias") else \
+            torch.nn.init.normal_(p, std=0.02)
+    opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    names, hits, t0 = list(range(8, 8 + a.names)), [], time.time()
+    for step in range(1, a.steps + 1):
+        rows = [row(names, a.direction, rng) for _ in range(a.batch)]
+        x, y = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])  # (B, T)
+        for g in opt.param_groups:
+            g["lr"] = a.lr * min(1.0, step / 50)
+        logits = model(x)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        sel = y != -100
+        hits.append((logits.argmax(-1)[sel] == y[sel]).float().mean().item())
+        if step % 100 == 0:
+            print(f"{a.direction} names={a.names} step {step}: loss {loss.item():.3f}, lookup accuracy "
+                  f"{sum(hits[-100:]) / 100:.1%} (chance 25%), {time.time() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
