@@ -24,19 +24,22 @@ NL, COLON, SPACE = 1, 2, 3
 LETTERS = [4, 5, 6, 7]
 
 
-def row(names, direction, rng):
-    opts = rng.sample(names, 4)
+def row(names, direction, rng, k=1):
+    """A name is k ids from `names` (k > 1: a multi-token name built from frequent pieces, as BPE would split it)."""
+    opts = [rng.sample(names, k) for _ in range(4)]
     seq, tgt = [], []
     for L, x in zip(LETTERS, opts):
-        seq += [NL, L, x]
-        tgt += [-100] * 3
+        seq += [NL, L, *x]
+        tgt += [-100] * (2 + k)
     for _ in range(4):
         j = rng.randrange(4)
-        part = {"letter-to-name": [NL, LETTERS[j], opts[j]],
-                "name-to-letter": [NL, opts[j], COLON, SPACE, LETTERS[j]],
-                "name-then-letter": [NL, opts[j], LETTERS[j]]}[direction]
-        seq += part
-        tgt += [-100] * (len(part) - 1) + [part[-1]]
+        if direction == "letter-to-name":  # every name token is scored
+            seq += [NL, LETTERS[j], *opts[j]]
+            tgt += [-100, -100, *opts[j]]
+        else:  # the letter is scored
+            part = [NL, *opts[j]] + ([COLON, SPACE] if direction == "name-to-letter" else []) + [LETTERS[j]]
+            seq += part
+            tgt += [-100] * (len(part) - 1) + [part[-1]]
     return seq, tgt[1:] + [-100]  # position i predicts token i + 1
 
 
@@ -45,6 +48,7 @@ def main():
     ap.add_argument("--direction", default="letter-to-name",
                     choices=["letter-to-name", "name-to-letter", "name-then-letter"])
     ap.add_argument("--names", type=int, default=2800, help="distinct name ids (the tiny KG has ~2,800 name tokens)")
+    ap.add_argument("--name-tokens", type=int, default=1, help="tokens per name, drawn from the --names ids")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -63,7 +67,7 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
     names, hits, t0 = list(range(8, 8 + a.names)), [], time.time()
     for step in range(1, a.steps + 1):
-        rows = [row(names, a.direction, rng) for _ in range(a.batch)]
+        rows = [row(names, a.direction, rng, a.name_tokens) for _ in range(a.batch)]
         x, y = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])  # (B, T)
         for g in opt.param_groups:
             g["lr"] = a.lr * min(1.0, step / 50)
@@ -76,7 +80,7 @@ def main():
         sel = y != -100
         hits.append((logits.argmax(-1)[sel] == y[sel]).float().mean().item())
         if step % 100 == 0:
-            print(f"{a.direction} names={a.names} step {step}: loss {loss.item():.3f}, lookup accuracy "
+            print(f"{a.direction} names={a.names}x{a.name_tokens} step {step}: loss {loss.item():.3f}, lookup accuracy "
                   f"{sum(hits[-100:]) / 100:.1%} (chance 25%), {time.time() - t0:.0f}s", flush=True)
 
 

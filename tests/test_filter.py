@@ -19,6 +19,7 @@ BENCH = os.path.join(os.path.dirname(ROOT), "shared", "benchdata")
 MEDQA_TRAIN = os.path.join(BENCH, "medqa", "medqa_train_small.jsonl")
 MEDQA_TEST = os.path.join(BENCH, "medqa", "phrases_no_exclude_test.jsonl")
 CMEXAM = os.path.join(BENCH, "cmexam", "val.csv")
+needs_bench = pytest.mark.skipif(not os.path.isdir(BENCH), reason="../shared/benchdata is absent")  # as test_eval
 
 
 def rec(i, q="Which drug treats condition %d?", opts=("alpha", "beta", "gamma", "delta"), ans="A", hops=None,
@@ -71,6 +72,7 @@ def cmexam_slice(path, n=300):
     return rows
 
 
+@needs_bench
 def test_real_files_medqa_and_cmexam(tmp_path):
     rows = cmexam_slice(tmp_path / "cm.csv")
     multi = sum(len(r["Answer"].strip()) > 1 for r in rows)
@@ -87,6 +89,7 @@ def test_real_files_medqa_and_cmexam(tmp_path):
     assert "| cmexam |" in (tmp_path / "out" / "stats.md").read_text()
 
 
+@needs_bench
 def test_dedup_exact_and_near_on_real_items():
     import eval as ev
     items = ev.load_benchmark("medqa", MEDQA_TRAIN)
@@ -105,6 +108,7 @@ def test_dedup_exact_and_near_on_real_items():
     assert why["near"].startswith("near_duplicate of " + items[7]["id"])
 
 
+@needs_bench
 def test_decontamination_counts_per_benchmark():
     import eval as ev
     train, test = ev.load_benchmark("medqa", MEDQA_TRAIN), ev.load_benchmark("medqa", MEDQA_TEST)[:200]
@@ -234,6 +238,7 @@ def test_heuristic_difficulty_and_mix(tmp_path):
         Counter(r["source"] for r in F.mix_pool(syn + pub, {"medqa": 10, "synthetic": 5})) == {"medqa": 10, "synthetic": 5}
 
 
+@needs_bench
 def test_cli_tiny(tmp_path):
     rows = [rec(i, hops=1 + i % 3, inlinks=i) for i in range(30)] + [rec(0)]  # the last one is an exact duplicate
     rows[-1]["id"] = "dup"
@@ -248,6 +253,7 @@ def test_cli_tiny(tmp_path):
     assert any(x["id"] == "dup" and x["reason"].startswith("duplicate") for x in read_jsonl(tmp_path / "out" / "rejects.jsonl"))
 
 
+@needs_bench
 @pytest.mark.parametrize("name,path", [("medmcqa", os.path.join(BENCH, "medmcqa", "medmcqa_input.jsonl")),
                                        ("pubmedqa", os.path.join(BENCH, "pubmedqa", "ori_pqal.json"))])
 def test_public_loaders_through_eval(name, path):
