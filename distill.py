@@ -79,8 +79,9 @@ EVIDENCE = ["The findings {g} point to {x}.", "The findings {g} suggest {x}.", "
 # letter is "the one that preceded this name in the prompt". Measured since (tests/bench_lookup.py, issue #9): the
 # tiny model does not learn that lookup -- chance after 600 steps of 64 option lists -- while the other direction,
 # "the name that followed this letter" (an induction head), reaches 91% in 200 steps. The figure that chose this
-# ending (name -> letter 57%) came from drills whose last lookups can be answered by elimination. A chain built on
-# letter -> name is the open step.
+# ending (name -> letter 57%) came from drills whose last lookups can be answered by elimination. A chain that ends
+# with a per-option scan ("A. Aspirin no. ... C. Paracetamol yes.", tests/bench_lookup.py --direction scan) is the
+# open step.
 
 
 def answer_line(name, L):

@@ -8,6 +8,8 @@ token-level task and prints the accuracy of the looked-up token every 100 steps.
   letter-to-name   "\\n C." -> x3        what followed this token in the list (an induction head)
   name-to-letter   "\\n x3 : _" -> C.    what preceded this name, as the chains write it ("Paracetamol: C.")
   name-then-letter "\\n x3" -> C.        the same, the letter right after the name
+  scan             "\\n x3 \\n A. x1 no \\n B. x2 no \\n C. x3 yes \\n D. x4 no \\n answer" -> C.
+                   (the verdicts are trained too; the letter of the "yes" line is what is scored)
 
     python tests/bench_lookup.py --direction letter-to-name --names 2800 --steps 400
 """
@@ -20,8 +22,9 @@ import os, sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import ModelConfig, Transformer  # noqa: E402
 
-NL, COLON, SPACE = 1, 2, 3
+NL, COLON, SPACE, YES, NO, ANSWER = 1, 2, 3, 8, 9, 10
 LETTERS = [4, 5, 6, 7]
+FIRST_NAME = 11
 
 
 def row(names, direction, rng, k=1):
@@ -31,6 +34,16 @@ def row(names, direction, rng, k=1):
     for L, x in zip(LETTERS, opts):
         seq += [NL, L, *x]
         tgt += [-100] * (2 + k)
+    if direction == "scan":  # the answer's name, then every option copied and marked, then the marked letter
+        j = rng.randrange(4)
+        seq += [NL, *opts[j]]
+        tgt += [-100] * (1 + k)
+        for i, (L, x) in enumerate(zip(LETTERS, opts)):
+            seq += [NL, L, *x, YES if i == j else NO]
+            tgt += [-100, -100, *([-100] * k), YES if i == j else NO]  # scored: the verdict
+        seq += [NL, ANSWER, LETTERS[j]]
+        tgt += [-100, -100, LETTERS[j]]  # scored: the letter of the line marked YES
+        return seq, tgt[1:] + [-100]
     for _ in range(4):
         j = rng.randrange(4)
         if direction == "letter-to-name":  # every name token is scored
@@ -46,7 +59,7 @@ def row(names, direction, rng, k=1):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--direction", default="letter-to-name",
-                    choices=["letter-to-name", "name-to-letter", "name-then-letter"])
+                    choices=["letter-to-name", "name-to-letter", "name-then-letter", "scan"])
     ap.add_argument("--names", type=int, default=2800, help="distinct name ids (the tiny KG has ~2,800 name tokens)")
     ap.add_argument("--name-tokens", type=int, default=1, help="tokens per name, drawn from the --names ids")
     ap.add_argument("--steps", type=int, default=400)
@@ -57,7 +70,7 @@ def main():
     torch.set_num_threads(1)
     torch.manual_seed(a.seed)
     rng = random.Random(a.seed)
-    cfg = ModelConfig(vocab_size=8 + a.names, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+    cfg = ModelConfig(vocab_size=FIRST_NAME + a.names, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=1e4,
                       tie_word_embeddings=True)
     model = Transformer(cfg)
@@ -65,7 +78,7 @@ def main():
         torch.nn.init.ones_(p) if "norm" in name else torch.nn.init.zeros_(p) if name.endswith("bias") else \
             torch.nn.init.normal_(p, std=0.02)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    names, hits, t0 = list(range(8, 8 + a.names)), [], time.time()
+    names, hits, yes_hits, t0 = list(range(FIRST_NAME, FIRST_NAME + a.names)), [], [], time.time()
     for step in range(1, a.steps + 1):
         rows = [row(names, a.direction, rng, a.name_tokens) for _ in range(a.batch)]
         x, y = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])  # (B, T)
@@ -78,10 +91,18 @@ def main():
         opt.step()
         opt.zero_grad()
         sel = y != -100
+        if a.direction == "scan":  # the final letter (position -2 predicts the last token); and the YES verdicts
+            yes = y == YES
+            pred = logits.argmax(-1)
+            yes_hits.append(((pred[yes] == YES).float().mean().item(), (pred[y == NO] == NO).float().mean().item()))
+            sel = torch.zeros_like(sel)
+            sel[:, -2] = True
         hits.append((logits.argmax(-1)[sel] == y[sel]).float().mean().item())
         if step % 100 == 0:
-            print(f"{a.direction} names={a.names}x{a.name_tokens} step {step}: loss {loss.item():.3f}, lookup accuracy "
-                  f"{sum(hits[-100:]) / 100:.1%} (chance 25%), {time.time() - t0:.0f}s", flush=True)
+            verdicts = (f", verdicts right on YES lines {sum(h[0] for h in yes_hits[-100:]) / 100:.1%}, on NO lines "
+                        f"{sum(h[1] for h in yes_hits[-100:]) / 100:.1%}" if yes_hits else "")
+            print(f"{a.direction} names={a.names}x{a.name_tokens} step {step}: loss {loss.item():.3f}, lookup "
+                  f"accuracy {sum(hits[-100:]) / 100:.1%} (chance 25%){verdicts}, {time.time() - t0:.0f}s", flush=True)
 
 
 if __name__ == "__main__":
