@@ -333,7 +333,13 @@ def init_model(out_dir, vocab_size, seed=0, tokenizer=None, **dims) -> Transform
                    num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True), **dims}
     dims.setdefault("head_dim", dims["hidden_size"] // dims["num_attention_heads"])
     torch.manual_seed(seed)
-    model = Transformer(ModelConfig(vocab_size=vocab_size, **dims))
+    model = init_weights(Transformer(ModelConfig(vocab_size=vocab_size, **dims)))
+    save_model(model, out_dir, tokenizer)
+    return model
+
+
+def init_weights(model):
+    """The HF init in place: N(0, 0.02) weights, norms 1, biases 0."""
     for name, p in model.named_parameters():
         if "norm" in name:
             nn.init.ones_(p)
@@ -341,7 +347,6 @@ def init_model(out_dir, vocab_size, seed=0, tokenizer=None, **dims) -> Transform
             nn.init.zeros_(p)
         else:
             nn.init.normal_(p, std=0.02)
-    save_model(model, out_dir, tokenizer)
     return model
 
 

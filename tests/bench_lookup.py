@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 import os, sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import ModelConfig, Transformer  # noqa: E402
+from model import ModelConfig, Transformer, init_weights  # noqa: E402
 
 NL, COLON, SPACE, YES, NO, ANSWER = 1, 2, 3, 8, 9, 10
 LETTERS = [4, 5, 6, 7]
@@ -73,10 +73,7 @@ def main():
     cfg = ModelConfig(vocab_size=FIRST_NAME + a.names, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=32, rope_theta=1e4,
                       tie_word_embeddings=True)
-    model = Transformer(cfg)
-    for name, p in model.named_parameters():  # the HF init, as model.init_model
-        torch.nn.init.ones_(p) if "norm" in name else torch.nn.init.zeros_(p) if name.endswith("bias") else \
-            torch.nn.init.normal_(p, std=0.02)
+    model = init_weights(Transformer(cfg))
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
     names, hits, yes_hits, t0 = list(range(FIRST_NAME, FIRST_NAME + a.names)), [], [], time.time()
     for step in range(1, a.steps + 1):
