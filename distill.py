@@ -75,17 +75,25 @@ POS = {  # one sentence per (head, relation, tails); tiny.py words the KG facts 
 }
 EVIDENCE = ["The findings {g} point to {x}.", "The findings {g} suggest {x}.", "With {g}, think of {x}.",
             "Given {g}, the cause is {x}."]  # the findings mid-sentence, written as the question writes them
-# The chain ends with the answer's name followed at once by its letter ("So the answer is Paracetamol: C."), so the
-# letter is "the one that preceded this name in the prompt". Measured since (tests/bench_lookup.py, issue #9): the
-# tiny model does not learn that lookup -- chance after 600 steps of 64 option lists -- while the other direction,
-# "the name that followed this letter" (an induction head), reaches 91% in 200 steps. The figure that chose this
-# ending (name -> letter 57%) came from drills whose last lookups can be answered by elimination. A chain that ends
-# with a per-option scan ("A. Aspirin no. ... C. Paracetamol yes.", tests/bench_lookup.py --direction scan) is the
-# open step.
+# The chain ends with a scan of the options after the concluded name, stopping at the match ("So the answer is
+# Paracetamol. A. Aspirin no. B. Heparin no. C. Paracetamol yes."); the <answer> is the letter just written. Each
+# step is one the tiny model learns (tests/bench_lookup.py, issue #9): "the name after this letter" is an induction
+# head (91% after 200 steps of 64 option lists); the verdict compares two names (97.7% after 1,200); the letter is
+# the last one written. The direct ending "So the answer is Paracetamol: C." asks for the reverse lookup, "the
+# letter before this name", which stayed at chance (24-26%) through 600 steps and through a 1,600-step cold start.
+# Scanning on past the match ("... D. Warfarin no.") measured worse: the answer must then find the "yes" line, 44%
+# teacher-forced after an 800-step cold start. A large model needs none of this and loses nothing by it.
 
 
-def answer_line(name, L):
-    return f"So the answer is {name}: {L}."
+def answer_scan(options, L):
+    """The chain's last sentences: the concluded name (options[L]), then the options in order up to it, each with
+    its verdict."""
+    scan = []
+    for x, v in options.items():
+        scan.append(f"{x}. {v} {'yes' if x == L else 'no'}.")
+        if x == L:
+            break
+    return f"So the answer is {options[L]}. " + " ".join(scan)
 
 
 def _join(names):
@@ -105,7 +113,7 @@ def kg_chains(record, k):
 
     Example (2-hop, hidden "Dengue"; variant 0):
       <think>The findings fever and rash point to Dengue. Dengue is treated with Paracetamol. So the answer is
-      Paracetamol: C.</think>
+      Paracetamol. A. Aspirin no. B. Heparin no. C. Paracetamol yes.</think>
       <answer>C</answer>
     """
     meta = record.get("meta") or {}
@@ -118,7 +126,7 @@ def kg_chains(record, k):
     for e in path:
         if e not in given_edges:
             groups.setdefault((e["head"], e["relation"]), []).append(e["tail"])
-    answer = answer_line(record["options"][L], L)
+    answer = answer_scan(record["options"], L)
     findings = [_plain(e["tail"]) for e in given_edges]
     out = []
     for v in range(k):

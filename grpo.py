@@ -48,7 +48,8 @@ import model as M
 import sampler
 import sft
 
-TINY = dict(prompts=8, max_new_tokens=96, micro_batch=64, lr=1e-4, max_steps=60, eval_every=20, save_every=20,
+# tiny lr: 1e-4 took seed 0's validation accuracy from 43.5% to 34% in 20 steps (issue #9); 3e-5 held it
+TINY = dict(prompts=8, max_new_tokens=96, micro_batch=64, lr=3e-5, max_steps=60, eval_every=20, save_every=20,
             plateau_window=10, plateau_patience=10, remine_every=20, remine_size=400, mine_n=8, mine_batch=64, val_limit=200)
 
 

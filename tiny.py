@@ -5,10 +5,11 @@
    training pool (filter.py); writes OUT/tokenizer (byte-level BPE, ChatML, every KG entity name one token),
    OUT/init (a random Qwen2-shaped model) and OUT/pretrain.jsonl for sft.py:
      - {"text"} rows: the articles as plain text and every KG edge as a sentence — the *knowledge* a pretrained
-       model has — and option-lookup drills ("C. Heparin" ... "So the answer is Heparin: C.");
+       model has — and option-scan drills ("C. Heparin" ... "So the answer is Heparin. A. Aspirin no.
+       B. Warfarin no. C. Heparin yes.");
      - {"messages"} rows: format practice on a task with no medical reasoning in it ("Which option reads 'X'?"),
-       so Base can write <think>…</think><answer>L</answer> and map a named option to its letter, as an
-       instruct model can. Base is then scored exactly like every later row; it has the facts and the format
+       so Base can write <think>…</think><answer>L</answer> and find a named option's letter, as an instruct
+       model can. Base is then scored exactly like every later row; it has the facts and the format
        but was never taught to reason from findings to an answer — that is what the cold start adds (§3.2).
 2. `report`: the ablation table of the paper's Table 4 in miniature — accuracy of Base, +CoT cold start, +RL stage 1,
    +RL stage 2 on the held-out synthetic test set, overall and by difficulty, mean over seeds, each stage's gain
@@ -23,7 +24,7 @@ import argparse, json, math, os, random
 import mwparserfromhell as mwp
 
 from common import atomic_write, build_messages, options_text, read_jsonl, write_jsonl
-from distill import POS, _fill, _plain, answer_line
+from distill import POS, _fill, _plain, answer_scan
 
 def article_texts(dump, chunk=600):
     """The articles as plain text, in pieces of about `chunk` characters, each headed by its title: short rows of
@@ -64,22 +65,21 @@ def format_practice(pool, n, rng):
         L = rng.choice(list(rec["options"]))
         name = rec["options"][L]
         q = {"question": f"Which of the following options reads \"{name}\"?", "options": rec["options"]}
-        think = answer_line(name, L)  # as distill.kg_chains ends
+        think = answer_scan(rec["options"], L)  # as distill.kg_chains ends
         rows.append({"id": f"format-{i}", "messages": build_messages(q) + [
             {"role": "assistant", "content": f"<think>{think}</think>\n<answer>{L}</answer>"}]})
     return rows
 
 
-def lookup_drills(pool, n, rng):
-    """Short plain-text rows that drill the one in-context skill the chains need: an option list, then its names
-    in random order, each followed by its letter ("C. Heparin" ... "So the answer is Heparin: C."). Known flaw
-    (issue #9): every option comes once, so the last lookups of a row can be answered by elimination, which is what
-    the tiny model learns; drawn with replacement, name -> letter stays at chance (tests/bench_lookup.py)."""
+def scan_drills(pool, n, rng, per_row=2):
+    """Short plain-text rows that drill the one in-context skill the chains need: an option list, then `per_row`
+    scans for names drawn with replacement ("So the answer is Heparin. A. Aspirin no. B. Warfarin no. C. Heparin
+    yes."), so no scan can be answered by elimination from the ones before it."""
     rows = []
     for i in range(n):
-        opts = list(rng.choice(pool)["options"].items())
-        lookups = [answer_line(v, x) for x, v in rng.sample(opts, len(opts))]
-        rows.append({"id": f"drill-{i}", "text": "\n".join([options_text(dict(opts))] + lookups)})
+        opts = rng.choice(pool)["options"]
+        scans = [answer_scan(opts, rng.choice(list(opts))) for _ in range(per_row)]
+        rows.append({"id": f"drill-{i}", "text": "\n".join([options_text(opts)] + scans)})
     return rows
 
 
@@ -97,8 +97,7 @@ def base(a):
     # find the name its chain reached among the options, which a 1M-parameter model learns for one symbol far
     # sooner than for a span (5.5 BPE tokens per name at vocab 2,048). Qwen splits names too; a 7B model copes.
     names = {e["name"] for e in read_jsonl(os.path.join(a.kg, "entities.jsonl")) if len(e["name"]) >= 4}
-    # "A." .. "E." too: the letter a chain writes ("Heparin: C.") is then the very token that preceded the name
-    # in the prompt ("C. Heparin")
+    # "A." .. "E." too: the scan's "C. Heparin" is then the very token pair of the prompt's option line
     words = [f"{x}." for x in "ABCDE"] + sorted({" " + v for n in names for v in (n, _plain(n))})
     tok = train_tokenizer(tok_corpus, os.path.join(a.out, "tokenizer"), vocab_size=a.vocab, words=words)
     # RoPE base 1e4, not Qwen's 1e6: with 32-dim heads and short contexts, 1e6 leaves few fast-rotating
@@ -108,7 +107,7 @@ def base(a):
                num_key_value_heads=max(1, a.heads // 2), rope_theta=10000.0)
     rows = ([{"id": f"article-{i}", "text": t} for i, t in enumerate(articles)]
             + [{"id": f"fact-{i}", "text": t} for i, t in enumerate(facts)] * a.fact_repeat
-            + chats + lookup_drills(pool, a.drills, rng))
+            + chats + scan_drills(pool, a.drills, rng))
     rng.shuffle(rows)
     write_jsonl(os.path.join(a.out, "pretrain.jsonl"), rows)
     print(f"tiny base: {len(articles)} article pieces, {len(facts)} fact paragraphs x{a.fact_repeat}, {len(chats)} "
@@ -226,8 +225,8 @@ def main(argv=None):
     b.add_argument("--dim", type=int, default=128)
     b.add_argument("--layers", type=int, default=4)
     b.add_argument("--heads", type=int, default=4)
-    b.add_argument("--format-items", type=int, default=800, help="format-practice chats")
-    b.add_argument("--drills", type=int, default=8000, help="option-lookup drills (plain text)")
+    b.add_argument("--format-items", type=int, default=3000, help="format-practice chats")
+    b.add_argument("--drills", type=int, default=20000, help="option-scan drills (plain text)")
     b.add_argument("--fact-repeat", type=int, default=3, help="copies of the KG-fact paragraphs in pretrain.jsonl")
     b.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("report", help="the ablation table from RUN/seed*/eval/*/predictions.jsonl")

@@ -56,9 +56,13 @@ def test_kg_teacher_chains_pass_checks_and_map_entity_to_letter(tmp_path):
         assert distill.check(text, r, 600) == [] and is_well_formed(text, "ABCDE")
         assert extract_answer(text, "ABCDE") == r["answer"]
         think = text.split("</think>")[0]
-        # the chain ends with the answer's name, then its letter at once (name -> letter: see distill.py)
-        assert think.endswith(f"So the answer is {r['options'][r['answer']]}: {r['answer']}."), think
-        assert 10 <= len(think.split()) <= 60, think  # short enough for the tiny model to write
+        # the chain concludes the answer's name, then scans the options up to it: letter, name, verdict; the
+        # scan stops at the one "yes", the answer's letter (why this shape: distill.py)
+        ans, before = r["options"][r["answer"]], [x for x in r["options"] if x < r["answer"]]
+        scan = " ".join([f"{x}. {r['options'][x]} no." for x in before] + [f"{r['answer']}. {ans} yes."])
+        assert think.endswith(f"So the answer is {ans}. {scan}"), think
+        assert think.count(" yes.") == 1 and think.count(" no.") == len(before)
+        assert 10 <= len(think.split()) <= 80, think  # short enough for the tiny model to write
         if r["meta"]["hidden"]:
             assert r["meta"]["hidden"] in think
         assert rows[r["id"]]["meta"]["teacher"] == "kg" and rows[r["id"]]["meta"]["round"] == 0

@@ -1,0 +1,42 @@
+"""tiny.py's pretraining rows: format practice and scan drills end exactly as the KG-path chains do."""
+import random
+import re
+
+from common import extract_answer, is_well_formed
+from tiny import format_practice, scan_drills
+
+POOL = [{"options": {"A": "Aspirin", "B": "Heparin", "C": "Paracetamol", "D": "Warfarin"}},
+        {"options": {"A": "Fever", "B": "Rash", "C": "Cough", "D": "Dyspnea", "E": "Pallor"}}]
+SCAN = re.compile(r"So the answer is (.+?)\. ((?:[A-E]\. .+? (?:yes|no)\. ?)+)$")
+
+
+def check_scan(line, options):
+    """The scan names the options in order with their own letters up to the concluded name, its "yes" last."""
+    m = SCAN.fullmatch(line)
+    assert m, line
+    verdicts = re.findall(r"([A-E])\. (.+?) (yes|no)\.", m.group(2))
+    assert [(x, v) for x, v, _ in verdicts] == list(options.items())[:len(verdicts)], line
+    assert [y for _, _, y in verdicts] == ["no"] * (len(verdicts) - 1) + ["yes"], line  # stops at the match
+    L = verdicts[-1][0]
+    assert options[L] == m.group(1), line
+    return L
+
+
+def test_format_practice_and_drills_end_with_the_scan():
+    rng = random.Random(0)
+    for row in format_practice(POOL, 40, rng):
+        user, reply = row["messages"][1]["content"], row["messages"][2]["content"]
+        name = re.search(r'reads "(.+?)"', user).group(1)
+        opts = next(p["options"] for p in POOL if name in p["options"].values())
+        assert is_well_formed(reply, "".join(opts))
+        L = check_scan(reply.split("</think>")[0][len("<think>"):], opts)
+        assert opts[L] == name and extract_answer(reply, "".join(opts)) == L
+    asked = []
+    for row in scan_drills(POOL, 200, rng):
+        lines = row["text"].split("\n")
+        opts = dict(l.split(". ", 1) for l in lines if not l.startswith("So "))
+        scans = [l for l in lines if l.startswith("So ")]
+        assert opts in [p["options"] for p in POOL] and len(scans) == 2
+        asked += [check_scan(s, opts) for s in scans]
+    # drawn with replacement: the same letter twice in a row happens (no answer by elimination), and all letters come
+    assert set(asked) == set("ABCDE") and any(a == b for a, b in zip(asked[::2], asked[1::2]))
