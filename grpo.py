@@ -173,7 +173,7 @@ def update(policy, opt, rows, adv, keep, args, world, ref=None):
         for ch in chunks:
             ch.append(policy.seq_logprobs(*ch[0], args.temperature)[0] if args.ppo_epochs > 1 else None)
             ch.append(ref.seq_logprobs(*ch[0], args.temperature)[0] if ref is not None else None)
-    st = dict(t_logprob=_sync(t), t_backward=0.0, t_opt=0.0, ent_sum=0.0, ent_n=0, loss=0.0)
+    st = dict(t_logprob=_sync(t), t_backward=0.0, t_opt=0.0, ent_sum=0.0, ent_n=0, loss=0.0, kl_sum=0.0)
     for epoch in range(args.ppo_epochs):
         for (ids, tgt), s, old, ref_lp in chunks:
             t = time.time()
@@ -188,6 +188,9 @@ def update(policy, opt, rows, adv, keep, args, world, ref=None):
                 st["ent_sum"] += ent.sum().item()
                 st["ent_n"] += ent.numel()
                 st["loss"] += loss.item() / world
+                if ref_lp is not None:  # the k3 KL per completion token, as the loss uses it
+                    d = (ref_lp - logp).detach()
+                    st["kl_sum"] += ((torch.exp(d) - d - 1) * (tgt != -100)).sum().item()
         t = time.time()
         st["grad_norm"] = sft.clip_grad(policy, args.grad_clip)
         opt.step()
@@ -341,10 +344,11 @@ def train(args, rank, world, device):
         trunc = [not c or c[-1] not in stops for c in comps]
         sums = torch.tensor([float(x) for x in (rewards.sum(), (rewards == 1).sum(), (rewards != -0.5).sum(),
                              zero.sum(), sum(map(len, comps)), sum(trunc), len(comps), len(batch),
-                             *([us["ent_sum"], us["ent_n"], us["loss"]] if us else [0, 0, 0]))], dtype=torch.float64)
+                             *([us["ent_sum"], us["ent_n"], us["loss"], us["kl_sum"]] if us else [0] * 4))],
+                            dtype=torch.float64)
         if dist.is_initialized():
             dist.all_reduce(sums)
-        R, acc, fmt, nz, ntok, ntr, N, G, es, en, loss = sums.tolist()  # loss: each rank holds its share
+        R, acc, fmt, nz, ntok, ntr, N, G, es, en, loss, kls = sums.tolist()  # loss: each rank holds its share
         st["rewards"].append(R / N)
         st["zero_fracs"].append(nz / G)
         m = dict(step=step, reward=R / N, accuracy=acc / N, format_rate=fmt / N, zero_adv_frac=nz / G,
@@ -352,6 +356,8 @@ def train(args, rank, world, device):
                  tokens_per_s=ntok / (t_gen + t_train), t_gen=t_gen, t_train=t_train, t_mine=t_mine)
         if us:
             m.update(loss=loss, **{k: us[k] for k in ("grad_norm", "t_logprob", "t_backward", "t_opt")})
+            if ref is not None:
+                m["kl"] = kls / max(en, 1)
         if rank == 0:
             log.log(m)
             prog.update(1, reward=m["reward"], acc=m["accuracy"], fmt=m["format_rate"], zero=m["zero_adv_frac"],

@@ -262,6 +262,9 @@ def test_stage2_mines_and_remines_with_every_variant(assets):
                             r["difficulty"] == "moderate" for r in pool)
     m = metrics(out)
     assert [r["step"] for r in m] == [0, 1, 2] and all(r["skipped"] or r["grad_norm"] > 0 for r in m)
+    # the logged KL to the init: 0 while the policy is the init, > 0 once an update has moved it
+    kl = [r.get("kl") for r in m if not r["skipped"]]
+    assert kl[0] is not None and abs(kl[0]) < 1e-6 and kl[-1] > 0
 
 
 @pytest.mark.slow
