@@ -130,6 +130,12 @@ def group_advantages(rewards, std_norm=False, eps=1e-4):
     return adv
 
 
+def k3_kl(ref_logp, logp):
+    """Per-token k3 estimator of KL(pi || ref) (Schulman 2020): exp(d) - d - 1 >= 0 with d = ref - logp."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
 def policy_loss(logp, mask, adv, old_logp=None, ref_logp=None, clip_eps=0.0, kl_coef=0.0):
     """The *summed* per-token loss of a micro-batch; the caller divides by the global count (see update()).
     logp, mask, old_logp, ref_logp: (B, T) per sampled token; adv (B,). Default: -sum_t A * logp (eq. 1)."""
@@ -140,9 +146,8 @@ def policy_loss(logp, mask, adv, old_logp=None, ref_logp=None, clip_eps=0.0, kl_
         obj = torch.minimum(ratio * A, ratio.clamp(1 - clip_eps, 1 + clip_eps) * A)
     else:
         obj = logp * A
-    if kl_coef > 0:  # k3 estimator of KL(pi || ref) (Schulman 2020): exp(d) - d - 1 >= 0, d = ref - logp
-        d = ref_logp - logp
-        obj = obj - kl_coef * (torch.exp(d) - d - 1)
+    if kl_coef > 0:
+        obj = obj - kl_coef * k3_kl(ref_logp, logp)
     return -(obj * mask).sum()
 
 
@@ -192,9 +197,8 @@ def update(policy, opt, rows, adv, keep, args, world, ref=None):
                 st["ent_sum"] += ent.sum().item()
                 st["ent_n"] += ent.numel()
                 st["loss"] += loss.item() / world
-                if ref_lp is not None:  # the k3 KL per completion token, as the loss uses it
-                    d = (ref_lp - logp).detach()
-                    st["kl_sum"] += ((torch.exp(d) - d - 1) * (tgt != -100)).sum().item()
+                if ref_lp is not None:  # the KL term of the loss, summed over completion tokens
+                    st["kl_sum"] += (k3_kl(ref_lp, logp.detach()) * (tgt != -100)).sum().item()
         t = time.time()
         st["grad_norm"] = sft.clip_grad(policy, args.grad_clip)
         opt.step()
