@@ -19,8 +19,8 @@ if [ -n "${SMOKE:-}" ]; then  # a few steps per stage: checks the plumbing and e
   N_TRAIN=600; N_TEST=100; N_VAL=40; SFT="--steps 4"; PRE="--steps 4"; RL1="--max-steps 2"; RL2="--max-steps 2"
   MINE="--samples 2 --sample 60"; SEEDS=${SEEDS_SMOKE:-"0"}
 else
-  N_TRAIN=6000; N_TEST=1200; N_VAL=300; SFT="--steps 800"; PRE=""; RL1="--max-steps 150"; RL2="--max-steps 30"
-  MINE="--samples 4 --sample 600"
+  N_TRAIN=6000; N_TEST=1200; N_VAL=1000; SFT="--steps 800"; PRE=""; RL1="--max-steps 150"; RL2="--max-steps 30"
+  MINE="--sample 600"
 fi
 mkdir -p "$RUN"
 t0=$(date +%s)

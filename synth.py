@@ -420,11 +420,11 @@ def main(argv=None):
     p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--llm", default=None, help="URL or model folder for the optional vignette rewrite")
     p.add_argument("--llm-model", default=None)
-    p.add_argument("--tiny", action="store_true", help="tiny pipeline preset: 6000 train, 1200 test, 300 val, "
+    p.add_argument("--tiny", action="store_true", help="tiny pipeline preset: 6000 train, 1200 test, 1000 val, "
                    "hop weight 0.5 (each difficulty tier gets a sizeable share of the test split)")
     a = p.parse_args(argv)
     if a.tiny:  # preset defaults; flags given explicitly still win
-        p.set_defaults(n=6000, test_n=1200, val_n=300, hop_weight=0.5)
+        p.set_defaults(n=6000, test_n=1200, val_n=1000, hop_weight=0.5)
         a = p.parse_args(argv)
     fams = [f for f in a.families.split(",") if f]
     bad = [f for f in fams if f not in FAMILIES]
