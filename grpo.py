@@ -54,7 +54,7 @@ import sft
 # 60 steps, 52.5% at 150 (Easy + Moderate, stage 1's tiers, +4.5).
 TINY = dict(prompts=16, max_new_tokens=96, micro_batch=64, lr=1e-4, kl_coef=0.1, max_steps=150, eval_every=30,
             save_every=30, plateau_window=20, plateau_patience=40, remine_every=20, remine_size=400, mine_n=8,
-            mine_batch=64, mine_max_zero_share=0.0)
+            mine_batch=64, mine_max_zero_share=0.0)  # re-mining keeps no all-fail item, as mine.py --tiny
 
 
 def get_args(argv=None):
