@@ -96,6 +96,24 @@ def test_seeds_temperature_and_groups():
     assert generate(m, PROMPTS, 8, temperature=1.0, top_p=1e-6, seed=5) == greedy
 
 
+def test_sample_draws_from_the_tempered_nucleus():
+    """sample(): token frequencies over 40,000 draws match softmax(logits / T), renormalised over the top-p nucleus."""
+    from sampler import sample
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -30.0])
+    gen = torch.Generator().manual_seed(0)
+    for T, top_p in [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8)]:
+        p = (logits / T).softmax(-1)
+        keep = p.sort(descending=True).values.cumsum(0) - p.sort(descending=True).values < top_p  # nucleus, sorted
+        want = torch.zeros_like(p)
+        idx = p.argsort(descending=True)[keep]
+        want[idx] = p[idx] / p[idx].sum()
+        tok, lp = sample(logits.repeat(40000, 1), T, top_p, gen)
+        freq = torch.bincount(tok, minlength=6) / 40000
+        assert (freq - want).abs().max() < 0.01, (T, top_p, freq, want)  # 4 SE of a proportion near 0.5 is 0.01
+        assert torch.allclose(lp, p.log()[tok])  # log-prob under the full tempered distribution, not the nucleus
+        assert freq[want == 0].sum() == 0  # never outside the nucleus
+
+
 def test_logprobs_match_forward():
     m = tiny()
     comps, lps = generate(m, PROMPTS, 6, temperature=0.7, seed=3, k=2, return_logprobs=True)
