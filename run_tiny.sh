@@ -16,11 +16,13 @@ RUN=${RUN:-runs/tiny}
 SEEDS=${SEEDS:-"0 1 2"}
 TORCHRUN="torchrun --standalone --nproc_per_node 2"
 if [ -n "${SMOKE:-}" ]; then  # a few steps per stage: checks the plumbing and every artifact, not the numbers
-  N_TRAIN=600; N_TEST=100; N_VAL=40; SFT="--steps 4"; PRE="--steps 4"; RL1="--max-steps 2"; RL2="--max-steps 2"
-  MINE="--samples 2 --sample 60"; SEEDS=${SEEDS_SMOKE:-"0"}
+  # (an untrained model never stops early, so every generation is cut short too)
+  N_TRAIN=600; N_TEST=100; N_VAL=40; BASE="--drills 2000"; PRE="--steps 4"; SFT="--steps 4"; TOK=32
+  RL1="--max-steps 2 --prompts 4 --max-new-tokens $TOK"; RL2="$RL1"; MINE="--samples 2 --sample 60 --max-new-tokens $TOK"
+  SEEDS=${SEEDS_SMOKE:-"0"}
 else
-  N_TRAIN=6000; N_TEST=1200; N_VAL=1000; SFT="--steps 800"; PRE=""; RL1="--max-steps 150"; RL2="--max-steps 30"
-  MINE="--sample 600"
+  N_TRAIN=6000; N_TEST=1200; N_VAL=1000; BASE=""; PRE=""; SFT="--steps 800"; TOK=96
+  RL1="--max-steps 150"; RL2="--max-steps 30"; MINE="--sample 600"
 fi
 mkdir -p "$RUN"
 t0=$(date +%s)
@@ -41,13 +43,13 @@ stage "distill.py: CoT cold-start data from the KG-path teacher"
 python distill.py --data "$POOL" --teacher kg --out "$RUN/sft.jsonl" --tiny
 
 stage "tiny.py base + sft.py: tokenizer, random Qwen2-shaped model, pretraining = the Base model"
-[ -f "$RUN/base_init/pretrain.jsonl" ] || python tiny.py base --kg "$RUN/kg" --pool "$POOL" --out "$RUN/base_init"
+[ -f "$RUN/base_init/pretrain.jsonl" ] || python tiny.py base --kg "$RUN/kg" --pool "$POOL" --out "$RUN/base_init" $BASE
 [ -f "$RUN/base/final/config.json" ] || $TORCHRUN sft.py --tiny --data "$RUN/base_init/pretrain.jsonl" \
   --init "$RUN/base_init/init" --out "$RUN/base" --epochs 1 --batch-size 64 --micro-batch 32 --lr 2e-3 $PRE
 
 stage "eval.py: Base on the held-out test set (one Base for all seeds: it precedes the recipe)"
 [ -f "$RUN/eval_base/results.json" ] || python eval.py --model "$RUN/base/final" --bench "jsonl=$TEST" \
-  --out "$RUN/eval_base" --max-new-tokens 96 --batch-size 256
+  --out "$RUN/eval_base" --max-new-tokens $TOK --batch-size 256
 
 for s in $SEEDS; do
   S="$RUN/seed$s"
@@ -66,14 +68,14 @@ for s in $SEEDS; do
   for st in sft rl1 rl2; do
     m="$S/$st/final"; [ "$st" = sft ] || m="$S/$st/best"  # RL: the checkpoint selected on the validation split
     [ -f "$S/eval/$st/results.json" ] || python eval.py --model "$m" --bench "jsonl=$TEST" --out "$S/eval/$st" \
-      --max-new-tokens 96 --batch-size 256
+      --max-new-tokens $TOK --batch-size 256
   done
 done
 
 stage "eval.py plumbing on a few real-format records (shipped sample files)"
 [ -f "$RUN/eval_formats/results.json" ] || python eval.py --model "$RUN/seed${SEEDS%% *}/rl2/best" \
   --bench medqa=data/sample_medqa.jsonl pubmedqa=data/sample_pubmedqa.json --out "$RUN/eval_formats" \
-  --max-new-tokens 96
+  --max-new-tokens $TOK
 
 stage "tiny.py report: the ablation table"
 python tiny.py report --run "$RUN" --seeds $SEEDS
