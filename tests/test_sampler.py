@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from model import ModelConfig, Transformer, load_model
-from sampler import generate
+from sampler import generate, sample
 
 torch.set_num_threads(1)
 PROMPTS = [[5, 17, 3, 40, 2, 9, 11], [8], [60, 61, 62, 63]]  # mixed lengths: rows get left-padded
@@ -98,14 +98,13 @@ def test_seeds_temperature_and_groups():
 
 def test_sample_draws_from_the_tempered_nucleus():
     """sample(): token frequencies over 40,000 draws match softmax(logits / T), renormalised over the top-p nucleus."""
-    from sampler import sample
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -30.0])
     gen = torch.Generator().manual_seed(0)
     for T, top_p in [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8)]:
         p = (logits / T).softmax(-1)
-        keep = p.sort(descending=True).values.cumsum(0) - p.sort(descending=True).values < top_p  # nucleus, sorted
+        sp, si = p.sort(descending=True)
+        idx = si[sp.cumsum(0) - sp < top_p]  # the nucleus
         want = torch.zeros_like(p)
-        idx = p.argsort(descending=True)[keep]
         want[idx] = p[idx] / p[idx].sum()
         tok, lp = sample(logits.repeat(40000, 1), T, top_p, gen)
         freq = torch.bincount(tok, minlength=6) / 40000
