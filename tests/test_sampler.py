@@ -98,7 +98,7 @@ def test_seeds_temperature_and_groups():
 
 def test_sample_draws_from_the_tempered_nucleus():
     """sample(): token frequencies over 40,000 draws match softmax(logits / T), renormalised over the top-p nucleus."""
-    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -30.0])
+    logits = torch.tensor([0.5, 2.0, -30.0, 0.0, 1.0, -1.0])  # unsorted: the nucleus is not a prefix of the ids
     gen = torch.Generator().manual_seed(0)
     for T, top_p in [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8)]:
         p = (logits / T).softmax(-1)
