@@ -296,11 +296,11 @@ def test_kill_and_resume(assets):
     uninterrupted run ends."""
     root, _ = assets
     ref, out = os.path.join(root, "kill_ref"), os.path.join(root, "kill")
-    cmd = lambda o: [sys.executable, os.path.join(ROOT, "grpo.py"), *run_args(root, o, "--max-steps", "6",
-                                                                              "--save-every", "2")]
+    argv = lambda o: [sys.executable, os.path.join(ROOT, "grpo.py"), *run_args(root, o, "--max-steps", "6",
+                                                                               "--save-every", "2")]
     # the reference runs under the same ENV (one thread): a different thread count sums in a different order
-    subprocess.run(cmd(ref), env=ENV, check=True, cwd=ROOT, timeout=600, stdout=subprocess.DEVNULL)
-    cmd = cmd(out)
+    subprocess.run(argv(ref), env=ENV, check=True, cwd=ROOT, timeout=600, stdout=subprocess.DEVNULL)
+    cmd = argv(out)
     proc = subprocess.Popen(cmd, env=ENV, cwd=ROOT, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     state = os.path.join(out, "state", "state.json")
     t0 = time.time()
