@@ -45,7 +45,7 @@ python distill.py --data "$POOL" --teacher kg --out "$RUN/sft.jsonl" --tiny
 stage "tiny.py base + sft.py: tokenizer, random Qwen2-shaped model, pretraining = the Base model"
 [ -f "$RUN/base_init/pretrain.jsonl" ] || python tiny.py base --kg "$RUN/kg" --pool "$POOL" --out "$RUN/base_init" $BASE
 [ -f "$RUN/base/final/config.json" ] || $TORCHRUN sft.py --tiny --data "$RUN/base_init/pretrain.jsonl" \
-  --init "$RUN/base_init/init" --out "$RUN/base" --epochs 1 --batch-size 64 --micro-batch 32 --lr 2e-3 $PRE
+  --init "$RUN/base_init/init" --out "$RUN/base" --epochs 1 --batch-size 64 --micro-batch 16 --lr 2e-3 $PRE
 
 stage "eval.py: Base on the held-out test set (one Base for all seeds: it precedes the recipe)"
 [ -f "$RUN/eval_base/results.json" ] || python eval.py --model "$RUN/base/final" --bench "jsonl=$TEST" \

@@ -1,9 +1,9 @@
 """Batched KV-cache sampler for model.Transformer: rollouts (GRPO groups), teacher/verifier calls, evaluation.
 
-gpt-fast style: a static preallocated KV cache, prompts left-padded with per-row positions, one batched prefill,
-then one token per step for every row. Group mode (k samples per prompt, GRPO, Fleming-R1 sec. 3.3) prefills
-each prompt once and replicates its cache k times. Under FSDP2 the weights are all-gathered once per call,
-not once per decode step.
+gpt-fast style: a preallocated KV cache, prompts left-padded with per-row positions, one batched prefill, then
+one token per step for every unfinished row (finished rows leave the batch). Group mode (k samples per prompt,
+GRPO, Fleming-R1 sec. 3.3) prefills each prompt once and replicates its cache k times. Under FSDP2 the weights
+are all-gathered once per call, not once per decode step.
 
     generate(model, [[5, 6, 7], [8]], max_new_tokens=4, eos_ids=[2])
     -> e.g. [[11, 12, 2], [9, 9, 9, 9]]: row 0 stopped at its EOS (kept), row 1 hit max_new_tokens
@@ -30,9 +30,10 @@ def unsharded(model):
             m.set_reshard_after_forward(m is not model, recurse=False)  # FSDP's defaults: root keeps its weights
 
 
-def sample(logits, temperature, top_p, gen, want_logprob=True):
-    """logits (N, V) fp32 -> token (N,), log-prob (N,) of that token under softmax(logits / temperature)
-    (the full distribution the training forward sees; at temperature 0, under softmax(logits))."""
+def sample(logits, temperature, top_p, u, want_logprob=True):
+    """logits (N, V) fp32, u (N, 1) uniform in [0, 1) -> token (N,), log-prob (N,) of that token under
+    softmax(logits / temperature) (the full distribution the training forward sees; at temperature 0, under
+    softmax(logits), and u is not used)."""
     if temperature == 0:
         tok = logits.argmax(-1)
         return tok, logits.log_softmax(-1).gather(1, tok[:, None])[:, 0] if want_logprob else None
@@ -45,8 +46,8 @@ def sample(logits, temperature, top_p, gen, want_logprob=True):
     # (N x V), which was half of the tiny rollout time. fp32 suffices: over a 152k vocabulary the cumulative sum
     # is within 6e-8 of an fp64 one (measured), far below the precision of the logits themselves
     cdf = probs.cumsum(-1)  # (N, V); unnormalised after top-p, so scale u by each row's total
-    u = torch.rand(cdf.shape[0], 1, generator=gen, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    tok = torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.shape[1] - 1)  # (N, 1); zero mass is never hit
+    tok = torch.searchsorted(cdf, u.to(cdf.dtype) * cdf[:, -1:], right=True)  # (N, 1); zero mass is never hit
+    tok = tok.clamp_(max=cdf.shape[1] - 1)
     if top_p < 1.0:
         tok = order.gather(1, tok)
     return tok[:, 0], logp.gather(1, tok)[:, 0]
@@ -87,20 +88,28 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
             logits, mask, lens = (x.repeat_interleave(k, dim=0) for x in (logits, mask, lens))
         out = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=dev)
         lps = torch.zeros(N, max_new_tokens, device=dev)
-        done = torch.zeros(N, dtype=torch.bool, device=dev)
-        # ---- decode: one token per row per step; finished rows keep stepping (their output is discarded)
-        # so the batch keeps its shape; rows never interact, so they cannot change anyone else's result
+        live = torch.arange(N, device=dev)  # the original row of each row still in the batch
+        done = torch.zeros(N, dtype=torch.bool, device=dev)  # per batch row: has it made its EOS?
+        # ---- decode: one token per live row per step. Rows that finished leave the batch (cache rows dropped)
+        # once they are a quarter of it: chains end at very different lengths, and a finished row would
+        # otherwise cost a full row of compute until the longest one ends. Every row draws its own uniform
+        # number, from one (N,) draw per step, so no row's tokens depend on when the others finished.
         for t in range(max_new_tokens):
-            tok, lp = sample(logits, temperature, top_p, gen, return_logprobs)  # (N,), (N,)
-            out[:, t] = tok
+            u = torch.rand(N, 1, generator=gen, device=dev)[live] if temperature > 0 else None
+            tok, lp = sample(logits, temperature, top_p, u, return_logprobs)  # (n,), (n,)
+            out[live, t] = tok
             if return_logprobs:
-                lps[:, t] = lp
+                lps[live, t] = lp
             done |= torch.isin(tok, eos)
             if t == max_new_tokens - 1 or bool(done.all()):
                 break
+            if 4 * int(done.sum()) >= len(live):
+                keep = ~done
+                live, done, tok, mask, lens = live[keep], done[keep], tok[keep], mask[keep], lens[keep]
+                cache = tuple(x[:, keep] for x in cache)
             h = model(tok[:, None], position_ids=(lens + t)[:, None], attention_mask=mask[:, :P + t + 1],
-                      kv_cache=cache, cache_pos=P + t, return_hidden=True)  # (N, 1, D)
-            logits = model.lm_head(h[:, -1].to(dtype)).float()  # (N, V)
+                      kv_cache=cache, cache_pos=P + t, return_hidden=True)  # (n, 1, D)
+            logits = model.lm_head(h[:, -1].to(dtype)).float()  # (n, V)
     comps, logps, stop = [], [], set(eos_ids)
     for row, lp in zip(out.tolist(), lps.tolist()):
         n = next((j + 1 for j, x in enumerate(row[:t + 1]) if x in stop), t + 1)  # cut after the first EOS

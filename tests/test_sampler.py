@@ -81,6 +81,22 @@ def test_eos_rows_independent_and_max_new_tokens():
     assert all(len(r) == 3 for r in generate(m, PROMPTS, 3, temperature=1.0, seed=0))
 
 
+def test_finished_rows_leave_the_batch_without_changing_the_others():
+    """Sampling, 24 rows: rows that hit an EOS leave the batch; every other row still draws exactly the tokens
+    it draws when nothing stops (its own uniform number each step), up to its own first EOS."""
+    m = tiny()
+    free = generate(m, PROMPTS, 24, temperature=1.0, seed=3, k=8)
+    eos = [free[0][1], free[9][3]]  # ends several rows early, at different steps
+    rows = []
+    hook = m.lm_head.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape[0]))
+    got = generate(m, PROMPTS, 24, temperature=1.0, seed=3, k=8, eos_ids=eos)
+    hook.remove()
+    assert rows[0] == 3 and rows[1] == 24 and rows[-1] < 24  # prefill (one row per prompt), then the batch shrank
+    cuts = [next((j + 1 for j, x in enumerate(f) if x in eos), len(f)) for f in free]
+    assert sum(c < 24 for c in cuts) >= 6  # enough rows finish early for the batch to shrink
+    assert got == [f[:c] for f, c in zip(free, cuts)]
+
+
 def test_seeds_temperature_and_groups():
     m = tiny()
     a = generate(m, PROMPTS, 8, temperature=1.0, seed=1, k=4)
@@ -106,7 +122,7 @@ def test_sample_draws_from_the_tempered_nucleus():
         idx = si[sp.cumsum(0) - sp < top_p]  # the nucleus
         want = torch.zeros_like(p)
         want[idx] = p[idx] / p[idx].sum()
-        tok, lp = sample(logits.repeat(40000, 1), T, top_p, gen)
+        tok, lp = sample(logits.repeat(40000, 1), T, top_p, torch.rand(40000, 1, generator=gen))
         freq = torch.bincount(tok, minlength=6) / 40000
         assert (freq - want).abs().max() < 0.01, (T, top_p, freq, want)  # 4 SE of a proportion near 0.5 is 0.01
         assert torch.allclose(lp, p.log()[tok])  # log-prob under the full tempered distribution, not the nucleus
