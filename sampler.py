@@ -91,7 +91,7 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
         live = torch.arange(N, device=dev)  # the original row of each row still in the batch
         done = torch.zeros(N, dtype=torch.bool, device=dev)  # per batch row: has it made its EOS?
         # ---- decode: one token per live row per step. Rows that finished leave the batch (cache rows dropped)
-        # once they are a quarter of it: chains end at very different lengths, and a finished row would
+        # once they are a quarter of it: real chains end at very different lengths, and a finished row would
         # otherwise cost a full row of compute until the longest one ends. Every row draws its own uniform
         # number, from one (N,) draw per step, so no row's tokens depend on when the others finished.
         for t in range(max_new_tokens):
