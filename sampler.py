@@ -46,8 +46,8 @@ def sample(logits, temperature, top_p, u, want_logprob=True):
     # (N x V), which was half of the tiny rollout time. fp32 suffices: over a 152k vocabulary the cumulative sum
     # is within 6e-8 of an fp64 one (measured), far below the precision of the logits themselves
     cdf = probs.cumsum(-1)  # (N, V); unnormalised after top-p, so scale u by each row's total
-    tok = torch.searchsorted(cdf, u.to(cdf.dtype) * cdf[:, -1:], right=True)  # (N, 1); zero mass is never hit
-    tok = tok.clamp_(max=cdf.shape[1] - 1)
+    # (N, 1); a token of zero mass is never hit
+    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[1] - 1)
     if top_p < 1.0:
         tok = order.gather(1, tok)
     return tok[:, 0], logp.gather(1, tok)[:, 0]
