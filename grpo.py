@@ -30,8 +30,9 @@ length, truncation rate, loss, grad norm, entropy, tokens/s, seconds in generati
 Memory, Qwen2.5-7B on 8 x 80 GB with the defaults (FSDP2, bf16 compute, fp32 master weights + AdamW):
 16 B/param x 7.6e9 / 8 ranks = 15 GB sharded state; the rollout unshards bf16 weights (15 GB) plus a KV cache of
 57 KB/token x 64 rows x 1.6k tokens = 6 GB (freed before training); training: micro-batch of 2 completions x
-1.6k tokens of activations (~25 GB without activation checkpointing). token_logprobs never builds (tokens x
-vocab) logits. Fits in 80 GB with room; raise --micro-batch if memory allows.
+1.6k tokens of activations (~25 GB without activation checkpointing; their prompt runs once for both, see
+sft.group_logprobs). token_logprobs never builds (tokens x vocab) logits. Fits in 80 GB with room; raise
+--micro-batch if memory allows.
 """
 import argparse
 import os
@@ -160,10 +161,27 @@ def _sync(t):
     return time.time() - t
 
 
+def group_batch(rows, pieces, pad_id, device):
+    """rows [(prompt, completion)], pieces [[row indices with one prompt]] -> the inputs of group_logprobs:
+    prompts (G, P) left-padded, their mask, completions (N, C) right-padded, targets (pads -100), rows per prompt."""
+    P = max(len(rows[g[0]][0]) for g in pieces)
+    prompts, pmask = torch.full((len(pieces), P), pad_id), torch.zeros(len(pieces), P, dtype=torch.long)
+    for j, g in enumerate(pieces):  # left padding: every prompt ends in slot P-1, its completions start at P
+        p = rows[g[0]][0]
+        prompts[j, P - len(p):], pmask[j, P - len(p):] = torch.tensor(p), 1
+    comps = [rows[i][1] for g in pieces for i in g]
+    C = max(map(len, comps))
+    ids, tgt = torch.full((len(comps), C), pad_id), torch.full((len(comps), C), sft.IGNORE)
+    for i, c in enumerate(comps):
+        ids[i, :len(c)] = tgt[i, :len(c)] = torch.tensor(c)
+    counts = torch.tensor([len(g) for g in pieces], device=device)
+    return prompts.to(device), pmask.to(device), ids.to(device), tgt.to(device), counts
+
+
 def update(policy, opt, rows, adv, keep, args, world, ref=None):
     """Micro-batched forward/backward and optimizer step(s) on this rank's rollouts.
-    rows [(prompt, completion)], adv (n,), keep (n,) 0/1 (--drop-zero-var). Every rank holds the same number n
-    of completions, so all ranks run the same number of FSDP collectives.
+    rows [(prompt, completion)] in groups of args.k, adv (n,), keep (n,) 0/1 (--drop-zero-var). Every rank holds
+    the same number n of completions, so all ranks run the same number of FSDP collectives.
 
     Normalisation: the loss of the global batch is sum over all ranks' completions / D, with D = (global count
     of kept completions) * loss_norm, or the global count of kept completion tokens with --token-mean. FSDP2
@@ -178,20 +196,29 @@ def update(policy, opt, rows, adv, keep, args, world, ref=None):
     if denom.item() == 0:
         return None
     scale = world / denom.item()
-    # micro-batches of similar length: a row padded to the longest of its micro-batch costs that length
-    order = sorted(range(n), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
-    chunks = [[sft.pad_batch([rows[i][0] + rows[i][1] for i in idx], [len(rows[i][0]) for i in idx], args.pad_id,
-                             dev), torch.tensor(idx)] for idx in (order[j:j + mb] for j in range(0, n, mb))]
+    # A micro-batch holds whole groups (rows i*k .. i*k+k-1, one prompt), so that each prompt runs once for its
+    # k completions (group_logprobs); a group larger than the micro-batch is cut into pieces of mb rows, each
+    # running its prompt once. Pieces of similar length share a micro-batch. The number of micro-batches
+    # depends on n, k and mb only: the same on every rank.
+    k = args.k
+    if n % k or any(rows[i][0] != rows[i - i % k][0] for i in range(n)):
+        raise ValueError(f"update: {n} rows are not groups of k={k} consecutive rows with one prompt")
+    pieces = [list(range(j, min(j + mb, i + k))) for i in range(0, n, k) for j in range(i, i + k, mb)]
+    pieces.sort(key=lambda g: len(rows[g[0]][0]) + max(len(rows[i][1]) for i in g))
+    per = max(1, mb // k)
+    chunks = [[group_batch(rows, pieces[j:j + per], args.pad_id, dev), torch.tensor(sum(pieces[j:j + per], []))]
+              for j in range(0, len(pieces), per)]
     t = time.time()
     with torch.no_grad():  # pi_old for the PPO ratio, pi_ref for the KL: fixed for all epochs
         for ch in chunks:
-            ch.append(policy.seq_logprobs(*ch[0], args.temperature)[0] if args.ppo_epochs > 1 else None)
-            ch.append(ref.seq_logprobs(*ch[0], args.temperature)[0] if ref is not None else None)
+            ch.append(policy.group_logprobs(*ch[0], args.temperature)[0] if args.ppo_epochs > 1 else None)
+            ch.append(ref.group_logprobs(*ch[0], args.temperature)[0] if ref is not None else None)
     st = dict(t_logprob=_sync(t), t_backward=0.0, t_opt=0.0, ent_sum=0.0, ent_n=0, loss=0.0, kl_sum=0.0)
     for epoch in range(args.ppo_epochs):
-        for (ids, tgt), s, old, ref_lp in chunks:
+        for batch, s, old, ref_lp in chunks:
             t = time.time()
-            logp, ent = policy.seq_logprobs(ids, tgt, args.temperature)  # (B, T), (N,)
+            logp, ent = policy.group_logprobs(*batch, args.temperature)  # (B, T), (N,)
+            tgt = batch[3]
             mask = (tgt != -100).float() * keep[s, None].to(dev)  # (B, T)
             loss = policy_loss(logp, mask, adv[s].to(dev), old, ref_lp, args.clip_eps, args.kl_coef) * scale
             st["t_logprob"] += _sync(t)

@@ -112,7 +112,9 @@ class Attention(nn.Module):
         if c.model_type == "qwen3":  # per-head RMSNorm before RoPE
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin)
-        if cache is not None:  # write this chunk into the static cache, attend over everything so far
+        if cache is not None and cache[0].shape[2] == cache_pos:  # no room to write: a read-only prefix (GRPO's
+            k, v = torch.cat((cache[0], k), 2), torch.cat((cache[1], v), 2)  # shared prompts), differentiable
+        elif cache is not None:  # write this chunk into the static cache, attend over everything so far
             cache[0][:, :, cache_pos:cache_pos + T] = k
             cache[1][:, :, cache_pos:cache_pos + T] = v
             k, v = cache[0][:, :, :cache_pos + T], cache[1][:, :, :cache_pos + T]  # (B, K, S, hd)
@@ -177,7 +179,8 @@ class Transformer(nn.Module):
         position_ids (B, T): defaults to cumsum(attention_mask) - 1 (left padding works), else 0..T-1.
         attention_mask (B, S) 1=real 0=pad, over all keys: S = T, or cache_pos + T when decoding with a cache.
         kv_cache = (k, v), each (L, B, K, T_max, head_dim), preallocated by the caller (see sampler.py); this
-        call writes keys/values for slots cache_pos .. cache_pos+T-1.
+        call writes keys/values for slots cache_pos .. cache_pos+T-1. A cache of exactly cache_pos slots is a
+        read-only prefix instead: attended over, never written (sft.group_logprobs trains through it).
         """
         B, T = input_ids.shape
         dev = input_ids.device

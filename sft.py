@@ -78,14 +78,10 @@ def clip_grad(model, max_norm):
     return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
 
-def _seq_logprobs(self, ids, tgt, temperature=1.0, entropy=True):
-    """ids (B, T) right-padded prompt + completion, tgt (B, T) the completion token each position predicts
-    (-100 elsewhere: sft.pad_batch; the completion's EOS is in, pads are not, since the mask comes from lengths
-    and a pad id equal to an EOS id is harmless) -> per-token log-probs (B, T) at `temperature` (0 where -100),
-    and the entropy (N,) of the selected positions (None if not `entropy`). Only the selected positions go
-    through lm_head, in the fused kernel: no (B, T, V) logits, and prompt tokens cost no lm_head FLOPs.
-    A method of the model registered with FSDP2, so that lm_head.weight is unsharded while token_logprobs uses it."""
-    h = self.forward(ids, return_hidden=True)  # (B, T, D) final-normed hidden states; right pads are never seen
+def _logprobs_at(self, h, tgt, temperature, entropy):
+    """h (B, T, D) hidden states, tgt (B, T) the token each position predicts (-100: none) -> log-probs (B, T)
+    (0 where -100) and the entropy (N,) of the selected positions (None if not `entropy`). Only the selected
+    positions go through lm_head, in the fused kernel: no (B, T, V) logits, no lm_head FLOPs for prompt tokens."""
     sel = tgt != -100
     out = token_logprobs(h[sel], self.lm_head.weight, tgt[sel], temperature, return_entropy=entropy,
                          backend="triton" if h.is_cuda else "torch")  # (N,)
@@ -93,10 +89,42 @@ def _seq_logprobs(self, ids, tgt, temperature=1.0, entropy=True):
     return torch.zeros(tgt.shape, device=h.device).masked_scatter(sel, logp), ent.detach() if entropy else None
 
 
+def _seq_logprobs(self, ids, tgt, temperature=1.0, entropy=True):
+    """ids (B, T) right-padded prompt + completion, tgt (B, T) the completion token each position predicts
+    (-100 elsewhere: sft.pad_batch; the completion's EOS is in, pads are not, since the mask comes from lengths
+    and a pad id equal to an EOS id is harmless) -> per-token log-probs (B, T) at `temperature` (0 where -100),
+    and the entropy (N,) of the selected positions (None if not `entropy`).
+    A method of the model registered with FSDP2, so that lm_head.weight is unsharded while token_logprobs uses it."""
+    h = self.forward(ids, return_hidden=True)  # (B, T, D) final-normed hidden states; right pads are never seen
+    return _logprobs_at(self, h, tgt, temperature, entropy)
+
+
+def _group_logprobs(self, prompts, pmask, comps, tgt, counts, temperature=1.0, entropy=True):
+    """The same log-probs for GRPO groups, each prompt through the network once for all its completions:
+    prompts (G, P) left-padded (pmask 1 = real), comps (N, C) right-padded completions, the first counts[0] rows
+    of prompt 0, the next counts[1] of prompt 1, ... (counts: (G,) tensor or one int), tgt (N, C) = comps with
+    -100 at the pads -> log-probs (N, C) of comps, entropy of the selected positions.
+    As the sampler: prefill the prompts into a KV cache, replicate each prompt's rows, run the completions on top.
+    The gradient reaches the prompt through the replicated keys and values (the copies' gradients add up)."""
+    c, (G, P), C = self.config, prompts.shape, comps.shape[1]
+    dt = self.lm_head.weight.dtype  # the compute dtype (bf16 under FSDP mixed precision)
+    # one tensor per layer: autograd forbids writing layer i+1 into a tensor whose layer-i slice was saved
+    cache = tuple([torch.zeros(G, c.num_key_value_heads, P, c.head_dim, dtype=dt, device=prompts.device)
+                   for _ in range(c.num_hidden_layers)] for _ in range(2))
+    hp = self.forward(prompts, attention_mask=pmask, kv_cache=cache, cache_pos=0, return_hidden=True)[:, -1]
+    # P slots, cache_pos P: the completions read the replicated prompt cache (model.forward), never write into it
+    cache = tuple([x.repeat_interleave(counts, 0) for x in side] for side in cache)
+    mask = torch.cat([pmask.repeat_interleave(counts, 0), torch.ones_like(comps)], 1)  # pads: only later keys
+    hc = self.forward(comps, attention_mask=mask, kv_cache=cache, cache_pos=P, return_hidden=True)  # (N, C, D)
+    h = torch.cat([hp.repeat_interleave(counts, 0)[:, None], hc[:, :-1]], 1)  # position j predicts comps[:, j]
+    return _logprobs_at(self, h, tgt, temperature, entropy)
+
+
 def attach_logprobs(model):
-    """model.seq_logprobs(ids, tgt, temperature); call it after model.shard_model."""
-    model.seq_logprobs = types.MethodType(_seq_logprobs, model)
-    register_fsdp_forward_method(model, "seq_logprobs")  # no-op without FSDP
+    """model.seq_logprobs(ids, tgt, temperature) and model.group_logprobs(...) (GRPO); call after shard_model."""
+    for name, fn in (("seq_logprobs", _seq_logprobs), ("group_logprobs", _group_logprobs)):
+        setattr(model, name, types.MethodType(fn, model))
+        register_fsdp_forward_method(model, name)  # no-op without FSDP
     return model
 
 

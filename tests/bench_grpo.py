@@ -5,7 +5,9 @@
 
 One step = sampler.generate (k samples per prompt, temperature 1, no EOS so every row makes --new tokens) then
 grpo.update (micro-batched token_logprobs forward, eq. 1 loss, backward, AdamW step) on random prompts and
-rewards: exactly the two calls grpo.py makes per step, without the tokenizer and the reward.
+rewards: exactly the two calls grpo.py makes per step, without the tokenizer and the reward. Then the training
+forward + backward with each prompt run once per group (sft.group_logprobs) against the plain forward over every
+prompt + completion row (sft.seq_logprobs), the baseline.
 """
 import argparse
 import os
@@ -37,12 +39,33 @@ def step(model, opt, args, seed):
     comps = sampler.generate(model, prompts, args.new, temperature=1.0, eos_ids=(), seed=seed, k=args.k)
     t_gen = time.perf_counter() - t0
     rewards = torch.randint(0, 2, (args.prompts, args.k), generator=g).float()
-    ua = argparse.Namespace(micro_batch=args.micro_batch, pad_id=0, token_mean=False, loss_norm=float(args.new),
+    ua = argparse.Namespace(k=args.k, micro_batch=args.micro_batch, pad_id=0, token_mean=False, loss_norm=float(args.new),
                             temperature=1.0, ppo_epochs=1, clip_eps=0.0, kl_coef=0.0, grad_clip=1.0)
     rows = [(prompts[i // args.k], c) for i, c in enumerate(comps)]
     st = grpo.update(model, opt, rows, grpo.group_advantages(rewards).flatten(), torch.ones(len(rows)), ua, 1)
     return dict(gen=t_gen, logprob=st["t_logprob"], backward=st["t_backward"], opt=st["t_opt"],
                 tokens=sum(map(len, comps)))
+
+
+def shared_vs_plain(model, args, reps):
+    """Forward + backward of the training log-probs, best of `reps`: each prompt once per group (group_logprobs, what
+    grpo.update runs) against the baseline of one plain forward over every prompt + completion row (seq_logprobs)."""
+    g = torch.Generator().manual_seed(0)
+    V, P, k = model.config.vocab_size, args.prompts, args.k
+    prompts = [torch.randint(4, V, (args.prompt_len,), generator=g).tolist() for _ in range(P)]
+    rows = [(prompts[i // k], torch.randint(4, V, (args.new,), generator=g).tolist()) for i in range(P * k)]
+    plain = sft.pad_batch([p + c for p, c in rows], [len(p) for p, _ in rows], 0)
+    shared = grpo.group_batch(rows, [list(range(i, i + k)) for i in range(0, P * k, k)], 0, "cpu")
+
+    def best(fn, *batch):
+        ts = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn(*batch)[0].sum().backward()
+            ts.append(time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+        return min(ts)
+    return best(model.seq_logprobs, *plain), best(model.group_logprobs, *shared)
 
 
 def main():
@@ -63,7 +86,7 @@ def main():
           "| step tok/s |\n|---|---|---|---|---|---|---|---|---|")
     for name in args.configs.split(","):
         torch.manual_seed(0)
-        model = sft.attach_logprobs(M.Transformer(M.ModelConfig(**CONFIGS[name])))
+        model = sft.attach_logprobs(M.init_weights(M.Transformer(M.ModelConfig(**CONFIGS[name]))))  # HF init
         opt = sft.make_optimizer(model, 1e-6)
         best = None
         for rep in range(args.reps + 1):
@@ -75,6 +98,9 @@ def main():
         print(f"| {name} | {n / 1e6:.1f}M | {best['gen']:.2f} | {best['logprob']:.2f} | {best['backward']:.2f} | "
               f"{best['opt']:.2f} | {best['step']:.2f} | {best['tokens'] / best['gen']:.0f} | "
               f"{best['tokens'] / best['step']:.0f} |", flush=True)
+        plain, shared = shared_vs_plain(model, args, args.reps)
+        print(f"  training forward+backward: plain (every row with its prompt) {plain:.3f} s, prompt once per "
+              f"group {shared:.3f} s: {plain / shared:.2f}x faster", flush=True)
         del model, opt
 
 

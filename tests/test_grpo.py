@@ -149,7 +149,7 @@ def fixed_batch(P=4, k=4, eos=3, seed=0):
 
 def uargs(**kw):
     import argparse
-    d = dict(micro_batch=3, pad_id=3, token_mean=False, loss_norm=10.0, temperature=0.7, ppo_epochs=1,
+    d = dict(k=4, micro_batch=3, pad_id=3, token_mean=False, loss_norm=10.0, temperature=0.7, ppo_epochs=1,
              clip_eps=0.0, kl_coef=0.0, grad_clip=1e9, drop_zero_var=False)
     d.update(kw)
     return argparse.Namespace(**d)
@@ -163,6 +163,30 @@ def one_update(model, rows, rewards, args, world=1, rank=0):
     n = len(rows) // world
     s = slice(rank * n, (rank + 1) * n)
     grpo.update(model, torch.optim.SGD(model.parameters(), lr=1.0), rows[s], adv[s], keep[s], args, world)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
+def test_group_logprobs_equal_seq_logprobs(model_type):
+    """The prefix-shared forward (each prompt once, its KV cache replicated for the k completions) gives the
+    log-probs, entropies and gradients of the plain forward over every prompt + completion row."""
+    rows, _ = fixed_batch()
+    torch.manual_seed(0)
+    model = sft.attach_logprobs(M.Transformer(M.ModelConfig(
+        model_type=model_type, vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8)))
+    x, y = sft.pad_batch([p + c for p, c in rows], [len(p) for p, c in rows], 0)
+    a, ent_a = model.seq_logprobs(x, y, 0.7)
+    a.sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    batch = grpo.group_batch(rows, [list(range(i, i + 4)) for i in range(0, len(rows), 4)], 0, "cpu")
+    b, ent_b = model.group_logprobs(*batch, 0.7)
+    b.sum().backward()
+    torch.testing.assert_close(b[batch[3] != -100], a[y != -100], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent_b, ent_a, atol=1e-5, rtol=1e-5)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], atol=1e-5, rtol=1e-4)
+    assert batch[0].shape[0] == 4 and batch[2].shape[0] == 16  # 4 prompts were run, not 16
 
 
 @pytest.mark.parametrize("variant", ["eq1", "token_mean", "drop_zero_var"])
