@@ -58,7 +58,7 @@ import sft
 # is 1.4 ± 0.6 points lower. So the KL stays, although its reference forward costs 29% of a step's training half.
 TINY = dict(prompts=16, max_new_tokens=96, micro_batch=32, lr=1e-4, kl_coef=0.1, max_steps=150, eval_every=30,
             save_every=30, plateau_window=20, plateau_patience=40, remine_every=20, remine_size=400, mine_n=8,
-            mine_batch=64, mine_max_zero_share=0.0)  # re-mining keeps no all-fail item, as mine.py --tiny
+            mine_batch=64, mine_max_zero_share=0.0, fsdp_per_block=False)  # re-mining keeps no all-fail item, as mine.py --tiny
 
 
 def get_args(argv=None):
@@ -92,6 +92,8 @@ def get_args(argv=None):
     a("--grad-clip", type=float, default=1.0)
     a("--micro-batch", type=int, default=2, help="completions per forward/backward")
     a("--mixed-precision", action=argparse.BooleanOptionalAction, help="FSDP2 bf16 compute (default: on CUDA)")
+    a("--fsdp-per-block", action=argparse.BooleanOptionalAction, default=True,
+      help="one FSDP2 unit per block (off: the whole model is one unit; model.shard_model)")
     a("--max-steps", type=int, default=500)
     a("--save-every", type=int, default=25)
     a("--eval-every", type=int, default=50)
@@ -315,10 +317,11 @@ def train(args, rank, world, device):
     if pool is not None and len(pool) < args.prompts:
         raise SystemExit(f"{args.data}: the stage {args.stage} pool has {len(pool)} items, fewer than --prompts")
 
-    policy = sft.attach_logprobs(M.shard_model(M.load_model(args.init, device), mp))
+    policy = sft.attach_logprobs(M.shard_model(M.load_model(args.init, device), mp, args.fsdp_per_block))
     ref = None
     if args.kl_coef > 0:  # the frozen reference for the KL variant: the --init weights
-        ref = sft.attach_logprobs(M.shard_model(M.load_model(args.init, device).requires_grad_(False), mp))
+        ref = sft.attach_logprobs(M.shard_model(M.load_model(args.init, device).requires_grad_(False), mp,
+                                                   args.fsdp_per_block))
     opt = sft.make_optimizer(policy, args.lr, args.weight_decay, betas=(0.9, 0.99))  # constant lr, as usual in RL
     st = dict(step=0, best=-1.0, eval_step=-1, rewards=[], zero_fracs=[], stop=None, pool_ids=None)
     state_dir = os.path.join(args.out, "state")

@@ -370,13 +370,16 @@ def setup_dist():
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), dev
 
 
-def shard_model(model, mixed_precision=False):
-    """FSDP2: fully_shard each block, then the root (embeddings, final norm, lm_head). No-op single-process."""
+def shard_model(model, mixed_precision=False, per_block=True):
+    """FSDP2. per_block (the real run): fully_shard each block, then the root (embeddings, final norm, lm_head),
+    so that only one block's full weights are held at a time. per_block=False (tiny models): the whole model is
+    one unit, gathered once per forward and kept through the backward: at 1M parameters the per-block
+    collectives cost more time than the memory they save. Same values either way. No-op single-process."""
     if not _is_dist() or torch.distributed.get_world_size() == 1:
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     kw = dict(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else {}
-    for block in model.layers:
+    for block in model.layers if per_block else []:
         fully_shard(block, mp_policy=MixedPrecisionPolicy(**kw))
     out = torch.float32 if mixed_precision else None  # fp32 outputs: set on the root only
     fully_shard(model, mp_policy=MixedPrecisionPolicy(**kw, output_dtype=out))

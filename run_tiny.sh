@@ -15,6 +15,7 @@ fi
 RUN=${RUN:-runs/tiny}
 SEEDS=${SEEDS:-"0 1 2"}
 TORCHRUN="torchrun --standalone --nproc_per_node 2"
+EVAL="env OMP_NUM_THREADS=2 python eval.py"  # one process alone: both cores (the same predictions as one thread)
 if [ -n "${SMOKE:-}" ]; then  # a few steps per stage: checks the plumbing and every artifact, not the numbers
   # (an untrained model never stops early, so every generation is cut short too)
   N_TRAIN=600; N_TEST=100; N_VAL=40; BASE="--drills 2000"; PRE="--steps 4"; SFT="--steps 4"; TOK=32
@@ -48,7 +49,7 @@ stage "tiny.py base + sft.py: tokenizer, random Qwen2-shaped model, pretraining 
   --init "$RUN/base_init/init" --out "$RUN/base" --epochs 1 --batch-size 64 --micro-batch 16 --lr 2e-3 $PRE
 
 stage "eval.py: Base on the held-out test set (one Base for all seeds: it precedes the recipe)"
-[ -f "$RUN/eval_base/results.json" ] || python eval.py --model "$RUN/base/final" --bench "jsonl=$TEST" \
+[ -f "$RUN/eval_base/results.json" ] || $EVAL --model "$RUN/base/final" --bench "jsonl=$TEST" \
   --out "$RUN/eval_base" --max-new-tokens $TOK --batch-size 256
 
 for s in $SEEDS; do
@@ -67,13 +68,13 @@ for s in $SEEDS; do
     --val "$VAL" --init "$S/rl1/best" --out "$S/rl2" --seed "$s" $RL2
   for st in sft rl1 rl2; do
     m="$S/$st/final"; [ "$st" = sft ] || m="$S/$st/best"  # RL: the checkpoint selected on the validation split
-    [ -f "$S/eval/$st/results.json" ] || python eval.py --model "$m" --bench "jsonl=$TEST" --out "$S/eval/$st" \
+    [ -f "$S/eval/$st/results.json" ] || $EVAL --model "$m" --bench "jsonl=$TEST" --out "$S/eval/$st" \
       --max-new-tokens $TOK --batch-size 256
   done
 done
 
 stage "eval.py plumbing on a few real-format records (shipped sample files)"
-[ -f "$RUN/eval_formats/results.json" ] || python eval.py --model "$RUN/seed${SEEDS%% *}/rl2/best" \
+[ -f "$RUN/eval_formats/results.json" ] || $EVAL --model "$RUN/seed${SEEDS%% *}/rl2/best" \
   --bench medqa=data/sample_medqa.jsonl pubmedqa=data/sample_pubmedqa.json --out "$RUN/eval_formats" \
   --max-new-tokens $TOK
 

@@ -256,7 +256,7 @@ def train(a):
     lengths = [len(d[0]) for d in train_set]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # pad positions carry no loss
     cuda = device.type == "cuda"
-    model = attach_logprobs(M.shard_model(model, mixed_precision=cuda))
+    model = attach_logprobs(M.shard_model(model, mixed_precision=cuda, per_block=a.fsdp_per_block))
     # single-GPU runs are not sharded: bf16 autocast there, FSDP's mixed precision policy otherwise
     amp = torch.autocast("cuda", torch.bfloat16) if cuda and world == 1 else nullcontext()
     opt = make_optimizer(model, a.lr, a.weight_decay)
@@ -348,11 +348,13 @@ def parse_args(argv=None):
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--stop-after", type=int, default=None, help="stop after this step without saving, like a kill (tests)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fsdp-per-block", action=argparse.BooleanOptionalAction, default=True,
+                   help="one FSDP2 unit per block (off: the whole model is one unit; model.shard_model)")
     p.add_argument("--tiny", action="store_true", help="preset for the tiny CPU pipeline")
     a = p.parse_args(argv)
     if a.tiny:  # a 0.5M-parameter model learns fast and cheaply: larger lr, small batches, short rows
-        for k, v in dict(lr=1e-3, batch_size=16, micro_batch=16, max_len=512, eval_every=50, save_every=100,
-                         warmup=0.05, val_frac=0.05).items():
+        for k, v in dict(lr=1e-3, batch_size=16, micro_batch=16, max_len=512, eval_every=200, save_every=100,
+                         warmup=0.05, val_frac=0.05, fsdp_per_block=False).items():
             if getattr(a, k) == p.get_default(k):
                 setattr(a, k, v)
     return a

@@ -1,5 +1,6 @@
-"""FSDP2 on CPU (2 ranks, gloo): shard_model, save_state/load_state, save_model from a sharded model, and
-generate() on a sharded model. pytest launches this file itself under torchrun; the worker is at the bottom."""
+"""FSDP2 on CPU (2 ranks, gloo): shard_model (per block, or one unit: the same gradients), save_state/load_state,
+save_model from a sharded model, and generate() on a sharded model. pytest launches this file itself under torchrun;
+the worker is at the bottom."""
 import os, subprocess, sys
 
 import torch
@@ -93,6 +94,20 @@ def worker(out):
         want = logp[r, p - 1:p - 1 + n].gather(1, torch.tensor(c)[:, None])[:, 0]
         assert (torch.tensor(lps[r]) - want).abs().max().item() < 0.05, (lps[r], want)  # bf16 noise only
     mp(ids).mean().backward()  # and training still works afterwards
+    # the whole model as one FSDP2 unit (the tiny presets) computes what per-block units do, bit for bit
+    from torch.distributed.fsdp import FSDPModule
+    units = []
+    for per_block in (True, False):
+        torch.manual_seed(0)
+        m = shard_model(Transformer(cfg), per_block=per_block)
+        m(ids).square().mean().backward()
+        units.append(sum(isinstance(x, FSDPModule) for x in m.modules()))
+        if per_block:
+            blocks, got = m, generate(m, prompts, n, temperature=1.0, seed=rank)
+    assert units == [cfg.num_hidden_layers + 1, 1], units
+    for (name, a), (_, b) in zip(blocks.named_parameters(), m.named_parameters()):
+        assert torch.equal(a.grad.full_tensor(), b.grad.full_tensor()), name
+    assert generate(m, prompts, n, temperature=1.0, seed=rank) == got
     dist.barrier()
     print("WORKER OK", flush=True)
     dist.destroy_process_group()

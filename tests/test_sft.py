@@ -74,11 +74,12 @@ def test_loss_mask_and_helpers(env):
 def test_train_resume_reload_and_two_ranks(env, tmp_path):
     d, tok = env
     full, killed, two = tmp_path / "full", tmp_path / "killed", tmp_path / "two"
-    # 2 processes (gloo + FSDP2) in the background while the 1-process runs go on
+    # 2 processes (gloo + FSDP2, the whole model one unit as in the tiny preset; test_grpo's worker shards per
+    # block) in the background while the 1-process runs go on
     env2 = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             os.path.join(ROOT, "sft.py"), *args(d, two, "--micro-batch", "2")], env=env2,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             os.path.join(ROOT, "sft.py"), *args(d, two, "--micro-batch", "2", "--no-fsdp-per-block")],
+                            env=env2, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         sft.main(args(d, full))
         m = read_jsonl(full / "metrics.jsonl")
