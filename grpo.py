@@ -59,7 +59,7 @@ import sft
 TINY = dict(prompts=16, max_new_tokens=96, micro_batch=32, lr=1e-4, kl_coef=0.1, max_steps=150, eval_every=30,
             save_every=30, plateau_window=20, plateau_patience=40, remine_every=20, remine_size=400, mine_n=8,
             mine_batch=64, mine_max_zero_share=0.0,  # re-mining keeps no all-fail item, as mine.py --tiny
-            fsdp_per_block=False)  # a 1M-parameter model: one FSDP2 unit (model.shard_model)
+            fsdp_per_block=False)  # a 1.7M-parameter model: one FSDP2 unit (model.shard_model)
 
 
 def get_args(argv=None):

@@ -373,7 +373,7 @@ def setup_dist():
 def shard_model(model, mixed_precision=False, per_block=True):
     """FSDP2. per_block (the real run): fully_shard each block, then the root (embeddings, final norm, lm_head),
     so that only one block's full weights are held at a time. per_block=False (tiny models): the whole model is
-    one unit, gathered once per forward and kept through the backward: at 1M parameters the per-block
+    one unit, gathered once per forward and kept through the backward: at 1.7M parameters the per-block
     collectives cost more time than the memory they save. Same values either way. No-op single-process."""
     if not _is_dist() or torch.distributed.get_world_size() == 1:
         return model

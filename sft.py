@@ -351,7 +351,7 @@ def parse_args(argv=None):
     p.add_argument("--fsdp-per-block", action=argparse.BooleanOptionalAction, default=True,
                    help="one FSDP2 unit per block (off: the whole model is one unit; model.shard_model)")
     p.add_argument("--tiny", action="store_true", help="preset for the tiny CPU pipeline")
-    if p.parse_known_args(argv)[0].tiny:  # a 0.5M-parameter model learns fast and cheaply: larger lr, small
+    if p.parse_known_args(argv)[0].tiny:  # a 1.7M-parameter model learns fast and cheaply: larger lr, small
         # batches, short rows, one FSDP2 unit. The preset changes defaults only: explicit flags still win
         p.set_defaults(lr=1e-3, batch_size=16, micro_batch=16, max_len=512, eval_every=200, save_every=100,
                        warmup=0.05, val_frac=0.05, fsdp_per_block=False)
