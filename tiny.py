@@ -1,4 +1,4 @@
-"""tiny.py — the two pieces only the tiny (CPU) mode needs, around the real stage scripts.
+"""tiny.py — the pieces only the tiny (CPU) mode needs, around the real stage scripts.
 
 1. `base`: the stand-in for "a pretrained instruct model", which is where the paper's recipe starts (Qwen2.5-7B is
    pretrained and instruction-tuned before Fleming-R1 touches it). Reads the sample dump, the KG (kg.py) and the
@@ -14,16 +14,19 @@
 2. `report`: the ablation table of the paper's Table 4 in miniature — accuracy of Base, +CoT cold start, +RL stage 1,
    +RL stage 2 on the held-out synthetic test set, overall and by difficulty, mean over seeds, each stage's gain
    as the mean of paired per-question differences with its standard error — as Markdown + JSON, and a PNG of
-   the RL curves (matplotlib optional).
+   the RL curves (matplotlib optional), and where the errors are: how often the chain concluded the gold name,
+   and how often the letter was right when it did and when it did not.
+3. `chains`: the same breakdown for a model's greedy and sampled answers (GRPO's rollouts) on any records.
 
   python tiny.py base --dump data/sample_wiki.xml --kg RUN/kg --pool RUN/pool/train.jsonl --out RUN/base_init
   python tiny.py report --run RUN --seeds 0 1 2
+  python tiny.py chains --model RUN/seed0/rl1/best --data RUN/pool/train.jsonl --k 16 --temperature 1.0
 """
-import argparse, json, math, os, random
+import argparse, json, math, os, random, re
 
 import mwparserfromhell as mwp
 
-from common import atomic_write, build_messages, options_text, read_jsonl, write_jsonl
+from common import DIFFICULTIES, atomic_write, build_messages, options_text, read_jsonl, read_records, write_jsonl
 from distill import POS, _fill, _plain, answer_scan
 
 def article_texts(dump, chunk=600):
@@ -207,9 +210,119 @@ def plot(run, seeds, path):
     return path
 
 
+# ----------------------------------------------------------------------------------------------------------
+# where the errors are: what the chain concluded against the letter the scan then gave
+
+CONCLUSION = re.compile(r"So the answer is (.+?)\. [A-U]\. ")
+
+
+def chain_right(output, record):
+    """Did the chain conclude the gold option's name ("So the answer is <name>. A. ...")? No conclusion: False."""
+    m = CONCLUSION.search(output)
+    return m is not None and m.group(1) == record["options"][record["answer"]]
+
+
+def chain_breakdown(rows):
+    """rows of (tier, chain reached the gold name, letter right) -> {tier and "all": {n, chain, letter_if_chain,
+    letter_if_not, right_with_wrong_chain}} in % (None where no row qualifies). The answer-only reward (eq. 1)
+    teaches reasoning only where the letter follows the chain; a letter right after a wrong chain is a guess, and
+    with 4 options a scan that ignores the chain is right 25% of the time."""
+    pct = lambda xs: round(100 * sum(xs) / len(xs), 1) if xs else None
+    out = {}
+    tiers = {t for t, _, _ in rows}
+    for tier in [t for t in DIFFICULTIES if t in tiers] + sorted(tiers - set(DIFFICULTIES), key=str) + ["all"]:
+        sel = [(c, l) for t, c, l in rows if tier in (t, "all")]
+        out[tier] = dict(n=len(sel), chain=pct([c for c, _ in sel]), letter=pct([l for _, l in sel]),
+                         letter_if_chain=pct([l for c, l in sel if c]), letter_if_not=pct([l for c, l in sel if not c]),
+                         right_with_wrong_chain=pct([not c for c, l in sel if l]))
+    return out
+
+
+def scan_verdicts(outputs):
+    """The scan's verdicts ("B. Heparin no.") by letter: {letter: {"equal": [n, % yes], "differs": [n, % yes]}},
+    split by whether the line's name equals the chain's conclusion. A verdict that reads the names says yes on
+    every equal line and no on the others; one that follows the position alone says yes at the rate a scan that
+    stops at the match has there (A 1/4, B 1/3, C 1/2, D 1)."""
+    tally = {}
+    for text in outputs:
+        m = CONCLUSION.search(text)
+        if m is None:
+            continue
+        scan = text[m.end() - 3:].split("</think>")[0]
+        for L, name, verdict in re.findall(r"([A-U])\. (.+?) (yes|no)\.", scan):
+            t = tally.setdefault(L, {"equal": [], "differs": []})["equal" if name == m.group(1) else "differs"]
+            t.append(verdict == "yes")
+    return {L: {k: [len(v), round(100 * sum(v) / len(v), 1) if v else None] for k, v in t.items()}
+            for L, t in sorted(tally.items())}
+
+
+def breakdown_md(named):
+    """{label: chain_breakdown(...)} -> a Markdown table."""
+    lines = ["| model | tier | n | chain reached the gold name | accuracy | accuracy, chain right | accuracy, chain "
+             "wrong | right answers after a wrong chain |", "|---|---|---|---|---|---|---|---|"]
+    for label, b in named.items():
+        for tier, c in b.items():
+            f = lambda v: "—" if v is None else f"{v:.1f}"
+            lines.append(f"| {label} | {tier} | {c['n']} | {f(c['chain'])} | {f(c['letter'])} | "
+                         f"{f(c['letter_if_chain'])} | {f(c['letter_if_not'])} | {f(c['right_with_wrong_chain'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def verdicts_md(named):
+    """{label: scan_verdicts(...)} -> a Markdown table: % yes (lines) on equal / differing names, by letter."""
+    cell = lambda n, p: "—" if p is None else f"{p:.0f} ({n})"
+    lines = ["| model | " + " | ".join("ABCD") + " |", "|---|---|---|---|---|"]
+    for label, v in named.items():
+        lines.append(f"| {label} | " + " | ".join(" / ".join(cell(*v[L][k]) for k in ("equal", "differs"))
+                                                   if L in v else "—" for L in "ABCD") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def chains(a):
+    """Greedy and sampled (--k at --temperature, as GRPO's rollouts) answers of --model on the first --n items of
+    each tier of --data: where the chain and the scan go wrong, and how many rewarded rollouts were guesses."""
+    import torch
+    from transformers import AutoTokenizer
+    import model as M
+    import sampler
+    from common import eos_ids, prompt_ids, reward
+    torch.set_flush_denormal(True)
+    tok, model = AutoTokenizer.from_pretrained(a.model), M.load_model(a.model)
+    recs, seen = [], {}
+    for r in read_records(a.data):
+        seen[r.get("difficulty")] = seen.get(r.get("difficulty"), 0) + 1
+        if seen[r.get("difficulty")] <= a.n:
+            recs.append(r)
+    rows = {"greedy": [], f"k={a.k}, T={a.temperature}": []}
+    for i in range(0, len(recs), a.batch_size):
+        part = recs[i:i + a.batch_size]
+        prompts = [prompt_ids(tok, r) for r in part]
+        for (key, out), k, t in zip(rows.items(), (1, a.k), (0.0, a.temperature)):
+            comps = sampler.generate(model, prompts, a.max_new_tokens, temperature=t, eos_ids=eos_ids(tok),
+                                     pad_id=tok.pad_token_id, k=k, seed=a.seed + i)
+            for j, c in enumerate(comps):
+                r, text = part[j // k], tok.decode(c, skip_special_tokens=False)
+                out.append((r.get("difficulty"), chain_right(text, r), reward(text, r) == 1.0))
+    print(breakdown_md({key: chain_breakdown(out) for key, out in rows.items()}))
+
+
 def report(a):
     res = ablation(a.run, a.seeds)
-    md = table_md(res)
+    test = {r["id"]: r for r in read_records(os.path.join(a.run, "synth", "test.jsonl"))}
+    res["chains"], res["verdicts"] = {}, {}
+    for st, _ in STAGES:  # Base scans the options too, after a conclusion it did not reason to
+        paths = [os.path.join(a.run, f"seed{s}", "eval", st, "predictions.jsonl") for s in a.seeds]
+        if st == "base":
+            paths = [os.path.join(a.run, "eval_base", "predictions.jsonl")]  # one Base for all seeds
+        preds = [p for path in paths for p in read_jsonl(path) if p["sample"] == 0]
+        res["chains"][st] = chain_breakdown([(p.get("difficulty"), chain_right(p["output"], test[p["id"]]),
+                                              p["correct"]) for p in preds])
+        res["verdicts"][st] = scan_verdicts(p["output"] for p in preds)
+    named = lambda key: {label.split(" (")[0]: res[key][st] for st, label in STAGES}
+    md = (table_md(res) + "\nWhere the errors are (greedy; the trained stages pooled over seeds):\n\n"
+          + breakdown_md(named("chains"))
+          + "\nThe scan's verdict, % yes (lines) when the line's name equals the chain's conclusion / differs:\n\n"
+          + verdicts_md(named("verdicts")))
     atomic_write(os.path.join(a.run, "ablation.json"), json.dumps(res, indent=2))
     atomic_write(os.path.join(a.run, "ablation.md"), md)
     png = plot(a.run, a.seeds, os.path.join(a.run, "rl_curves.png"))
@@ -237,8 +350,17 @@ def main(argv=None):
     r = sub.add_parser("report", help="the ablation table from RUN/seed*/eval/*/predictions.jsonl")
     r.add_argument("--run", required=True)
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    c = sub.add_parser("chains", help="greedy and sampled answers of a model: chain conclusion against the letter")
+    c.add_argument("--model", required=True)
+    c.add_argument("--data", required=True, help="records with a difficulty (filter.py's pool, synth's val)")
+    c.add_argument("--n", type=int, default=160, help="items per tier")
+    c.add_argument("--k", type=int, default=16, help="samples per item (GRPO stage 2's group)")
+    c.add_argument("--temperature", type=float, default=1.0)
+    c.add_argument("--max-new-tokens", type=int, default=96)
+    c.add_argument("--batch-size", type=int, default=32)
+    c.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    base(a) if a.cmd == "base" else report(a)
+    dict(base=base, report=report, chains=chains)[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -39,4 +39,13 @@ def test_run_tiny_smoke(tmp_path):
     table = json.load(open(run / "ablation.json"))
     assert list(table["stages"]) == ["base", "sft", "rl1", "rl2"] and table["n_test"] == len(test)
     assert "| + RL stage 2 |" in open(run / "ablation.md").read()
+    assert table["chains"]["rl2"]["all"]["n"] == len(test) and list(table["verdicts"]) == ["base", "sft", "rl1", "rl2"]
     assert json.load(open(run / "eval_formats" / "results.json"))["benchmarks"]["medqa"]["n"] == 5
+    # the diagnosis of where answers go wrong, on a stage-1 model's greedy and sampled answers
+    p = subprocess.run([sys.executable, "tiny.py", "chains", "--model", str(s / "rl1" / "best"), "--data",
+                        str(run / "pool" / "train.jsonl"), "--n", "3", "--k", "2", "--max-new-tokens", "16"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    n_all = {l.split(" | ")[0][2:]: int(l.split(" | ")[2]) for l in p.stdout.splitlines() if " | all | " in l}
+    tiers = {r["difficulty"] for r in pool}
+    assert n_all == {"greedy": 3 * len(tiers), "k=2, T=1.0": 6 * len(tiers)}, p.stdout

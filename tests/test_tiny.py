@@ -3,7 +3,7 @@ import random
 import re
 
 from common import extract_answer, is_well_formed
-from tiny import format_practice, scan_drills
+from tiny import chain_breakdown, chain_right, format_practice, scan_drills, scan_verdicts
 
 POOL = [{"options": {"A": "Aspirin", "B": "Heparin", "C": "Paracetamol", "D": "Warfarin"}},
         {"options": {"A": "Fever", "B": "Rash", "C": "Cough", "D": "Dyspnea", "E": "Pallor"}}]
@@ -40,3 +40,29 @@ def test_format_practice_and_drills_end_with_the_scan():
         asked += [check_scan(s, opts) for s in scans]
     # drawn with replacement: the same letter twice in a row happens (no answer by elimination), and all letters come
     assert set(asked) == set("ABCDE") and any(a == b for a, b in zip(asked[::2], asked[1::2]))
+
+
+REC = {"options": {"A": "Aspirin", "B": "Heparin", "C": "Paracetamol", "D": "Warfarin"}, "answer": "C"}
+
+
+def out(name, scan):
+    return f"<think>Dengue is treated with {name}. So the answer is {name}. {scan}</think>\n<answer>C</answer>"
+
+
+def test_chain_breakdown_and_verdicts_read_what_the_model_wrote():
+    right = out("Paracetamol", "A. Aspirin no. B. Heparin no. C. Paracetamol yes.")
+    lucky = out("Heparin", "A. Aspirin no. B. Warfarin no. C. Paracetamol yes.")  # wrong chain, right letter
+    positional = out("Paracetamol", "A. Paracetamol no. B. Heparin yes.")  # "no" at the match: the letter prior
+    assert (chain_right(right, REC), chain_right(lucky, REC), chain_right("<answer>C</answer>", REC)) == (
+        True, False, False)
+    b = chain_breakdown([("easy", True, True), ("easy", False, True), ("difficult", True, False),
+                         ("difficult", False, False)])
+    assert list(b) == ["easy", "difficult", "all"]
+    assert b["easy"] == dict(n=2, chain=50.0, letter=100.0, letter_if_chain=100.0, letter_if_not=100.0,
+                             right_with_wrong_chain=50.0)
+    assert b["difficult"]["letter_if_chain"] == 0.0 and b["difficult"]["right_with_wrong_chain"] is None
+    assert b["all"]["n"] == 4 and b["all"]["right_with_wrong_chain"] == 50.0
+    v = scan_verdicts([right, lucky, positional, "<answer>C</answer>"])
+    assert v["A"] == {"equal": [1, 0.0], "differs": [2, 0.0]}  # "A. Paracetamol no." equal, said no
+    assert v["B"] == {"equal": [0, None], "differs": [3, 33.3]}
+    assert v["C"] == {"equal": [1, 100.0], "differs": [1, 100.0]}  # the lucky chain's "yes" on a differing name
