@@ -213,7 +213,7 @@ def plot(run, seeds, path):
 # ----------------------------------------------------------------------------------------------------------
 # where the errors are: what the chain concluded against the letter the scan then gave
 
-CONCLUSION = re.compile(r"So the answer is (.+?)\. [A-U]\. ")
+CONCLUSION = re.compile(r"So the answer is (.+?)\. (?=[A-U]\. )")  # the scan starts where the match ends
 
 
 def chain_right(output, record):
@@ -248,7 +248,7 @@ def scan_verdicts(outputs):
         m = CONCLUSION.search(text)
         if m is None:
             continue
-        scan = text[m.end() - 3:].split("</think>")[0]
+        scan = text[m.end():].split("</think>")[0]
         for L, name, verdict in re.findall(r"([A-U])\. (.+?) (yes|no)\.", scan):
             t = tally.setdefault(L, {"equal": [], "differs": []})["equal" if name == m.group(1) else "differs"]
             t.append(verdict == "yes")
@@ -288,6 +288,7 @@ def chains(a):
     from common import eos_ids, prompt_ids, reward
     torch.set_flush_denormal(True)
     tok, model = AutoTokenizer.from_pretrained(a.model), M.load_model(a.model)
+    stops = eos_ids(tok)
     recs, seen = [], {}
     for r in read_records(a.data):
         seen[r.get("difficulty")] = seen.get(r.get("difficulty"), 0) + 1
@@ -298,7 +299,7 @@ def chains(a):
         part = recs[i:i + a.batch_size]
         prompts = [prompt_ids(tok, r) for r in part]
         for (key, out), k, t in zip(rows.items(), (1, a.k), (0.0, a.temperature)):
-            comps = sampler.generate(model, prompts, a.max_new_tokens, temperature=t, eos_ids=eos_ids(tok),
+            comps = sampler.generate(model, prompts, a.max_new_tokens, temperature=t, eos_ids=stops,
                                      pad_id=tok.pad_token_id, k=k, seed=a.seed + i)
             for j, c in enumerate(comps):
                 r, text = part[j // k], tok.decode(c, skip_special_tokens=False)
