@@ -154,12 +154,14 @@ _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
 _PREFIX = re.compile(r"^(?:(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|option|choice)(?:\s+is)?|答案|选项)\s*[:\-]?\s*",
                      re.I)
 _LETTER = re.compile(r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=$|[.:)]))[.:)]?(.*)$", re.S)
-_OTHER_MARK = re.compile(r"(?:^|\s)(?:\([A-Z]\)|\[[A-Z]\]|[A-Z][.)])\s+\S")  # "B. text" naming another option
+_OTHER_MARK = re.compile(r"(?:^|\s)(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])[.)])\s+\S")  # "B. text": another option?
 _FULLWIDTH = str.maketrans("（）【】：．", "()[]:.")
 
 
 def extract_answer(text, letters):
-    """The option letter in the LAST <answer>...</answer> block of `text`, or None.
+    """The option letter in the LAST <answer>...</answer> block of `text`, or None. `letters`: the valid letters
+    ("ABCD"), or the record's options dict, which also lets an option's own text hold what looks like a mark
+    ("C. S. aureus", "A. E. coli").
 
     Accepted block contents (surrounding whitespace ignored): "C", "(C)", "[C]", "C.", "C)", "C:",
     "C. <option text>", "(C) <option text>", "Option C", "Answer: C", "The answer is (C)"; lowercase only as the
@@ -184,9 +186,14 @@ def extract_answer(text, letters):
         if not m:
             return None
         letter = m.group(1) or m.group(2) or m.group(3)
-        rest = m.group(4)
-        if rest and (not rest[0].isspace() and rest[0] not in ".:)") or _OTHER_MARK.search(rest or ""):
-            return None
+        rest = m.group(4).strip()
+        if m.group(4) and not m.group(4)[0].isspace() and m.group(4)[0] not in ".:)":
+            return None  # a letter inside a word
+        own = letters.get(letter) if isinstance(letters, dict) else None
+        if own and rest.startswith(own):
+            rest = rest[len(own):]  # the option's own text: its "S." is not another option
+        if any((a or b or c) in letters for a, b, c in _OTHER_MARK.findall(rest)):
+            return None  # another option named too ("A. x B. y")
     return letter if letter in letters else None
 
 
@@ -196,7 +203,8 @@ _WELL_FORMED = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>", r
 
 def is_well_formed(text, letters):
     """True iff the completion (prompt excluded) is exactly one non-empty <think>...</think>, then one
-    <answer>...</answer> holding a valid letter, and nothing after it but whitespace / the chat EOS text."""
+    <answer>...</answer> holding a valid letter, and nothing after it but whitespace / the chat EOS text.
+    `letters` as in extract_answer."""
     if not isinstance(text, str):
         return False
     body = _EOS_TEXT.sub("", text)
@@ -222,10 +230,9 @@ def reward(text, record):
     output gets 0, not a bonus that could be farmed). GRPO subtracts the group mean, so only the differences
     between these three levels matter.
     """
-    letters = "".join(record["options"])
-    if not is_well_formed(text, letters):
+    if not is_well_formed(text, record["options"]):
         return -0.5
-    return 1.0 if extract_answer(text, letters) == record["answer"] else 0.0
+    return 1.0 if extract_answer(text, record["options"]) == record["answer"] else 0.0
 
 # ----------------------------------------------------------------------------------------------------------
 # LLM client: llm(conversations, n, temperature, max_tokens, seed) -> [[text] * n per conversation]

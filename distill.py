@@ -39,7 +39,7 @@ HINT_PHRASES = re.compile(r"\b(as given|given answer|answer (?:provided|given|ke
 
 def check(text, record, max_chars):
     """Reasons the candidate fails (empty list = it passes). Order: format, answer, hint, length, alignment."""
-    letters = "".join(record["options"])
+    letters = record["options"]
     reasons = []
     if not is_well_formed(text, letters):
         reasons.append("malformed: expected <think>...</think> then <answer>LETTER</answer> and nothing else")

@@ -299,7 +299,7 @@ def evaluate(llm_or_model, records, n=1, temperature=0.0, max_new_tokens=2048, s
         outs = llm([build_messages(rec) for rec in part], n=n, temperature=temperature,
                    max_tokens=max_new_tokens, seed=seed)
         for rec, texts in zip(part, outs):
-            letters = "".join(rec["options"])
+            letters = rec["options"]  # the option texts too: "C. S. aureus" names one option
             for s, text in enumerate(texts):
                 pred = extract_answer(text, letters)
                 row = {"bench": bench, "id": rec["id"], "sample": s, "output": text, "pred": pred,

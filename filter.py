@@ -222,7 +222,7 @@ def verify(recs, llm, k=5, temperature=0.7, max_tokens=1024, chunk=256, key="ver
         part = recs[s:s + chunk]
         outs = llm([build_messages(r) for r in part], n=k, temperature=temperature, max_tokens=max_tokens)
         for r, texts in zip(part, outs):
-            picks = [extract_answer(t, "".join(r["options"])) for t in texts]
+            picks = [extract_answer(t, r["options"]) for t in texts]
             r["meta"][key] = {"k": k, "correct": sum(p == r["answer"] for p in picks)}
             if r["meta"][key]["correct"]:
                 kept.append(r)

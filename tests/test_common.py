@@ -100,6 +100,12 @@ EXTRACT = [  # (text, letters, expected)
     ("<answer>（C）</answer>", "ABCDE", "C"), ("<answer>答案：D</answer>", "ABCDE", "D"),
     ("<answer>选C</answer>", "ABCDE", None),
     ("<answer>C</answer> because the answer is definitely C", "ABCD", "C"),
+    # an option's own text that looks like a mark: a mark only counts for a letter of the question, and with the
+    # options dict the chosen option's own text is read as one ("E. coli" in a 5-option question)
+    ("<answer>C. S. aureus</answer>", "ABCD", "C"), ("<answer>(C) S. aureus</answer>", "ABCD", "C"),
+    ("<answer>A. E. coli</answer>", {"A": "E. coli", "B": "x", "C": "y", "D": "z", "E": "w"}, "A"),
+    ("<answer>A. E. coli</answer>", "ABCDE", None),             # without the texts, E. reads as option E
+    ("<answer>A. E. coli B. x</answer>", {"A": "E. coli", "B": "x", "C": "y", "D": "z", "E": "w"}, None),
 ]
 
 
@@ -141,6 +147,12 @@ def test_reward_levels_and_ordering():
     # the reward of a well-formed output agrees with extract_answer for every option
     for x in "ABCD":
         assert reward(f"<think>r</think><answer>{x}</answer>", REC) == float(x == REC["answer"])
+    # the answer may repeat its option's text, even one that starts like another option ("E. coli")
+    bugs = {**REC, "options": {"A": "E. coli", "B": "S. aureus", "C": "C. difficile", "D": "Listeria"}}
+    assert reward(f"<think>r</think><answer>{REC['answer']}. C. difficile</answer>", bugs) == float(
+        REC["answer"] == "C")
+    assert [reward(f"<think>r</think><answer>{x}. {t}</answer>", bugs) for x, t in bugs["options"].items()] == [
+        float(x == REC["answer"]) for x in bugs["options"]]
 
 
 # ---------------------------------------------------------------------------------------------- HTTP client
