@@ -245,13 +245,11 @@ def scan_verdicts(outputs):
     stops at the match has there (A 1/4, B 1/3, C 1/2, D 1)."""
     tally = {}
     for text in outputs:
-        m = CONCLUSION.search(text)
-        if m is None:
-            continue
-        scan = text[m.end():].split("</think>")[0]
-        for L, name, verdict in re.findall(r"([A-U])\. (.+?) (yes|no)\.", scan):
-            t = tally.setdefault(L, {"equal": [], "differs": []})["equal" if name == m.group(1) else "differs"]
-            t.append(verdict == "yes")
+        for m in CONCLUSION.finditer(text):  # a model may conclude and scan more than once
+            scan = text[m.end():].split("</think>")[0].split("So the answer is")[0]  # this conclusion's scan
+            for L, name, verdict in re.findall(r"([A-U])\. (.+?) (yes|no)\.", scan):
+                t = tally.setdefault(L, {"equal": [], "differs": []})["equal" if name == m.group(1) else "differs"]
+                t.append(verdict == "yes")
     return {L: {k: [len(v), round(100 * sum(v) / len(v), 1) if v else None] for k, v in t.items()}
             for L, t in sorted(tally.items())}
 

@@ -62,7 +62,9 @@ def test_chain_breakdown_and_verdicts_read_what_the_model_wrote():
                              right_with_wrong_chain=50.0)
     assert b["difficult"]["letter_if_chain"] == 0.0 and b["difficult"]["right_with_wrong_chain"] is None
     assert b["all"]["n"] == 4 and b["all"]["right_with_wrong_chain"] == 50.0
-    v = scan_verdicts([right, lucky, positional, "<answer>C</answer>"])
-    assert v["A"] == {"equal": [1, 0.0], "differs": [2, 0.0]}  # "A. Paracetamol no." equal, said no
-    assert v["B"] == {"equal": [0, None], "differs": [3, 33.3]}
-    assert v["C"] == {"equal": [1, 100.0], "differs": [1, 100.0]}  # the lucky chain's "yes" on a differing name
+    twice = right.replace("</think>", " So the answer is Warfarin. A. Aspirin no. B. Warfarin yes.</think>")
+    v = scan_verdicts([right, lucky, positional, "<answer>C</answer>", twice])
+    # each scan is judged against its own conclusion: twice's second scan adds an A line and an equal B line
+    assert v["A"] == {"equal": [1, 0.0], "differs": [4, 0.0]}  # "A. Paracetamol no." equal, said no
+    assert v["B"] == {"equal": [1, 100.0], "differs": [4, 25.0]}
+    assert v["C"] == {"equal": [2, 100.0], "differs": [1, 100.0]}  # the lucky chain's "yes" on a differing name
