@@ -259,10 +259,11 @@ def main(argv=None):
     p.add_argument("--cache-dir", default=None, help="cache teacher replies here (resume without paying twice)")
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="preset for the tiny CPU pipeline (short chains)")
+    p.add_argument("--tiny", action="store_true", help="preset for the tiny CPU pipeline: --max-chars 600")
+    a, _ = p.parse_known_args(argv)
+    if a.tiny:  # the preset changes defaults only: explicit flags still win
+        p.set_defaults(max_chars=600)
     a = p.parse_args(argv)
-    if a.tiny:
-        a.max_chars = min(a.max_chars, 600)
     records = read_records(a.data)[:a.limit]
     base, _ = os.path.splitext(a.out)
     rejects = base + ".rejects.jsonl"

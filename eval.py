@@ -7,7 +7,8 @@ Reads each benchmark in its public format (loaders below), asks the model with c
   results.json/.md   per-benchmark accuracy (mean over n samples, standard error over items), format rate,
                      per-difficulty breakdown, macro average, and the published numbers given with --paper
                      (a JSON file {"Fleming-R1-7B": {"medqa": 72.1, ...}, ...} keyed by the --bench names)
-A killed run resumes: items already in predictions.jsonl (and HTTP calls in --cache-dir) are not redone.
+A killed run resumes: items already in predictions.jsonl (and HTTP calls in --cache-dir) are not redone;
+setup.json records the model and sampling settings, and a run with other settings refuses to reuse the folder.
 
     python eval.py --model runs/grpo2/final --bench medqa=medqa/test.jsonl pubmedqa=pubmedqa/ori_pqal.json --out out/eval
     python eval.py --model http://localhost:8000/v1 --model-name Fleming-R1-7B --bench jmed=jmed.jsonl --out out/e
@@ -236,21 +237,20 @@ def load_benchmark(name, path, rejects=None):
 # evaluation
 
 def _read_done(path):
-    """Prediction rows already written. An unreadable line (the truncated last line of a killed run) is skipped,
-    and the file is ended with a newline so that rows appended next start on a line of their own."""
+    """Prediction rows already written. An unreadable line (the truncated last line of a killed run) is dropped and
+    the file rewritten without it, so that rows appended next and every later reader see clean JSONL."""
     if not (path and os.path.exists(path)):
         return []
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    if text and not text.endswith("\n"):
-        with open(path, "a", encoding="utf-8") as f:
-            f.write("\n")
-    rows = []
+    rows, bad = [], False
     for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            pass
+            bad = True
+    if bad or (text and not text.endswith("\n")):
+        write_jsonl(path, rows)
     return rows
 
 
@@ -286,11 +286,15 @@ def evaluate(llm_or_model, records, n=1, temperature=0.0, max_new_tokens=2048, s
     `batch_size`). With `predictions` (a JSONL path), rows are appended as they come and items already there are
     skipped: a killed run resumes. Items go to the model in chunks of `chunk` so progress is saved often."""
     llm = make_local_llm(*llm_or_model, batch_size=batch_size) if isinstance(llm_or_model, tuple) else llm_or_model
-    rows = [r for r in _read_done(predictions) if r.get("bench") == bench]
+    done = _read_done(predictions)
+    rows = [r for r in done if r.get("bench") == bench]
     counts = {}
     for r in rows:
         counts[r["id"]] = counts.get(r["id"], 0) + 1
     todo = [rec for rec in records if counts.get(rec["id"], 0) < n]
+    redo = {rec["id"] for rec in todo if rec["id"] in counts}  # items a killed run left with fewer than n samples
+    if redo:  # their rows leave the file: they are asked again, all n samples
+        write_jsonl(predictions, [r for r in done if not (r.get("bench") == bench and r["id"] in redo)])
     wanted = {rec["id"] for rec in records}
     rows = [r for r in rows if r["id"] in wanted and counts[r["id"]] >= n]
     prog = Progress(len(todo), f"eval {bench}")
@@ -370,11 +374,23 @@ def main(argv=None):
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key")
     p.add_argument("--paper", default=None, help='JSON {"model": {"bench": accuracy %%}} shown alongside')
     p.add_argument("--tiny", action="store_true", help="smoke preset: --limit 8 --max-new-tokens 64")
+    a, _ = p.parse_known_args(argv)
+    if a.tiny:  # the preset changes defaults only: explicit flags still win
+        p.set_defaults(limit=8, max_new_tokens=64)
     a = p.parse_args(argv)
-    if a.tiny:
-        a.limit, a.max_new_tokens = a.limit or 8, 64
     temperature = a.temperature if a.temperature is not None else (0.0 if a.n == 1 else 0.6)
     os.makedirs(a.out, exist_ok=True)
+    # resume only the same evaluation: predictions of another model or other sampling settings are never reused
+    setup = {"model": a.model, "model_name": a.model_name, "n": a.n, "temperature": temperature,
+             "max_new_tokens": a.max_new_tokens, "seed": a.seed}
+    setup_path = os.path.join(a.out, "setup.json")
+    if os.path.exists(setup_path):
+        old = json.load(open(setup_path, encoding="utf-8"))
+        diff = {k: (old.get(k), v) for k, v in setup.items() if old.get(k) != v}
+        if diff and os.path.exists(os.path.join(a.out, "predictions.jsonl")):
+            raise SystemExit(f"{a.out}: holds predictions made with other settings (" + ", ".join(
+                f"{k} {o!r}, now {v!r}" for k, (o, v) in diff.items()) + "): use another --out, or delete it")
+    atomic_write(setup_path, json.dumps(setup, indent=2))
     llm = make_llm(a.model, model_name=a.model_name, cache_dir=a.cache_dir or os.path.join(a.out, "cache"),
                    concurrency=a.concurrency, api_key_env=a.api_key_env, batch_size=a.batch_size)
     paper = json.load(open(a.paper, encoding="utf-8")) if a.paper else {}

@@ -429,10 +429,11 @@ def main(argv=None):
     p.add_argument("--contam-frac", type=float, default=0.2, help="share of n-grams found in a benchmark")
     p.add_argument("--rare-quantile", type=float, default=0.5, help="heuristic: share of the pool counted as rare")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="tiny pipeline: no LLM, heuristic difficulty")
+    p.add_argument("--tiny", action="store_true", help="tiny pipeline preset: --difficulty heuristic (no LLM)")
+    a, _ = p.parse_known_args(argv)
+    if a.tiny:  # the preset changes defaults only: explicit flags still win
+        p.set_defaults(difficulty="heuristic")
     a = p.parse_args(argv)
-    if a.tiny:
-        a.difficulty, a.verify, a.judge = "heuristic", None, None
     sources = [("synthetic", s) for s in a.synthetic] + pairs(a.public, "--public")
     if not sources:
         p.error("give --synthetic and/or --public")

@@ -173,6 +173,7 @@ def test_evaluate_scores_samples_and_resumes(tmp_path):
     calls.clear()
     res2 = evaluate(llm, recs, n=2, bench="t", predictions=pred, chunk=4)
     assert calls == [2] and res2 == res
+    assert len(read_jsonl(pred)) == 12  # the torn line is gone from the file: strict readers can read it
     calls.clear()
     assert evaluate(llm, recs, n=2, bench="t", predictions=pred) == res and calls == []  # the redone rows were kept
     calls.clear()
@@ -261,6 +262,13 @@ def test_local_tiny_model_end_to_end(tmp_path):
     write_jsonl(data, recs)
     s = main(["--model", folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "o"), "--tiny"])
     assert s["benchmarks"]["jsonl"]["n"] == 4 and os.path.exists(str(tmp_path / "o" / "results.json"))
+    # --tiny changes defaults only: an explicit --limit / --max-new-tokens wins
+    s = main(["--model", folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "o2"), "--tiny", "--limit", "2",
+              "--max-new-tokens", "5"])
+    assert s["benchmarks"]["jsonl"]["n"] == 2 and s["max_new_tokens"] == 5
+    # the same folder with other sampling settings is refused, not resumed with the old predictions
+    with pytest.raises(SystemExit, match="max_new_tokens 5, now 64"):
+        main(["--model", folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "o2"), "--tiny"])
     if os.path.isdir(BENCH):  # one real item of each benchmark through the local model (long prompts, 10 options)
         real = []
         for name, path in [("medqa", ("medqa", "medqa_train_small.jsonl")), ("pubmedqa", ("pubmedqa", "ori_pqal.json")),
