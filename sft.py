@@ -180,12 +180,13 @@ def encode(tokenizer, row, where, specials):
 
 def load_data(path, tokenizer, max_len, val_frac, seed):
     """-> (train [(ids, start)], val [(ids, start)], rejects). Chat rows over max_len are rejected with their
-    reason; text rows are cut into max_len windows (plain LM loses nothing by the cut)."""
+    reason; text rows are cut into max_len windows, each starting on the last token of the one before, so every
+    token after the first is a target exactly once."""
     rows, data, rejects, specials = read_jsonl(path), [], [], special_ids(tokenizer)
     for i, row in enumerate(rows, 1):
         ids, start = encode(tokenizer, row, f"{path}:{i}", specials)
         if "text" in row:
-            data += [(ids[j:j + max_len], 1) for j in range(0, len(ids) - 1, max_len)]
+            data += [(ids[j:j + max_len], 1) for j in range(0, len(ids) - 1, max_len - 1)]
         elif len(ids) > max_len:
             rejects.append({"line": i, "id": row.get("id"), "reason": f"{len(ids)} tokens > --max-len {max_len}"})
         else:
@@ -355,7 +356,10 @@ def parse_args(argv=None):
         # batches, short rows, one FSDP2 unit. The preset changes defaults only: explicit flags still win
         p.set_defaults(lr=1e-3, batch_size=16, micro_batch=16, max_len=512, eval_every=200, save_every=100,
                        warmup=0.05, val_frac=0.05, fsdp_per_block=False)
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if a.max_len < 2:
+        p.error(f"--max-len {a.max_len}: a row needs at least 2 tokens (one input, one target)")
+    return a
 
 
 @record

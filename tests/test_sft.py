@@ -146,7 +146,9 @@ def test_bad_input(env, tmp_path):
     ids = tok("fever " * 50, add_special_tokens=False)["input_ids"] + [sft.special_ids(tok)[0]]
     long.write_text(json.dumps({"text": "fever " * 50}) + "\n")
     train, _, rej = sft.load_data(str(long), tok, 16, 0.0, 0)
-    assert rej == [] and [x for w, _ in train for x in w] == ids and max(len(w) for w, _ in train) == 16
+    # windows overlap by one token: the targets (ids[start:] of each window) are ids[1:], each once
+    assert rej == [] and [x for w, s in train for x in w[s:]] == ids[1:] and max(len(w) for w, _ in train) == 16
+    assert all(w[0] == prev[-1] for prev, w in zip([w for w, _ in train], [w for w, _ in train][1:]))
     with pytest.raises(ValueError, match="exceeds the model context"):
         sft.main(args(d, tmp_path / "r3", "--max-len", "4096"))
     # a model whose vocabulary is smaller than the tokenizer's
