@@ -257,7 +257,7 @@ def scan_verdicts(outputs):
 def breakdown_md(named, right="accuracy"):
     """{label: chain_breakdown(...)} -> a Markdown table; `right` names what counts as a right answer."""
     lines = [f"| model | tier | n | chain reached the gold name | {right} | {right}, chain right | {right}, chain "
-             f"wrong | {right} with a wrong chain (share) |", "|---|---|---|---|---|---|---|---|"]
+             f"wrong | of the right answers, chain wrong |", "|---|---|---|---|---|---|---|---|"]
     for label, b in named.items():
         for tier, c in b.items():
             f = lambda v: "—" if v is None else f"{v:.1f}"
