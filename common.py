@@ -186,9 +186,10 @@ def extract_answer(text, letters):
         if not m:
             return None
         letter = m.group(1) or m.group(2) or m.group(3)
-        rest = m.group(4).strip()
-        if m.group(4) and not m.group(4)[0].isspace() and m.group(4)[0] not in ".:)":
+        rest = m.group(4)
+        if rest and not rest[0].isspace() and rest[0] not in ".:)":
             return None  # a letter inside a word
+        rest = rest.strip()
         own = letters.get(letter) if isinstance(letters, dict) else None
         if own and rest.startswith(own):
             rest = rest[len(own):]  # the option's own text: its "S." is not another option

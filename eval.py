@@ -237,21 +237,19 @@ def load_benchmark(name, path, rejects=None):
 # evaluation
 
 def _read_done(path):
-    """Prediction rows already written. An unreadable line (the truncated last line of a killed run) is dropped and
-    the file rewritten without it, so that rows appended next and every later reader see clean JSONL."""
+    """(rows already written, clean): an unreadable line (the truncated last line of a killed run) is not a row,
+    and the file is then not clean: the caller rewrites it, so that appended rows and later readers see JSONL."""
     if not (path and os.path.exists(path)):
-        return []
+        return [], True
     with open(path, encoding="utf-8") as f:
         text = f.read()
-    rows, bad = [], False
+    rows, clean = [], not text or text.endswith("\n")
     for line in text.splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
-            bad = True
-    if bad or (text and not text.endswith("\n")):
-        write_jsonl(path, rows)
-    return rows
+            clean = False
+    return rows, clean
 
 
 def summarize(rows, n):
@@ -286,14 +284,14 @@ def evaluate(llm_or_model, records, n=1, temperature=0.0, max_new_tokens=2048, s
     `batch_size`). With `predictions` (a JSONL path), rows are appended as they come and items already there are
     skipped: a killed run resumes. Items go to the model in chunks of `chunk` so progress is saved often."""
     llm = make_local_llm(*llm_or_model, batch_size=batch_size) if isinstance(llm_or_model, tuple) else llm_or_model
-    done = _read_done(predictions)
+    done, clean = _read_done(predictions)
     rows = [r for r in done if r.get("bench") == bench]
     counts = {}
     for r in rows:
         counts[r["id"]] = counts.get(r["id"], 0) + 1
     todo = [rec for rec in records if counts.get(rec["id"], 0) < n]
     redo = {rec["id"] for rec in todo if rec["id"] in counts}  # items a killed run left with fewer than n samples
-    if redo:  # their rows leave the file: they are asked again, all n samples
+    if redo or not clean:  # a torn line and the rows of items asked again (all n samples) leave the file
         write_jsonl(predictions, [r for r in done if not (r.get("bench") == bench and r["id"] in redo)])
     wanted = {rec["id"] for rec in records}
     rows = [r for r in rows if r["id"] in wanted and counts[r["id"]] >= n]

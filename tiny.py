@@ -126,9 +126,13 @@ STAGES = [("base", "Base (pretrained tiny model)"), ("sft", "+ CoT cold start"),
           ("rl2", "+ RL stage 2")]
 
 
-def _correct(path):
-    """predictions.jsonl -> {id: (correct 0/1, difficulty)} for the greedy sample."""
-    return {r["id"]: (float(r["correct"]), r.get("difficulty")) for r in read_jsonl(path) if r["sample"] == 0}
+def load_predictions(run, seeds):
+    """{(seed, stage): {id: greedy prediction row}} from RUN's eval folders; one Base for all seeds (it precedes
+    the recipe)."""
+    greedy = lambda path: {r["id"]: r for r in read_jsonl(path) if r["sample"] == 0}
+    base = greedy(os.path.join(run, "eval_base", "predictions.jsonl"))
+    return {(s, st): base if st == "base" else greedy(os.path.join(run, f"seed{s}", "eval", st, "predictions.jsonl"))
+            for s in seeds for st, _ in STAGES}
 
 
 def _mean_se(xs):
@@ -137,14 +141,13 @@ def _mean_se(xs):
     return 100 * m, 100 * se
 
 
-def ablation(run, seeds):
+def ablation(rows, seeds):
     """Accuracy per stage (mean over seeds) and each stage's gain over the previous one as the mean of paired
-    per-question differences, pooled over seeds (each (seed, question) pair is one difference), with its SE."""
-    base = _correct(os.path.join(run, "eval_base", "predictions.jsonl"))  # one Base: it precedes the recipe
-    preds = {(s, st): base if st == "base" else _correct(os.path.join(run, f"seed{s}", "eval", st, "predictions.jsonl"))
-             for s in seeds for st, _ in STAGES}
+    per-question differences, pooled over seeds (each (seed, question) pair is one difference), with its SE.
+    rows: load_predictions(...)."""
+    preds = {key: {i: (float(r["correct"]), r.get("difficulty")) for i, r in v.items()} for key, v in rows.items()}
     ids = sorted(preds[(seeds[0], "base")])
-    found = {v[1] for v in base.values()}
+    found = {v[1] for v in preds[(seeds[0], "base")].values()}
     tiers = [t for t in ("easy", "moderate", "difficult") if t in found]
     out = {"seeds": seeds, "n_test": len(ids), "stages": {}}
     prev = None
@@ -308,14 +311,13 @@ def chains(a):
 
 
 def report(a):
-    res = ablation(a.run, a.seeds)
+    rows = load_predictions(a.run, a.seeds)
+    res = ablation(rows, a.seeds)
     test = {r["id"]: r for r in read_records(os.path.join(a.run, "synth", "test.jsonl"))}
     res["chains"], res["verdicts"] = {}, {}
     for st, _ in STAGES:  # Base scans the options too, after a conclusion it did not reason to
-        paths = [os.path.join(a.run, f"seed{s}", "eval", st, "predictions.jsonl") for s in a.seeds]
-        if st == "base":
-            paths = [os.path.join(a.run, "eval_base", "predictions.jsonl")]  # one Base for all seeds
-        preds = [p for path in paths for p in read_jsonl(path) if p["sample"] == 0]
+        seeds = a.seeds[:1] if st == "base" else a.seeds  # one Base for all seeds: counted once
+        preds = [p for s in seeds for p in rows[(s, st)].values()]
         res["chains"][st] = chain_breakdown([(p.get("difficulty"), chain_right(p["output"], test[p["id"]]),
                                               p["correct"]) for p in preds])
         res["verdicts"][st] = scan_verdicts(p["output"] for p in preds)
