@@ -29,7 +29,7 @@ else
   # to 150 steps and stage 2 to 30, validation on 1,000 items, 600 mined: 25 min, the same gains, levels 2-3 points
   # higher (README)
   N_TRAIN=6000; N_TEST=1200; N_VAL=1000; BASE="--drills 30000"; PRE=""; SFT="--steps 600"; TOK=96
-  RL1="--max-steps 100 --eval-every 40 --val-limit 500"; RL2="--max-steps 16 --remine-every 8 --val-limit 500"
+  RL1="--max-steps 90 --eval-every 40 --val-limit 500"; RL2="--max-steps 12 --remine-every 6 --val-limit 500"
   MINE="--sample 400"
 fi
 mkdir -p "$RUN"

@@ -209,17 +209,26 @@ def global_batch(n, batch_size, step, seed):
 # training
 
 
-def token_loss_sum(model, data, idx, pad_id, device, amp):
+def token_loss_sum(model, data, idx, pad_id, device, amp, min_shared=16):
     """Summed next-token loss over the micro-batch (None -> a zero-loss dummy that still runs FSDP's collectives)."""
     if idx is None:
         x = torch.full((1, 1), pad_id, dtype=torch.long, device=device)
         with amp:
             return model(x).sum() * 0.0, 0
-    x, y = pad_batch([data[i][0] for i in idx], [data[i][1] for i in idx], pad_id, device)
+    seqs, starts = [data[i][0] for i in idx], [data[i][1] for i in idx]
+    P = min(min(starts), min(map(len, seqs)) - 1)  # the shared prefix must carry no loss and leave a token
+    P = next((j for j in range(P) if any(s[j] != seqs[0][j] for s in seqs)), P)
     with amp:
-        logp, _ = model.seq_logprobs(x, y, entropy=False)  # (B, T), 0 where y is IGNORE
-    loss = -logp.sum()
-    return loss, sum(len(data[i][0]) for i in idx)
+        if len(seqs) > 1 and P >= min_shared:  # chat rows open with one system prompt: run it once for all rows
+            # (sft.group_logprobs, as GRPO runs a group's prompt; the same log-probs and gradients)
+            comps, tgt = pad_batch([s[P - 1:] for s in seqs], [max(st - P + 1, 1) for st in starts], pad_id, device)
+            prompt = torch.tensor([seqs[0][:P]], device=device)
+            logp, _ = model.group_logprobs(prompt, torch.ones_like(prompt), comps[:, 1:], tgt[:, :-1], len(seqs),
+                                           entropy=False)
+        else:
+            x, y = pad_batch(seqs, starts, pad_id, device)
+            logp, _ = model.seq_logprobs(x, y, entropy=False)  # (B, T), 0 where y is IGNORE
+    return -logp.sum(), sum(map(len, seqs))
 
 
 @torch.no_grad()

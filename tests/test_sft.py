@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -69,6 +70,27 @@ def test_loss_mask_and_helpers(env):
     parts = [sft.split_for_rank([0, 1, 2, 3, 4], lens, r, 2, 2) for r in range(2)]
     assert [len(p) for p in parts] == [2, 2] and parts[1][1] is None
     assert sorted(i for p in parts for m in p if m for i in m) == [0, 1, 2, 3, 4]
+
+
+def test_shared_prefix_runs_once_with_the_same_loss_and_gradients(env):
+    # chat rows of different lengths open with one system prompt: token_loss_sum runs it once (group_logprobs);
+    # the summed loss and every gradient equal the plain padded forward's. Text rows (start 1) never share.
+    d, tok = env
+    sp = sft.special_ids(tok)
+    data = [sft.encode(tok, chat_row(i), "x", sp) for i in (0, 1, 5, 7)]
+    P = next(j for j in range(99) if len({ids[j] for ids, _ in data}) > 1)
+    assert 8 <= P <= min(st for _, st in data)
+    model = sft.attach_logprobs(M.load_model(str(d / "init")))
+    grads = []
+    for min_shared in (1, 10 ** 9):  # the shared path, the plain path
+        model.zero_grad()
+        loss, n = sft.token_loss_sum(model, data, [0, 1, 2, 3], 0, "cpu", nullcontext(), min_shared=min_shared)
+        loss.backward()
+        grads.append((loss.item(), n, {k: p.grad.clone() for k, p in model.named_parameters()}))
+    (l1, n1, g1), (l2, n2, g2) = grads
+    assert n1 == n2 == sum(len(ids) for ids, _ in data) and l1 == pytest.approx(l2, rel=1e-5) and l1 > 0
+    assert all(torch.allclose(g1[k], g2[k], atol=1e-6, rtol=1e-4) for k in g1)
+    assert sum(g.abs().sum() for g in g1.values()) > 0
 
 
 def test_train_resume_reload_and_two_ranks(env, tmp_path):
