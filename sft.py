@@ -220,7 +220,8 @@ def token_loss_sum(model, data, idx, pad_id, device, amp, min_shared=16):
     P = next((j for j in range(P) if any(s[j] != seqs[0][j] for s in seqs)), P)
     with amp:
         if len(seqs) > 1 and P >= min_shared:  # chat rows open with one system prompt: run it once for all rows
-            # (sft.group_logprobs, as GRPO runs a group's prompt; the same log-probs and gradients)
+            # (sft.group_logprobs, as GRPO runs a group's prompt; the same log-probs and gradients). A few shared
+            # tokens, e.g. a bare chat template's opening, are not worth the second pass
             comps, tgt = pad_batch([s[P - 1:] for s in seqs], [max(st - P + 1, 1) for st in starts], pad_id, device)
             prompt = torch.tensor([seqs[0][:P]], device=device)
             logp, _ = model.group_logprobs(prompt, torch.ones_like(prompt), comps[:, 1:], tgt[:, :-1], len(seqs),
