@@ -216,10 +216,12 @@ def token_loss_sum(model, data, idx, pad_id, device, amp, min_shared=16):
         with amp:
             return model(x).sum() * 0.0, 0
     seqs, starts = [data[i][0] for i in idx], [data[i][1] for i in idx]
-    P = min(min(starts), min(map(len, seqs)) - 1)  # the shared prefix must carry no loss and leave a token
-    P = next((j for j in range(P) if any(s[j] != seqs[0][j] for s in seqs)), P)
+    P = 0  # the prefix all rows share; it must carry no loss and leave every row a token
+    if len(seqs) > 1:  # (a single row, the usual real-run micro-batch, skips the scan)
+        P = min(min(starts), min(map(len, seqs)) - 1)
+        P = next((j for j in range(P) if any(s[j] != seqs[0][j] for s in seqs)), P)
     with amp:
-        if len(seqs) > 1 and P >= min_shared:  # chat rows open with one system prompt: run it once for all rows
+        if P >= min_shared:  # chat rows open with one system prompt: run it once for all rows
             # (sft.group_logprobs, as GRPO runs a group's prompt; the same log-probs and gradients). A few shared
             # tokens, e.g. a bare chat template's opening, are not worth the second pass
             comps, tgt = pad_batch([s[P - 1:] for s in seqs], [max(st - P + 1, 1) for st in starts], pad_id, device)
