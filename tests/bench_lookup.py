@@ -9,7 +9,9 @@ token-level task and prints the accuracy of the looked-up token every 100 steps.
   name-to-letter   "\\n x3 : _" -> C.    what preceded this name, as the chains write it ("Paracetamol: C.")
   name-then-letter "\\n x3" -> C.        the same, the letter right after the name
   scan             "\\n x3 \\n A. x1 no \\n B. x2 no \\n C. x3 yes \\n D. x4 no \\n answer" -> C.
-                   (the verdicts are trained too; the letter of the "yes" line is what is scored)
+                   (the verdicts are trained too; the letter of the "yes" line is what is scored;
+                   --stop-at-match ends the scan at the "yes" line, as the chains do; --paired restates the
+                   answer's name on every line, "\n C. x3 : x_answer yes", so the two names are side by side)
 
     python tests/bench_lookup.py --direction letter-to-name --names 2800 --steps 400
 """
@@ -27,7 +29,7 @@ LETTERS = [4, 5, 6, 7]
 FIRST_NAME = 11
 
 
-def row(names, direction, rng, k=1):
+def row(names, direction, rng, k=1, stop=False, paired=False):
     """A name is k ids from `names` (k > 1: a multi-token name built from frequent pieces, as BPE would split it)."""
     opts = [rng.sample(names, k) for _ in range(4)]
     seq, tgt = [], []
@@ -39,8 +41,11 @@ def row(names, direction, rng, k=1):
         seq += [NL, *opts[j]]
         tgt += [-100] * (1 + k)
         for i, (L, x) in enumerate(zip(LETTERS, opts)):
-            seq += [NL, L, *x, YES if i == j else NO]
-            tgt += [-100, -100, *([-100] * k), YES if i == j else NO]  # scored: the verdict
+            pair = [COLON, *opts[j]] if paired else []  # "C. x3 = x_answer? yes": the two names side by side
+            seq += [NL, L, *x, *pair, YES if i == j else NO]
+            tgt += [-100, -100, *([-100] * (k + len(pair))), YES if i == j else NO]  # scored: the verdict
+            if stop and i == j:  # as the chains scan: up to the match
+                break
         seq += [NL, ANSWER, LETTERS[j]]
         tgt += [-100, -100, LETTERS[j]]  # scored: the letter of the line marked YES
         return seq, tgt[1:] + [-100]
@@ -62,6 +67,8 @@ def main():
                     choices=["letter-to-name", "name-to-letter", "name-then-letter", "scan"])
     ap.add_argument("--names", type=int, default=2800, help="distinct name ids (the tiny KG has ~2,800 name tokens)")
     ap.add_argument("--name-tokens", type=int, default=1, help="tokens per name, drawn from the --names ids")
+    ap.add_argument("--stop-at-match", action="store_true", help="scan: stop at the matching line, as the chains do")
+    ap.add_argument("--paired", action="store_true", help="scan: each line restates the answer's name after the option's")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -77,7 +84,9 @@ def main():
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.0)
     names, hits, yes_hits, t0 = list(range(FIRST_NAME, FIRST_NAME + a.names)), [], [], time.time()
     for step in range(1, a.steps + 1):
-        rows = [row(names, a.direction, rng, a.name_tokens) for _ in range(a.batch)]
+        rows = [row(names, a.direction, rng, a.name_tokens, a.stop_at_match, a.paired) for _ in range(a.batch)]
+        T = max(len(r[0]) for r in rows)  # scans that stop at the match differ in length: pad on the right
+        rows = [(r[0] + [NL] * (T - len(r[0])), r[1] + [-100] * (T - len(r[1]))) for r in rows]
         x, y = torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])  # (B, T)
         for g in opt.param_groups:
             g["lr"] = a.lr * min(1.0, step / 50)
@@ -93,7 +102,7 @@ def main():
             pred = logits.argmax(-1)
             yes_hits.append(((pred[yes] == YES).float().mean().item(), (pred[y == NO] == NO).float().mean().item()))
             sel = torch.zeros_like(sel)
-            sel[:, -2] = True
+            sel[torch.arange(len(sel)), (y != -100).long().cumsum(1).argmax(1)] = True  # the last scored token
         hits.append((logits.argmax(-1)[sel] == y[sel]).float().mean().item())
         if step % 100 == 0:
             verdicts = (f", verdicts right on YES lines {sum(h[0] for h in yes_hits[-100:]) / 100:.1%}, on NO lines "
