@@ -241,18 +241,21 @@ def chain_breakdown(rows):
     return out
 
 
-def scan_verdicts(outputs):
-    """The scan's verdicts ("B. Heparin no.") by letter: {letter: {"equal": [n, % yes], "differs": [n, % yes]}},
-    split by whether the line's name equals the chain's conclusion. A verdict that reads the names says yes on
-    every equal line and no on the others; one that follows the position alone says yes at the rate a scan that
-    stops at the match has there (A 1/4, B 1/3, C 1/2, D 1)."""
+def scan_verdicts(rows):
+    """rows of (model output, the question's options) -> the scan's lines ("B. Heparin no.") by letter: {letter:
+    {"misnamed": [n lines, % whose name is not that letter's option], "match": [n, % yes], "other": [n, % yes]}}.
+    The verdicts count rightly named lines only, split by whether the option is the chain's conclusion. A scan that
+    works names every option right and says yes on every match and no elsewhere; one that follows the position says
+    yes at the rate a scan that stops at the match has there (A 1/4, B 1/3, C 1/2, D 1)."""
     tally = {}
-    for text in outputs:
+    for text, options in rows:
         for m in CONCLUSION.finditer(text):  # a model may conclude and scan more than once
             scan = text[m.end():].split("</think>")[0].split("So the answer is")[0]  # this conclusion's scan
             for L, name, verdict in re.findall(r"([A-U])\. (.+?) (yes|no)\.", scan):
-                t = tally.setdefault(L, {"equal": [], "differs": []})["equal" if name == m.group(1) else "differs"]
-                t.append(verdict == "yes")
+                t = tally.setdefault(L, {"misnamed": [], "match": [], "other": []})
+                t["misnamed"].append(name != options.get(L))
+                if name == options.get(L):
+                    t["match" if name == m.group(1) else "other"].append(verdict == "yes")
     return {L: {k: [len(v), round(100 * sum(v) / len(v), 1) if v else None] for k, v in t.items()}
             for L, t in sorted(tally.items())}
 
@@ -270,12 +273,13 @@ def breakdown_md(named, right="accuracy"):
 
 
 def verdicts_md(named):
-    """{label: scan_verdicts(...)} -> a Markdown table: % yes (lines) on equal / differing names, by letter."""
-    cell = lambda n, p: "—" if p is None else f"{p:.0f} ({n})"
+    """{label: scan_verdicts(...)} -> a Markdown table by letter: % of lines misnamed, then on the rightly named
+    lines % yes where the option is the conclusion / elsewhere."""
+    pct = lambda v: "—" if v[1] is None else f"{v[1]:.0f}"
     lines = ["| model | " + " | ".join("ABCD") + " |", "|---|---|---|---|---|"]
     for label, v in named.items():
-        lines.append(f"| {label} | " + " | ".join(" / ".join(cell(*v[L][k]) for k in ("equal", "differs"))
-                                                   if L in v else "—" for L in "ABCD") + " |")
+        lines.append(f"| {label} | " + " | ".join(f"{pct(v[L]['misnamed'])} · {pct(v[L]['match'])} / "
+                                                   f"{pct(v[L]['other'])}" if L in v else "—" for L in "ABCD") + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -320,11 +324,12 @@ def report(a):
         preds = [p for s in seeds for p in rows[(s, st)].values()]
         res["chains"][st] = chain_breakdown([(p.get("difficulty"), chain_right(p["output"], test[p["id"]]),
                                               p["correct"]) for p in preds])
-        res["verdicts"][st] = scan_verdicts(p["output"] for p in preds)
+        res["verdicts"][st] = scan_verdicts((p["output"], test[p["id"]]["options"]) for p in preds)
     named = lambda key: {label.split(" (")[0]: res[key][st] for st, label in STAGES}
     md = (table_md(res) + "\nWhere the errors are (greedy; the trained stages pooled over seeds):\n\n"
           + breakdown_md(named("chains"))
-          + "\nThe scan's verdict, % yes (lines) when the line's name equals the chain's conclusion / differs:\n\n"
+          + "\nThe scan, by letter: % of its lines that misname the option · on the rightly named lines, % yes where"
+            " the option is the chain's conclusion / elsewhere:\n\n"
           + verdicts_md(named("verdicts")))
     atomic_write(os.path.join(a.run, "ablation.json"), json.dumps(res, indent=2))
     atomic_write(os.path.join(a.run, "ablation.md"), md)

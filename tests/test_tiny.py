@@ -62,9 +62,11 @@ def test_chain_breakdown_and_verdicts_read_what_the_model_wrote():
                              right_with_wrong_chain=50.0)
     assert b["difficult"]["letter_if_chain"] == 0.0 and b["difficult"]["right_with_wrong_chain"] is None
     assert b["all"]["n"] == 4 and b["all"]["right_with_wrong_chain"] == 50.0
-    twice = right.replace("</think>", " So the answer is Warfarin. A. Aspirin no. B. Warfarin yes.</think>")
-    v = scan_verdicts([right, lucky, positional, "<answer>C</answer>", twice])
-    # each scan is judged against its own conclusion: twice's second scan adds an A line and an equal B line
-    assert v["A"] == {"equal": [1, 0.0], "differs": [4, 0.0]}  # "A. Paracetamol no." equal, said no
-    assert v["B"] == {"equal": [1, 100.0], "differs": [4, 25.0]}
-    assert v["C"] == {"equal": [2, 100.0], "differs": [1, 100.0]}  # the lucky chain's "yes" on a differing name
+    twice = right.replace("</think>", " So the answer is Heparin. A. Aspirin no. B. Heparin yes.</think>")
+    rows = [(t, REC["options"]) for t in (right, lucky, positional, "<answer>C</answer>", twice)]
+    v = scan_verdicts(rows)
+    # "A. Paracetamol" (positional) and "B. Warfarin" (lucky) misname their option: no verdict of theirs counts
+    assert v["A"] == {"misnamed": [5, 20.0], "match": [0, None], "other": [4, 0.0]}
+    # each scan is judged against its own conclusion: twice's "B. Heparin yes." is a match, positional's a yes elsewhere
+    assert v["B"] == {"misnamed": [5, 20.0], "match": [1, 100.0], "other": [3, 33.3]}
+    assert v["C"] == {"misnamed": [3, 0.0], "match": [2, 100.0], "other": [1, 100.0]}  # lucky's "yes" elsewhere
