@@ -11,7 +11,7 @@ token-level task and prints the accuracy of the looked-up token every 100 steps.
   scan             "\\n x3 \\n A. x1 no \\n B. x2 no \\n C. x3 yes \\n D. x4 no \\n answer" -> C.
                    (the verdicts are trained too; the letter of the "yes" line is what is scored;
                    --stop-at-match ends the scan at the "yes" line, as the chains do; --paired restates the
-                   answer's name on every line, "\n C. x3 : x_answer yes", so the two names are side by side)
+                   answer's name on every line, "\\n C. x3 : x_answer yes", so the two names are side by side)
 
     python tests/bench_lookup.py --direction letter-to-name --names 2800 --steps 400
 """
@@ -68,7 +68,8 @@ def main():
     ap.add_argument("--names", type=int, default=2800, help="distinct name ids (the tiny KG has ~2,800 name tokens)")
     ap.add_argument("--name-tokens", type=int, default=1, help="tokens per name, drawn from the --names ids")
     ap.add_argument("--stop-at-match", action="store_true", help="scan: stop at the matching line, as the chains do")
-    ap.add_argument("--paired", action="store_true", help="scan: each line restates the answer's name after the option's")
+    ap.add_argument("--paired", action="store_true",
+                    help="scan: each line restates the answer's name after the option's")
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)

@@ -67,6 +67,7 @@ def test_chain_breakdown_and_verdicts_read_what_the_model_wrote():
     v = scan_verdicts(rows)
     # "A. Paracetamol" (positional) and "B. Warfarin" (lucky) misname their option: no verdict of theirs counts
     assert v["A"] == {"misnamed": [5, 20.0], "match": [0, None], "other": [4, 0.0]}
-    # each scan is judged against its own conclusion: twice's "B. Heparin yes." is a match, positional's a yes elsewhere
+    # each scan is judged against its own conclusion: twice's "B. Heparin yes." is a match, positional's a "yes"
+    # elsewhere
     assert v["B"] == {"misnamed": [5, 20.0], "match": [1, 100.0], "other": [3, 33.3]}
     assert v["C"] == {"misnamed": [3, 0.0], "match": [2, 100.0], "other": [1, 100.0]}  # lucky's "yes" elsewhere
