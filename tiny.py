@@ -252,9 +252,9 @@ def scan_verdicts(rows):
         for m in CONCLUSION.finditer(text):  # a model may conclude and scan more than once
             scan = text[m.end():].split("</think>")[0].split("So the answer is")[0]  # this conclusion's scan
             for L, name, verdict in re.findall(r"([A-U])\. (.+?) (yes|no)\.", scan):
-                t = tally.setdefault(L, {"misnamed": [], "match": [], "other": []})
-                t["misnamed"].append(name != options.get(L))
-                if name == options.get(L):
+                t, own = tally.setdefault(L, {"misnamed": [], "match": [], "other": []}), options.get(L)
+                t["misnamed"].append(name != own)
+                if name == own:
                     t["match" if name == m.group(1) else "other"].append(verdict == "yes")
     return {L: {k: [len(v), round(100 * sum(v) / len(v), 1) if v else None] for k, v in t.items()}
             for L, t in sorted(tally.items())}
