@@ -2,15 +2,18 @@
 
 Reads  --model CKPT (HF folder + tokenizer), --data pool.jsonl (filter.py's pool), optionally --review
        review.jsonl (filter.py: items a reviewer flagged; never mined).
-Writes OUT/pass_rates.jsonl ({"id", "difficulty", "passes", "n", "pass_rate"} per item, in --data order),
-       OUT/hard_pool.jsonl (the selected records, highest priority first), and prints the pool's composition.
+Writes OUT/pass_rates.jsonl ({"id", "difficulty", "passes", "n", "pass_rate", "greedy_pass"} per item, in
+       --data order), OUT/hard_pool.jsonl (the selected records, highest priority first), and prints the pool's
+       composition.
 
 The paper evaluates the current model over the dataset and takes its repeated failures, especially Difficult
 multi-step items, as high-priority samples for stage 2, re-mining as training goes on (grpo.py calls mine() and
 select_pool() every --remine-every steps). A pass is a sample with reward 1.0 (well-formed and correct).
 Selection rules (select_pool):
   1. items flagged in the review file are excluded;
-  2. repeated failures: pass rate <= --threshold;
+  2. repeated failures: pass rate <= --threshold. An item whose greedy answer (the one evaluation scores) is
+     right is never pooled: mined at temperature 1 alone, 42% of a tiny stage-2 pool were such items, and
+     stage 2 gained nothing; without them it gained (docs/tiny_runs.md);
   3. all-fail items (0 passes) give a GRPO group with no gradient (every reward equal), so they may make up at
      most --max-zero-share of the pool; the learnable band (some but not all samples right) is always kept;
   4. --moderate-share of the pool is Moderate items from the learnable band *above* the threshold (lowest
@@ -36,28 +39,32 @@ TIER = {"difficult": 0, "moderate": 1, "easy": 2}
 
 
 def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temperature=1.0, seed=0):
-    """Pass rates of `model` on `records`, n samples each -> [{"id", "difficulty", "passes", "n", "pass_rate"}]
-    in `records` order, on every rank. Data-parallel: rank r takes records r, r+world, ...; every rank makes the
-    same number of generate calls (a rank out of items repeats its first prompt and discards the result) since
-    an FSDP model gathers its weights collectively in each call."""
+    """Pass rates of `model` on `records`, n samples each, and whether the greedy answer passes -> [{"id",
+    "difficulty", "passes", "n", "pass_rate", "greedy_pass"}] in `records` order, on every rank. Data-parallel:
+    rank r takes records r, r+world, ...; every rank makes the same number of generate calls (a rank out of items
+    repeats its first prompt and discards the result) since an FSDP model gathers its weights collectively in
+    each call."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     stops = common.eos_ids(tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     idx = list(range(rank, len(records), world))
     calls = math.ceil(math.ceil(len(records) / world) / batch_size)
     prog = common.Progress(calls, "mine") if rank == 0 else None
+    right = lambda y, rec: common.reward(tokenizer.decode(y, skip_special_tokens=False), rec) == 1.0  # noqa: E731
     out = []
     for c in range(calls):
         part = idx[c * batch_size:(c + 1) * batch_size]
         prompts = [common.prompt_ids(tokenizer, records[i]) for i in (part or [0])]
         comps = sampler.generate(model, prompts, max_new_tokens, temperature=temperature, top_p=1.0,
                                  eos_ids=stops, seed=seed * 1_000_003 + c * world + rank, pad_id=pad, k=n)
+        # and the greedy answer, the one evaluation scores (at temperature 0 the samples are greedy already)
+        greedy = sampler.generate(model, prompts, max_new_tokens, eos_ids=stops, pad_id=pad) if temperature > 0 \
+            else comps[::n]
         for j, i in enumerate(part):
             rec = records[i]
-            passes = sum(common.reward(tokenizer.decode(y, skip_special_tokens=False), rec) == 1.0
-                         for y in comps[j * n:(j + 1) * n])
+            passes = sum(right(y, rec) for y in comps[j * n:(j + 1) * n])
             out.append((i, dict(id=rec["id"], difficulty=rec.get("difficulty"), passes=passes, n=n,
-                                pass_rate=passes / n)))
+                                pass_rate=passes / n, greedy_pass=right(greedy[j], rec))))
         if prog:
             prog.update(1)
     if world > 1:
@@ -71,7 +78,8 @@ def select_pool(records, rates, threshold=0.5, moderate_share=0.25, max_zero_sha
                 review=()):
     """The hard pool (rules 1-5 in the module docstring). records and rates are aligned lists."""
     review = set(review)
-    rows = [(r, x) for r, x in zip(records, rates) if r["id"] not in review]
+    # rows without greedy_pass (pass rates mined before it was recorded) count as greedy failures
+    rows = [(r, x) for r, x in zip(records, rates) if r["id"] not in review and not x.get("greedy_pass")]
     fails = [(r, x) for r, x in rows if x["pass_rate"] <= threshold]
     partial = [(r, x) for r, x in fails if x["passes"] > 0]
     zero = sorted([(r, x) for r, x in fails if x["passes"] == 0], key=lambda rx: TIER.get(rx[0]["difficulty"], 3))

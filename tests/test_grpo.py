@@ -274,16 +274,22 @@ def test_stage2_mines_and_remines_with_every_variant(assets):
     variant on at once (std-norm, KL to the frozen init, PPO clip with 2 epochs, token mean, drop zero-var)."""
     root, _ = assets
     out = os.path.join(root, "stage2")
+    recs = make_records(48)  # gold letters A-D in turn: a policy that always answers B is right greedily on 1 in 4
+    for i, r in enumerate(recs):
+        r["answer"] = "ABCD"[i % 4]
+    common.write_jsonl(os.path.join(root, "data_abcd.jsonl"), recs)
     args = run_args(root, out, "--max-steps", "3", "--remine-every", "2", "--mine-n", "4", "--k", "4",
                     "--prompts", "4", "--mine-max-zero-share", "1", "--std-norm", "--kl-coef", "0.05",
                     "--clip-eps", "0.2", "--ppo-epochs", "2", "--token-mean", "--drop-zero-var")
+    args[args.index("--data") + 1] = os.path.join(root, "data_abcd.jsonl")
     grpo.main(["--stage", "2"] + args[2:])
     for s in (0, 2):
-        rates = common.read_jsonl(os.path.join(out, f"mine_{s}", "pass_rates.jsonl"))
+        rates = {x["id"]: x for x in common.read_jsonl(os.path.join(out, f"mine_{s}", "pass_rates.jsonl"))}
         pool = common.read_jsonl(os.path.join(out, f"mine_{s}", "hard_pool.jsonl"))
-        assert len(rates) == 48 and all(r["n"] == 4 for r in rates)
-        assert pool and all(next(x for x in rates if x["id"] == r["id"])["pass_rate"] <= 0.5 or
-                            r["difficulty"] == "moderate" for r in pool)
+        assert len(rates) == 48 and all(x["n"] == 4 for x in rates.values())
+        assert any(x["greedy_pass"] for x in rates.values())  # ... and those are never pooled:
+        assert pool and all(not rates[r["id"]]["greedy_pass"] and (rates[r["id"]]["pass_rate"] <= 0.5 or
+                                                                   r["difficulty"] == "moderate") for r in pool)
     m = metrics(out)
     assert [r["step"] for r in m] == [0, 1, 2] and all(r["skipped"] or r["grad_norm"] > 0 for r in m)
     # the logged KL to the init: 0 while the policy is the init, > 0 once an update has moved it
