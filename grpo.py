@@ -21,9 +21,10 @@ update per rollout batch: this is the paper's gradient. Variants, all off by def
     --drop-zero-var     groups with all-equal rewards leave the loss and its divisor  DAPO dynamic sampling
                         (without re-sampling to refill the batch)
 Stage 1: easy + moderate items, until --max-steps or the plateau test (see plateau()). Stage 2: the hard pool
-(mine.py's rules: repeated failures, greedy answer wrong; difficult first, --mine-moderate-share learnable moderate items, all-fail
-items capped at --mine-max-zero-share), k raised to 16, re-mined with the current weights every --remine-every
-steps; prompts are drawn uniformly from the pool, so a batch's difficulty mix is the pool's (printed when mined).
+(mine.py's rules: repeated failures with the greedy answer wrong, difficult first, --mine-moderate-share learnable
+moderate items, all-fail items capped at --mine-max-zero-share), k raised to 16, re-mined with the current weights
+every --remine-every steps; prompts are drawn uniformly from the pool, so a batch's difficulty mix is the pool's
+(printed when mined).
 Metrics per step: reward, accuracy (share of reward 1.0), format rate, zero-advantage group fraction, completion
 length, truncation rate, loss, grad norm, entropy, tokens/s, seconds in generation / log-probs / backward / optimizer.
 
