@@ -152,7 +152,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.tiny:  # flags given explicitly still win
         # no all-fail items: their groups give no gradient (eq. 2: every r equals the group mean), and stage 2's
-        # 30 tiny steps leave little time for the policy to start solving them; 8 samples keep ~390 of 600 items
+        # 12 tiny steps leave no time for the policy to start solving them; of 400 items mined, 171-221 are pooled
         p.set_defaults(max_new_tokens=96, max_zero_share=0.0)
         args = p.parse_args(argv)
     args.max_new_tokens = args.max_new_tokens or 1024
