@@ -357,10 +357,12 @@ def _macro(published, results):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="HF-format folder, or http(s) base URL of an OpenAI-compatible API")
+    p.add_argument("--model", nargs="+", required=True,
+                   help="HF-format folder(s), or http(s) base URL of an OpenAI-compatible API; several models are "
+                   "evaluated one after the other in this process, each into its --out")
     p.add_argument("--model-name", default=None, help="model name sent to the API")
     p.add_argument("--bench", nargs="+", required=True, metavar="NAME=PATH", help=f"names: {', '.join(LOADERS)}")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", nargs="+", required=True, help="one output folder per --model")
     p.add_argument("--n", type=int, default=1, help="samples per item (1 = greedy)")
     p.add_argument("--temperature", type=float, default=None, help="default 0 for n=1, else 0.6")
     p.add_argument("--limit", type=int, default=None, help="first N items of each benchmark")
@@ -376,40 +378,48 @@ def main(argv=None):
     if a.tiny:  # the preset changes defaults only: explicit flags still win
         p.set_defaults(limit=8, max_new_tokens=64)
     a = p.parse_args(argv)
+    if len(a.model) != len(a.out):
+        p.error(f"{len(a.model)} --model but {len(a.out)} --out: give one output folder per model")
     temperature = a.temperature if a.temperature is not None else (0.0 if a.n == 1 else 0.6)
-    os.makedirs(a.out, exist_ok=True)
+    benches = [spec.partition("=")[::2] for spec in a.bench]
+    for spec, (_, path) in zip(a.bench, benches):
+        if not path:
+            p.error(f"--bench {spec!r}: expected NAME=PATH")
+    paper = json.load(open(a.paper, encoding="utf-8")) if a.paper else {}
+    return [run(a, model, out, benches, temperature, paper) for model, out in zip(a.model, a.out)]
+
+
+def run(a, model, out, benches, temperature, paper):
+    """One model on every --bench: writes OUT/{setup.json, predictions.jsonl, rejects.jsonl, results.json/.md}."""
+    os.makedirs(out, exist_ok=True)
     # resume only the same evaluation: predictions of another model or other sampling settings are never reused
-    setup = {"model": a.model, "model_name": a.model_name, "n": a.n, "temperature": temperature,
+    setup = {"model": model, "model_name": a.model_name, "n": a.n, "temperature": temperature,
              "max_new_tokens": a.max_new_tokens, "seed": a.seed}
-    setup_path = os.path.join(a.out, "setup.json")
+    setup_path = os.path.join(out, "setup.json")
     if os.path.exists(setup_path):
         old = json.load(open(setup_path, encoding="utf-8"))
         diff = {k: (old.get(k), v) for k, v in setup.items() if old.get(k) != v}
-        if diff and os.path.exists(os.path.join(a.out, "predictions.jsonl")):
-            raise SystemExit(f"{a.out}: holds predictions made with other settings (" + ", ".join(
+        if diff and os.path.exists(os.path.join(out, "predictions.jsonl")):
+            raise SystemExit(f"{out}: holds predictions made with other settings (" + ", ".join(
                 f"{k} {o!r}, now {v!r}" for k, (o, v) in diff.items()) + "): use another --out, or delete it")
     atomic_write(setup_path, json.dumps(setup, indent=2))
-    llm = make_llm(a.model, model_name=a.model_name, cache_dir=a.cache_dir or os.path.join(a.out, "cache"),
+    llm = make_llm(model, model_name=a.model_name, cache_dir=a.cache_dir or os.path.join(out, "cache"),
                    concurrency=a.concurrency, api_key_env=a.api_key_env, batch_size=a.batch_size)
-    paper = json.load(open(a.paper, encoding="utf-8")) if a.paper else {}
     results, rejects = {}, []
-    for spec in a.bench:
-        name, _, path = spec.partition("=")
-        if not path:
-            p.error(f"--bench {spec!r}: expected NAME=PATH")
+    for name, path in benches:
         key = name if name not in results else f"{name}:{os.path.splitext(os.path.basename(path))[0]}"
         recs = load_benchmark(name, path, rejects)[:a.limit]
         results[key] = evaluate(llm, recs, n=a.n, temperature=temperature, max_new_tokens=a.max_new_tokens,
-                                seed=a.seed, bench=key, predictions=os.path.join(a.out, "predictions.jsonl"))
+                                seed=a.seed, bench=key, predictions=os.path.join(out, "predictions.jsonl"))
         print(f"{key}: accuracy {_pm(results[key])} (n={results[key]['n']}, "
               f"format {results[key]['format_rate']:.1f}%)", flush=True)
-    write_jsonl(os.path.join(a.out, "rejects.jsonl"), rejects)
-    summary = {"model": a.model, "model_name": a.model_name, "n": a.n, "temperature": temperature,
+    write_jsonl(os.path.join(out, "rejects.jsonl"), rejects)
+    summary = {"model": model, "model_name": a.model_name, "n": a.n, "temperature": temperature,
                "max_new_tokens": a.max_new_tokens, "benchmarks": results,
                "macro_average": macro(results), "paper": paper}
-    atomic_write(os.path.join(a.out, "results.json"), json.dumps(summary, indent=2))
+    atomic_write(os.path.join(out, "results.json"), json.dumps(summary, indent=2))
     md = report(results, paper)
-    atomic_write(os.path.join(a.out, "results.md"), md)
+    atomic_write(os.path.join(out, "results.md"), md)
     print(md)
     return summary
 

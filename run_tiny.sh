@@ -2,7 +2,7 @@
 # The whole Fleming-R1 recipe at toy scale on a CPU, every stage through the real scripts and their --tiny presets:
 #   kg.py -> synth.py -> filter.py -> distill.py (KG-path teacher) -> tiny.py base (tokenizer, model, pretraining
 #   corpus) -> sft.py (pretrain Base) -> per seed: sft.py (CoT cold start) -> grpo.py --stage 1 -> mine.py ->
-#   grpo.py --stage 2 -> eval.py on the held-out test set -> tiny.py report (the ablation table).
+#   grpo.py --stage 2 -> eval.py of every model on the held-out test set -> tiny.py report (the ablation table).
 # Usage: bash run_tiny.sh            (RUN=runs/tiny SEEDS="0 1 2" by default; SMOKE=1 for the CI-sized run)
 # Re-running skips every stage whose output exists; the training stages resume from their last checkpoint.
 set -euo pipefail
@@ -29,7 +29,7 @@ else
   # cold-start steps, stage 1 to 150 steps and stage 2 to 30, validation on 1,000 items, 600 mined: 25 min, similar
   # gains, levels 2-3 points higher (README)
   N_TRAIN=6000; N_TEST=1200; N_VAL=1000; BASE="--drills 30000"; PRE=""; SFT="--steps 600"; TOK=96
-  RL1="--max-steps 90 --eval-every 40 --val-limit 500"; RL2="--max-steps 12 --remine-every 6 --val-limit 500"
+  RL1="--max-steps 90 --eval-every 40 --val-limit 500"; RL2="--max-steps 12 --remine-every 0 --val-limit 500"
   MINE="--sample 400"
 fi
 mkdir -p "$RUN"
@@ -55,10 +55,6 @@ stage "tiny.py base + sft.py: tokenizer, random Qwen2-shaped model, pretraining 
 [ -f "$RUN/base/final/config.json" ] || $TORCHRUN sft.py --tiny --data "$RUN/base_init/pretrain.jsonl" \
   --init "$RUN/base_init/init" --out "$RUN/base" --epochs 1 --batch-size 64 --micro-batch 16 --lr 2e-3 $PRE
 
-stage "eval.py: Base on the held-out test set (one Base for all seeds: it precedes the recipe)"
-[ -f "$RUN/eval_base/results.json" ] || $EVAL --model "$RUN/base/final" --bench "jsonl=$TEST" \
-  --out "$RUN/eval_base" --max-new-tokens $TOK --batch-size 256
-
 for s in $SEEDS; do
   S="$RUN/seed$s"
   stage "seed $s: sft.py cold start"
@@ -70,15 +66,22 @@ for s in $SEEDS; do
   stage "seed $s: mine.py hard pool with the stage-1 model"
   [ -f "$S/mine/hard_pool.jsonl" ] || $TORCHRUN mine.py --tiny --model "$S/rl1/best" --data "$POOL" \
     --out "$S/mine" --seed "$s" $MINE
-  stage "seed $s: grpo.py --stage 2 (hard pool, larger k, re-mining)"
+  stage "seed $s: grpo.py --stage 2 (hard pool, larger k)"
   [ -f "$S/rl2/final/config.json" ] || $TORCHRUN grpo.py --tiny --stage 2 --data "$POOL" --pool "$S/mine/hard_pool.jsonl" \
     --val "$VAL" --init "$S/rl1/best" --out "$S/rl2" --seed "$s" $RL2
-  for st in sft rl1 rl2; do
-    m="$S/$st/final"; [ "$st" = sft ] || m="$S/$st/best"  # RL: the checkpoint selected on the validation split
-    [ -f "$S/eval/$st/results.json" ] || $EVAL --model "$m" --bench "jsonl=$TEST" --out "$S/eval/$st" \
-      --max-new-tokens $TOK --batch-size 256
-  done
 done
+
+stage "eval.py: every model on the held-out test set (one Base for all seeds: it precedes the recipe)"
+models=(); outs=()  # one process for all of them: a process start costs ~3 s
+add() { [ -f "$2/results.json" ] || { models+=("$1"); outs+=("$2"); }; }
+add "$RUN/base/final" "$RUN/eval_base"
+for s in $SEEDS; do  # RL: the checkpoint selected on the validation split
+  add "$RUN/seed$s/sft/final" "$RUN/seed$s/eval/sft"
+  add "$RUN/seed$s/rl1/best" "$RUN/seed$s/eval/rl1"
+  add "$RUN/seed$s/rl2/best" "$RUN/seed$s/eval/rl2"
+done
+[ ${#models[@]} = 0 ] || $EVAL --model "${models[@]}" --bench "jsonl=$TEST" --out "${outs[@]}" \
+  --max-new-tokens $TOK --batch-size 256
 
 stage "eval.py plumbing on a few real-format records (shipped sample files)"
 [ -f "$RUN/eval_formats/results.json" ] || $EVAL --model "$RUN/seed${SEEDS%% *}/rl2/best" \

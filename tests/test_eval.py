@@ -209,7 +209,7 @@ def test_cli_http_backend_retry_cache_and_resume(tmp_path):
     with FakeLLMServer(reply, fail=[500]) as srv:
         args = ["--model", srv.url, "--model-name", "fake", "--bench", f"jsonl={data}", "--out", out,
                 "--concurrency", "2", "--max-new-tokens", "64"]
-        s = main(args)
+        s, = main(args)
         assert srv.requests == 6  # 5 items + the retried 500
         r = s["benchmarks"]["jsonl"]
         assert r["n"] == 5 and r["accuracy"] == pytest.approx(60) and r["format_rate"] == 100  # items 0, 2, 4 right
@@ -219,14 +219,14 @@ def test_cli_http_backend_retry_cache_and_resume(tmp_path):
         main(args)  # resume: everything is in predictions.jsonl
         assert srv.requests == 6
         os.remove(os.path.join(out, "predictions.jsonl"))
-        assert main(args)["benchmarks"]["jsonl"] == r  # the response cache answers without a request
+        assert main(args)[0]["benchmarks"]["jsonl"] == r  # the response cache answers without a request
         assert srv.requests == 6 and srv.payloads[-1]["model"] == "fake" and srv.payloads[-1]["temperature"] == 0.0
 
 
 @needs_bench
 def test_cli_http_on_real_benchmarks_limit(tmp_path):
     with FakeLLMServer(lambda m, n, t: ["<think>x</think><answer>A</answer>"] * n) as srv:
-        s = main(["--model", srv.url, "--bench", f"medqa={B('medqa', 'medqa_train_small.jsonl')}",
+        s, = main(["--model", srv.url, "--bench", f"medqa={B('medqa', 'medqa_train_small.jsonl')}",
                   f"medbullets={B('medbullets', 'medbullets_op4.csv')}",
                   f"medbullets={B('medbullets', 'medbullets_op5.csv')}", "--out", str(tmp_path), "--limit", "7"])
     assert list(s["benchmarks"]) == ["medqa", "medbullets", "medbullets:medbullets_op5"]
@@ -260,12 +260,26 @@ def test_local_tiny_model_end_to_end(tmp_path):
     # the CLI loads the folder itself
     data = str(tmp_path / "syn.jsonl")
     write_jsonl(data, recs)
-    s = main(["--model", folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "o"), "--tiny"])
+    s, = main(["--model", folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "o"), "--tiny"])
     assert s["benchmarks"]["jsonl"]["n"] == 4 and os.path.exists(str(tmp_path / "o" / "results.json"))
     # --tiny changes defaults only: an explicit --limit / --max-new-tokens wins
-    s = main(["--model", folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "o2"), "--tiny", "--limit", "2",
+    s, = main(["--model", folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "o2"), "--tiny", "--limit", "2",
               "--max-new-tokens", "5"])
     assert s["benchmarks"]["jsonl"]["n"] == 2 and s["max_new_tokens"] == 5
+    # several models in one process, each into its own folder, each as if evaluated alone
+    torch.manual_seed(1)
+    other = str(tmp_path / "tiny2")
+    init_model(other, vocab_size=len(tok), tokenizer=tok, hidden_size=32, intermediate_size=64,
+               num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8192)
+    alone, = main(["--model", other, "--bench", f"jsonl={data}", "--out", str(tmp_path / "o3"), "--tiny"])
+    both = main(["--model", other, folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "m1"),
+                 str(tmp_path / "m2"), "--tiny"])
+    assert [b["model"] for b in both] == [other, folder] and both[0] == alone and both[1]["benchmarks"] == \
+        main(["--model", folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "o4"), "--tiny"])[0]["benchmarks"]
+    assert read_jsonl(str(tmp_path / "m1" / "predictions.jsonl")) == read_jsonl(str(tmp_path / "o3" / "predictions.jsonl"))
+    assert json.load(open(tmp_path / "m2" / "setup.json"))["model"] == folder
+    with pytest.raises(SystemExit):  # one --out per --model
+        main(["--model", other, folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "m3"), "--tiny"])
     # the same folder with other sampling settings is refused, not resumed with the old predictions
     with pytest.raises(SystemExit, match="max_new_tokens 5, now 64"):
         main(["--model", folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "o2"), "--tiny"])
