@@ -12,7 +12,7 @@ setup.json records the model and sampling settings, and a run with other setting
 
     python eval.py --model runs/grpo2/final --bench medqa=medqa/test.jsonl pubmedqa=pubmedqa/ori_pqal.json --out out/eval
     python eval.py --model http://localhost:8000/v1 --model-name Fleming-R1-7B --bench jmed=jmed.jsonl --out out/e
-    python eval.py --model runs/sft/final runs/grpo2/best --bench jsonl=test.jsonl --out out/sft out/rl2  # one process
+    python eval.py --model runs/sft/final runs/grpo2/best --bench jsonl=test.jsonl --out out/sft out/rl2
 Unparsable answers are wrong; nothing is guessed (NOTES: flattering extraction is the classic eval bug).
 """
 import argparse

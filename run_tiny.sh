@@ -25,9 +25,9 @@ if [ -n "${SMOKE:-}" ]; then  # a few steps per stage: checks the plumbing and e
   RL1="--max-steps 2 --prompts 4 --max-new-tokens $TOK"; RL2="$RL1"; MINE="--samples 2 --sample 60 --max-new-tokens $TOK"
   SEEDS=${SEEDS_SMOKE:-"0"}
 else
-  # sized for 20 min on 2 CPU cores (1,126 s on 2026-11-23; this machine's speed varies by ~7%); 40,000 drills, 800
-  # cold-start steps, stage 1 to 150 steps and stage 2 to 30, validation on 1,000 items, 600 mined: 25 min, similar
-  # gains, levels 2-3 points higher (README)
+  # sized for 20 min on 2 CPU cores (1,126-1,280 s on 2026-11-23; this machine's speed varies by ~10%); 40,000
+  # drills, 800 cold-start steps, stage 1 to 150 steps and stage 2 to 30, 600 mined: 25 min, similar gains, levels
+  # 2-3 points higher (README)
   N_TRAIN=6000; N_TEST=1200; N_VAL=1000; BASE="--drills 30000"; PRE=""; SFT="--steps 600"; TOK=96
   # checkpoints are chosen on the whole validation split (1,000 items): on 500 (SE ~2 points, the size of RL's gain)
   # one stage-1 draw kept a cold start that its final RL weights beat by 2 test points (docs/tiny_runs.md)
