@@ -216,7 +216,7 @@ def update(policy, opt, rows, adv, keep, args, world, ref=None):
     with torch.no_grad():  # pi_old for the PPO ratio, pi_ref for the KL: fixed for all epochs
         for ch in chunks:
             ch.append(policy.group_logprobs(*ch[0], args.temperature)[0] if args.ppo_epochs > 1 else None)
-            ch.append(ref.group_logprobs(*ch[0], args.temperature)[0] if ref is not None else None)
+            ch.append(ref.group_logprobs(*ch[0], args.temperature, entropy=False)[0] if ref is not None else None)
     st = dict(t_logprob=_sync(t), t_backward=0.0, t_opt=0.0, ent_sum=0.0, ent_n=0, loss=0.0, kl_sum=0.0)
     for epoch in range(args.ppo_epochs):
         for batch, s, old, ref_lp in chunks:

@@ -1,9 +1,9 @@
 """Batched KV-cache sampler for model.Transformer: rollouts (GRPO groups), teacher/verifier calls, evaluation.
 
-gpt-fast style: a preallocated KV cache, prompts left-padded with per-row positions, one batched prefill, then
-one token per step for every unfinished row (finished rows leave the batch). Group mode (k samples per prompt,
-GRPO, Fleming-R1 sec. 3.3) prefills each prompt once and replicates its cache k times. Under FSDP2 the weights
-are all-gathered once per call, not once per decode step.
+gpt-fast style: a preallocated KV cache, prompts left-padded with per-row positions, one batched prefill (a prefix
+common to all prompts runs once), then one token per step for every unfinished row (finished rows leave the
+batch). Group mode (k samples per prompt, GRPO, Fleming-R1 sec. 3.3) prefills each prompt once and replicates its
+cache k times. Under FSDP2 the weights are all-gathered once per call, not once per decode step.
 
     generate(model, [[5, 6, 7], [8]], max_new_tokens=4, eos_ids=[2])
     -> e.g. [[11, 12, 2], [9, 9, 9, 9]]: row 0 stopped at its EOS (kept), row 1 hit max_new_tokens
@@ -35,7 +35,7 @@ def sample(logits, temperature, top_p, u, want_logprob=True):
     softmax(logits / temperature) (the full distribution the training forward sees; at temperature 0, under
     softmax(logits), and u is not used)."""
     if temperature == 0:
-        tok = logits.argmax(-1)
+        tok = logits.max(-1).indices  # argmax's first-index tie rule, and 3x faster than argmax on CPU (measured)
         return tok, logits.log_softmax(-1).gather(1, tok[:, None])[:, 0] if want_logprob else None
     logp = (logits / temperature).log_softmax(-1)  # (N, V)
     probs = logp.exp()
@@ -55,9 +55,10 @@ def sample(logits, temperature, top_p, u, want_logprob=True):
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids=(), seed=None, pad_id=0,
-             k=1, return_logprobs=False):
+             k=1, return_logprobs=False, min_shared=16):
     """prompts: list of token-id lists -> len(prompts)*k completions (rows i*k .. i*k+k-1 belong to prompt i),
-    each ending at its first EOS (kept) or after max_new_tokens. With return_logprobs: (completions, logprobs)."""
+    each ending at its first EOS (kept) or after max_new_tokens. With return_logprobs: (completions, logprobs).
+    A prefix of >= min_shared tokens common to all prompts is prefilled once (see below)."""
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"generate: prompt {i} is empty (it needs at least one token, e.g. a BOS)")
@@ -65,12 +66,21 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
         return ([], []) if return_logprobs else []
     c = model.config
     dev = next(model.parameters()).device
+    # The prompts' common prefix (system prompt and chat template: 56 of ~99 tokens in the tiny run) runs once, for
+    # one row, and its keys/values are copied to every row; each suffix is left-padded after it. Positions come
+    # from the mask, so the pads between a row's prefix and suffix are invisible keys that shift no position.
+    # Every row keeps at least one suffix token: the prefill's last position gives its first logits. 14% off a
+    # greedy evaluation of the tiny run; in group mode the prefill is 1/k of the rows and nothing was gained.
+    Ls = min(len(p) for p in prompts) - 1
+    Ls = next((j for j in range(Ls) if any(p[j] != prompts[0][j] for p in prompts)), Ls)
+    Ls = Ls if Ls >= min_shared and k == 1 else 0
     B, N, P = len(prompts), len(prompts) * k, max(map(len, prompts))
-    ids = torch.full((B, P), pad_id, dtype=torch.long)
+    ids = torch.full((B, P - Ls), pad_id, dtype=torch.long)  # the suffixes
     mask = torch.zeros(B, P + max_new_tokens, dtype=torch.long)  # 1 = real token, over the whole cache
+    mask[:, :Ls] = 1
     for i, p in enumerate(prompts):  # left padding: every row's last prompt token sits in slot P-1
-        ids[i, P - len(p):] = torch.tensor(p)
-        mask[i, P - len(p):] = 1
+        ids[i, P - len(p):] = torch.tensor(p[Ls:])
+        mask[i, P - len(p) + Ls:] = 1
     ids, mask = ids.to(dev), mask.to(dev)
     lens = mask[:, :P].sum(1)  # (B,) next position of each row
     gen = torch.Generator(device=dev)
@@ -80,8 +90,14 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
         dtype = model.lm_head.weight.dtype  # the compute dtype (bf16 under FSDP mixed precision)
         shape = (c.num_hidden_layers, B, c.num_key_value_heads, P + max_new_tokens, c.head_dim)
         cache = (torch.zeros(shape, dtype=dtype, device=dev), torch.zeros(shape, dtype=dtype, device=dev))
-        # ---- prefill: the whole left-padded batch at once; only the last position's logits are needed
-        h = model(ids, attention_mask=mask[:, :P], kv_cache=cache, cache_pos=0, return_hidden=True)  # (B, P, D)
+        # ---- prefill: the shared prefix for row 0, copied to all rows; then the left-padded suffixes at once
+        if Ls:
+            prefix = torch.tensor([prompts[0][:Ls]], device=dev)  # (1, Ls)
+            model(prefix, kv_cache=tuple(x[:, :1] for x in cache), return_hidden=True)
+            for x in cache:
+                x[:, 1:, :, :Ls] = x[:, :1, :, :Ls]
+        # only the last position's logits are needed
+        h = model(ids, attention_mask=mask[:, :P], kv_cache=cache, cache_pos=Ls, return_hidden=True)  # (B, P-Ls, D)
         logits = model.lm_head(h[:, -1].to(dtype)).float()  # (B, V); FSDP may have cast h to fp32
         if k > 1:  # group mode: replicate prompt state k times, rows of a group contiguous
             cache = tuple(x.repeat_interleave(k, dim=1) for x in cache)  # (L, N, K, T_max, hd)

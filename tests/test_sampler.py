@@ -65,6 +65,25 @@ def test_greedy_matches_transformers_generate(tmp_path, kind):
     got = generate(ours, PROMPTS, 12, eos_ids=[eos])
     assert got == [hf(p, eos) for p in PROMPTS]
     assert got[0][-1] == eos and len(got[0]) <= 5
+    # prompts opening with one system prompt: the shared prefix runs once, copied to every row; rows of
+    # different lengths then hold pads between prefix and suffix
+    system = [(7 * j + 3) % 90 + 1 for j in range(20)]
+    shared = [system + p for p in PROMPTS]
+    assert generate(ours, shared, 12) == [hf(p) for p in shared]
+
+
+def test_shared_prefix_runs_once_with_the_same_logprobs():
+    m = tiny("qwen3")
+    system = [(5 * j + 1) % 90 + 1 for j in range(18)]
+    prompts = [system + p for p in PROMPTS] + [system + [4]]
+    rows = []
+    hook = m.model.embed_tokens.register_forward_hook(lambda mod, inp, out: rows.append(tuple(inp[0].shape)))
+    got, lp = generate(m, prompts, 8, return_logprobs=True)
+    hook.remove()
+    assert rows[:2] == [(1, 18), (4, 7)]  # the prefix for one row, then the suffixes (the longest has 7 tokens)
+    want, want_lp = generate(m, prompts, 8, return_logprobs=True, min_shared=10**9)  # the plain prefill
+    assert got == want
+    assert max(abs(a - b) for x, y in zip(lp, want_lp) for a, b in zip(x, y)) < 1e-5
 
 
 def test_eos_rows_independent_and_max_new_tokens():
