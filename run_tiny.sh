@@ -25,7 +25,7 @@ if [ -n "${SMOKE:-}" ]; then  # a few steps per stage: checks the plumbing and e
   RL1="--max-steps 2 --prompts 4 --max-new-tokens $TOK"; RL2="$RL1"; MINE="--samples 2 --sample 60 --max-new-tokens $TOK"
   SEEDS=${SEEDS_SMOKE:-"0"}
 else
-  # sized for 20 min on 2 CPU cores (1,126-1,280 s on 2026-11-23; this machine's speed varies by ~10%); 40,000
+  # sized for 20 min on 2 CPU cores (1,208 s on 2026-11-23, a slow hour; this machine's speed varies by ~10%); 40,000
   # drills, 800 cold-start steps, stage 1 to 150 steps and stage 2 to 30, 600 mined: 25 min, similar gains, levels
   # 2-3 points higher (README)
   N_TRAIN=6000; N_TEST=1200; N_VAL=1000; BASE="--drills 30000"; PRE=""; SFT="--steps 600"; TOK=96
