@@ -307,6 +307,7 @@ def train(args, rank, world, device):
     records = common.read_records(args.data)
     by_id = {r["id"]: r for r in records}
     val = common.read_records(args.val)[:args.val_limit or None] if args.val else []
+    val_key = f"{os.path.abspath(args.val or '')}:{len(val)}:{args.max_new_tokens}"  # what a val score depends on
     review = mine.review_ids(args.review)
     mp = args.mixed_precision if args.mixed_precision is not None else device.type == "cuda"
     if args.prompts % world:
@@ -346,11 +347,16 @@ def train(args, rank, world, device):
         done = step >= args.max_steps or st["stop"] is not None
         # ---- validation: greedy accuracy on --val; RUN_DIR/best is chosen on it alone
         if val and st["eval_step"] != step and (step % args.eval_every == 0 or done):
-            acc = evaluate(policy, tok, val, args)
+            # stage 2 starts from stage 1's best/, which recorded its score on this very split: not run twice
+            score = os.path.join(args.init, "val_score.jsonl")
+            known = common.read_jsonl(score)[0].get(val_key) if step == 0 and os.path.exists(score) else None
+            acc = evaluate(policy, tok, val, args) if known is None else known
             st["eval_step"] = step
             if acc > st["best"]:
                 st["best"] = acc
                 M.save_model(policy, os.path.join(args.out, "best"), tok)
+                if rank == 0:
+                    common.write_jsonl(os.path.join(args.out, "best", "val_score.jsonl"), [{val_key: acc}])
             if rank == 0:
                 log.log(dict(step=step, val_acc=acc, best_val_acc=st["best"]))
                 print(f"step {step} val_acc {acc:.4f} (best {st['best']:.4f})", flush=True)

@@ -173,7 +173,7 @@ class Transformer(nn.Module):
         return self.model.layers
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, return_hidden=False,
-                kv_cache=None, cache_pos=0):
+                kv_cache=None, cache_pos=0, segment_ids=None):
         """input_ids (B, T) -> logits (B, T, V) fp32, or final-normed hidden states (B, T, D) if return_hidden.
 
         position_ids (B, T): defaults to cumsum(attention_mask) - 1 (left padding works), else 0..T-1.
@@ -181,6 +181,8 @@ class Transformer(nn.Module):
         kv_cache = (k, v), each (L, B, K, T_max, head_dim), preallocated by the caller (see sampler.py); this
         call writes keys/values for slots cache_pos .. cache_pos+T-1. A cache of exactly cache_pos slots is a
         read-only prefix instead: attended over, never written (sft.group_logprobs trains through it).
+        segment_ids (B, T), no cache: several rows packed into one (sft.pack_batch); a token sees only earlier tokens
+        of its own segment (pass each segment's own position_ids).
         """
         B, T = input_ids.shape
         dev = input_ids.device
@@ -198,6 +200,9 @@ class Transformer(nn.Module):
             if attention_mask is not None:
                 # pad keys are invisible; a query still sees itself so an all-pad row is not NaN
                 mask = mask & attention_mask.bool()[:, None, None, :] | (kpos == qpos)
+        if segment_ids is not None:  # block-diagonal causal
+            mask = torch.ones(T, T, dtype=torch.bool, device=dev).tril()[None, None] & \
+                (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])  # (B, 1, T, T)
         x = self.model.embed_tokens(input_ids)  # (B, T, D)
         cos, sin = rope(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         for i, layer in enumerate(self.model.layers):

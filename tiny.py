@@ -345,7 +345,9 @@ def main(argv=None):
     b.add_argument("--kg", required=True)
     b.add_argument("--pool", required=True, help="filter.py's train.jsonl (options for format practice)")
     b.add_argument("--out", required=True)
-    b.add_argument("--vocab", type=int, default=4096, help="BPE vocabulary, before the entity-name tokens")
+    b.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary, before the entity-name tokens (2,800 in "
+                   "the tiny run: with 1,024 the lm_head, half of every step's compute, is 44%% smaller than with 4,096 "
+                   "and the chains 1%% longer)")
     b.add_argument("--dim", type=int, default=128)
     b.add_argument("--layers", type=int, default=4)
     b.add_argument("--heads", type=int, default=4)

@@ -297,6 +297,29 @@ def test_stage2_mines_and_remines_with_every_variant(assets):
     assert kl[0] is not None and abs(kl[0]) < 1e-6 and kl[-1] > 0
 
 
+def test_stage2_reuses_the_recorded_validation_score(assets, monkeypatch):
+    """best/ records its validation score; stage 2 started from it on the same split keeps that score for step 0
+    instead of evaluating the same weights again. On another split (here: fewer items) it evaluates."""
+    root, _ = assets
+    val = ["--val", f"{root}/val.jsonl", "--eval-every", "1000"]
+    a = os.path.join(root, "val_s1")
+    grpo.main(run_args(root, a, "--max-steps", "1", *val))
+    score = common.read_jsonl(os.path.join(a, "best", "val_score.jsonl"))[0]
+    assert list(score.values())[0] == max(r["val_acc"] for r in common.read_jsonl(f"{a}/metrics.jsonl") if "val_acc" in r)
+    calls, real = [], grpo.evaluate
+    monkeypatch.setattr(grpo, "evaluate", lambda *x: calls.append(1) or real(*x))
+    for limit, n_eval in ((0, 1), (6, 2)):  # step 0 reused + step 1 run; then both run
+        b = os.path.join(root, f"val_s2_{limit}")
+        args = run_args(root, b, "--max-steps", "1", "--pool", f"{root}/data.jsonl", "--val-limit", str(limit), *val)
+        args[args.index("--init") + 1] = os.path.join(a, "best")
+        calls.clear()
+        grpo.main(["--stage", "2"] + args[2:])
+        v = [r for r in common.read_jsonl(f"{b}/metrics.jsonl") if "val_acc" in r]
+        assert len(calls) == n_eval and [r["step"] for r in v] == [0, 1]
+        if limit == 0:
+            assert v[0]["val_acc"] == list(score.values())[0]
+
+
 @pytest.mark.slow
 def test_learning_two_ranks(assets):
     """torchrun 2 ranks, 30 steps: mean reward of the last 5 steps >= first 5 + 0.3 (measured: about -0.05 ->
