@@ -147,13 +147,14 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--sample", type=int, default=0, help="mine a seeded random sample of N items (0: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="CPU preset: 96 new tokens, no all-fail items")
+    p.add_argument("--tiny", action="store_true", help="CPU preset: 96 new tokens, temperature 0.5, no all-fail items")
     add_pool_args(p)
     args = p.parse_args(argv)
     if args.tiny:  # flags given explicitly still win
         # no all-fail items: their groups give no gradient (eq. 2: every r equals the group mean), and stage 2's
         # 12 tiny steps leave no time for the policy to start solving them; of 400 items mined, 171-221 are pooled
-        p.set_defaults(max_new_tokens=96, max_zero_share=0.0)
+        # temperature 0.5: grpo.py --tiny's rollouts, so "some samples right" means stage 2's groups carry a gradient
+        p.set_defaults(max_new_tokens=96, max_zero_share=0.0, temperature=0.5)
         args = p.parse_args(argv)
     args.max_new_tokens = args.max_new_tokens or 1024
     rank, world, device = M.setup_dist()

@@ -25,13 +25,13 @@ if [ -n "${SMOKE:-}" ]; then  # a few steps per stage: checks the plumbing and e
   RL1="--max-steps 2 --prompts 4 --max-new-tokens $TOK"; RL2="$RL1"; MINE="--samples 2 --sample 60 --max-new-tokens $TOK"
   SEEDS=${SEEDS_SMOKE:-"0"}
 else
-  # sized for 20 min on 2 CPU cores (1,208 s on 2026-11-23, a slow hour; this machine's speed varies by ~10%); 40,000
-  # drills, 800 cold-start steps, stage 1 to 150 steps and stage 2 to 30, 600 mined: 25 min, similar gains, levels
-  # 2-3 points higher (README)
-  N_TRAIN=6000; N_TEST=1200; N_VAL=1000; BASE="--drills 30000"; PRE=""; SFT="--steps 600"; TOK=96
+  # sized for 20 min on 2 CPU cores (the AMD EPYC host of 2026-12-06 runs this code ~35% slower than the Intel host
+  # of 2026-11-23); 40,000 drills, 800 cold-start steps, stage 1 to 150 steps and stage 2 to 30, 600 mined: 25 min
+  # there, similar gains, levels 2-3 points higher (docs/tiny_runs.md)
+  N_TRAIN=6000; N_TEST=1200; N_VAL=1000; BASE="--drills 25000"; PRE=""; SFT="--steps 560"; TOK=96
   # checkpoints are chosen on the whole validation split (1,000 items): on 500 (SE ~2 points, the size of RL's gain)
   # one stage-1 draw kept a cold start that its final RL weights beat by 2 test points (docs/tiny_runs.md)
-  RL1="--max-steps 90 --eval-every 40"; RL2="--max-steps 12 --remine-every 0"
+  RL1="--max-steps 80 --eval-every 40"; RL2="--max-steps 12 --remine-every 0"
   MINE="--sample 400"
 fi
 mkdir -p "$RUN"
