@@ -152,7 +152,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.tiny:  # flags given explicitly still win
         # no all-fail items: their groups give no gradient (eq. 2: every r equals the group mean), and stage 2's
-        # 12 tiny steps leave no time for the policy to start solving them; of 400 items mined, 171-221 are pooled
+        # 12 tiny steps leave no time for the policy to start solving them; of 400 items mined, 129-135 are pooled
         # temperature 0.5: grpo.py --tiny's rollouts, so "some samples right" means stage 2's groups carry a gradient
         p.set_defaults(max_new_tokens=96, max_zero_share=0.0, temperature=0.5)
         args = p.parse_args(argv)

@@ -71,10 +71,9 @@ class RMSNorm(nn.Module):
         self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
 
     def forward(self, x):
-        # normalise in fp32, cast back *before* the weight multiply (as HF does: bit-level parity in bf16)
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * h.to(x.dtype)
+        # normalise in fp32, cast back *before* the weight multiply (as HF does: bit-level parity in bf16).
+        # F.rms_norm: x * rsqrt(mean(x^2) + eps) in one op instead of five (a tiny decode step is mostly small ops)
+        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
 def rope(position_ids, head_dim, theta, dtype):
@@ -163,10 +162,20 @@ class Transformer(nn.Module):
         self.model.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
         self.tie()
+        self._rope = {}  # (device, dtype) -> cos, sin tables of positions 0..n-1 (rope_at)
 
     def tie(self):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    def rope_at(self, position_ids, dtype):
+        """cos, sin (B, 1, T, head_dim) at position_ids (B, T), looked up in tables of every position so far
+        (grown by doubling): two ops a call instead of nine, as a decode step of a tiny model is mostly small ops."""
+        n, key = int(position_ids.max()) + 1, (position_ids.device, dtype)
+        if key not in self._rope or len(self._rope[key][0]) < n:
+            pos = torch.arange(max(n, 2 * len(self._rope.get(key, [[]] * 2)[0]), 256), device=position_ids.device)
+            self._rope[key] = [x[0, 0] for x in rope(pos[None], self.config.head_dim, self.config.rope_theta, dtype)]
+        return tuple(x[position_ids][:, None] for x in self._rope[key])
 
     @property
     def layers(self):  # the FSDP units
@@ -193,7 +202,13 @@ class Transformer(nn.Module):
             else:
                 position_ids = torch.arange(cache_pos, S, device=dev).expand(B, T)
         mask = None
-        if attention_mask is not None or cache_pos > 0:
+        if T == 1 and attention_mask is not None:  # decode: every key is earlier or itself; pads stay invisible.
+            # Additive, so that no layer's attention converts a boolean mask again
+            dt = self.model.embed_tokens.weight.dtype  # the compute dtype (bf16 under FSDP mixed precision)
+            mask = torch.zeros(B, 1, 1, S, dtype=dt, device=dev).masked_fill_(~attention_mask.bool()[:, None, None, :],
+                                                                              -torch.inf)
+            mask[..., -1] = 0.0
+        elif attention_mask is not None or cache_pos > 0:
             qpos = torch.arange(cache_pos, S, device=dev)[:, None]  # (T, 1) absolute slot of each query
             kpos = torch.arange(S, device=dev)[None]  # (1, S)
             mask = (kpos <= qpos)[None, None]  # (1, 1, T, S) causal
@@ -204,7 +219,7 @@ class Transformer(nn.Module):
             mask = torch.ones(T, T, dtype=torch.bool, device=dev).tril()[None, None] & \
                 (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])  # (B, 1, T, T)
         x = self.model.embed_tokens(input_ids)  # (B, T, D)
-        cos, sin = rope(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
+        cos, sin = self.rope_at(position_ids, x.dtype)
         for i, layer in enumerate(self.model.layers):
             cache = None if kv_cache is None else (kv_cache[0][i], kv_cache[1][i])
             x = layer(x, cos, sin, mask, cache, cache_pos)
