@@ -16,7 +16,9 @@
    as the mean of paired per-question differences with its standard error — as Markdown + JSON, and a PNG of
    the RL curves (matplotlib optional), and where the errors are: how often the chain concluded the gold name,
    and how often the letter was right when it did and when it did not.
-3. `chains`: the same breakdown for a model's greedy and sampled answers (GRPO's rollouts) on any records.
+3. `chains`: the same breakdown for a model's greedy and sampled answers (GRPO's rollouts) on any records, and
+   within each group of rollouts how much more often a right chain is rewarded than a wrong one, and whether the
+   letter follows the chain at all: the greedy chains again, their concluded name replaced by a wrong option.
 
   python tiny.py base --dump data/sample_wiki.xml --kg RUN/kg --pool RUN/pool/train.jsonl --out RUN/base_init
   python tiny.py report --run RUN --seeds 0 1 2
@@ -225,6 +227,19 @@ def chain_right(output, record):
     return m is not None and m.group(1) == record["options"][record["answer"]]
 
 
+def force_conclusion(output, record, rng):
+    """A counterfactual of the model's own answer: `output` up to the end of its conclusion, with the concluded name
+    replaced everywhere by a wrong option's, drawn by `rng` -> (that prefix, the wrong option's letter), or None when
+    the output concludes nothing. A scan that reads the chain answers that letter; one that ignores it answers what
+    it would have anyway."""
+    m = CONCLUSION.search(output)
+    if m is None:
+        return None
+    wrong = rng.choice(sorted(set(record["options"]) - {record["answer"]}))
+    return output[:m.start()].replace(m.group(1), record["options"][wrong]) + f"So the answer is " \
+        f"{record['options'][wrong]}.", wrong
+
+
 def chain_breakdown(rows):
     """rows of (tier, chain reached the gold name, letter right) -> {tier and "all": {n, chain, letter_if_chain,
     letter_if_not, right_with_wrong_chain}} in % (None where no row qualifies). The answer-only reward (eq. 1)
@@ -239,6 +254,17 @@ def chain_breakdown(rows):
                          letter_if_chain=pct([l for c, l in sel if c]), letter_if_not=pct([l for c, l in sel if not c]),
                          right_with_wrong_chain=pct([not c for c, l in sel if l]))
     return out
+
+
+def group_gap(groups):
+    """groups: one list of (chain reached the gold name, rewarded) per prompt's k rollouts -> {groups, varied: % of
+    groups whose chains disagree, right / wrong: % rewarded among their chain-right / chain-wrong rollouts}. GRPO's
+    advantage (eq. 2) compares rollouts of one group only, so right - wrong is all the reward says about the chain:
+    where it is near 0, RL can teach the scan but not the reasoning."""
+    varied = [g for g in groups if len({c for c, _ in g}) == 2]
+    pct = lambda xs: round(100 * sum(xs) / len(xs), 1) if xs else None
+    return dict(groups=len(groups), varied=pct([g in varied for g in groups]),
+                right=pct([r for g in varied for c, r in g if c]), wrong=pct([r for g in varied for c, r in g if not c]))
 
 
 def scan_verdicts(rows):
@@ -290,7 +316,7 @@ def chains(a):
     from transformers import AutoTokenizer
     import model as M
     import sampler
-    from common import eos_ids, prompt_ids, reward
+    from common import eos_ids, extract_answer, prompt_ids, reward
     torch.set_flush_denormal(True)
     tok, model = AutoTokenizer.from_pretrained(a.model), M.load_model(a.model)
     stops = eos_ids(tok)
@@ -299,7 +325,7 @@ def chains(a):
         seen[r.get("difficulty")] = seen.get(r.get("difficulty"), 0) + 1
         if seen[r.get("difficulty")] <= a.n:
             recs.append(r)
-    rows = {"greedy": [], f"k={a.k}, T={a.temperature}": []}
+    rows, groups, forced, rng = {"greedy": [], f"k={a.k}, T={a.temperature}": []}, [], [], random.Random(a.seed)
     for i in range(0, len(recs), a.batch_size):
         part = recs[i:i + a.batch_size]
         prompts = [prompt_ids(tok, r) for r in part]
@@ -309,9 +335,28 @@ def chains(a):
             for j, c in enumerate(comps):
                 r, text = part[j // k], tok.decode(c, skip_special_tokens=False)
                 out.append((r.get("difficulty"), chain_right(text, r), reward(text, r) == 1.0))
+                if k == 1 and (f := force_conclusion(text, r, rng)):
+                    forced.append((r, *f))
+        sampled = rows[f"k={a.k}, T={a.temperature}"][-len(part) * a.k:]
+        groups += [[(c, w) for _, c, w in sampled[j:j + a.k]] for j in range(0, len(sampled), a.k)]
     # a rollout is right when GRPO rewards it (common.reward 1.0: well-formed and correct); eval.py's accuracy,
     # which tiny.py report uses, also counts a right letter in a broken format (99-100% are well-formed after SFT)
     print(breakdown_md({key: chain_breakdown(out) for key, out in rows.items()}, right="reward 1"))
+    follow = stay = 0  # the greedy scans again, after a chain that reasons to a wrong option
+    for i in range(0, len(forced), a.batch_size):
+        part = forced[i:i + a.batch_size]
+        prompts = [prompt_ids(tok, r) + tok.encode(pre, add_special_tokens=False) for r, pre, _ in part]
+        comps = sampler.generate(model, prompts, a.max_new_tokens, eos_ids=stops, pad_id=tok.pad_token_id)
+        for (r, pre, wrong), c in zip(part, comps):  # the same chain, now reasoning to the wrong option
+            letter = extract_answer(pre + tok.decode(c, skip_special_tokens=False), r["options"])
+            follow, stay = follow + (letter == wrong), stay + (letter == r["answer"])
+    n = max(len(forced), 1)
+    print(f"\nWith the concluded name of the {len(forced)} greedy chains that have one replaced by a wrong option, the "
+          f"letter was that option {100 * follow / n:.1f}% of the time and the gold one {100 * stay / n:.1f}% (a scan "
+          f"that reads the chain: 100 / 0).")
+    g = group_gap(groups)
+    print(f"\nWithin the {g['groups']} groups ({g['varied']}% of them with chains that disagree), rollouts whose chain "
+          f"reached the gold name were rewarded {g['right']}% of the time, the others {g['wrong']}%.")
 
 
 def report(a):

@@ -49,3 +49,4 @@ def test_run_tiny_smoke(tmp_path):
     n_all = {l.split(" | ")[0][2:]: int(l.split(" | ")[2]) for l in p.stdout.splitlines() if " | all | " in l}
     tiers = {r["difficulty"] for r in pool}
     assert n_all == {"greedy": 3 * len(tiers), "k=2, T=1.0": 6 * len(tiers)}, p.stdout
+    assert f"Within the {3 * len(tiers)} groups" in p.stdout and "replaced by a wrong option" in p.stdout, p.stdout

@@ -3,7 +3,7 @@ import random
 import re
 
 from common import extract_answer, is_well_formed
-from tiny import chain_breakdown, chain_right, format_practice, scan_drills, scan_verdicts
+from tiny import chain_breakdown, chain_right, force_conclusion, format_practice, group_gap, scan_drills, scan_verdicts
 
 POOL = [{"options": {"A": "Aspirin", "B": "Heparin", "C": "Paracetamol", "D": "Warfarin"}},
         {"options": {"A": "Fever", "B": "Rash", "C": "Cough", "D": "Dyspnea", "E": "Pallor"}}]
@@ -71,3 +71,26 @@ def test_chain_breakdown_and_verdicts_read_what_the_model_wrote():
     # elsewhere
     assert v["B"] == {"misnamed": [5, 20.0], "match": [1, 100.0], "other": [3, 33.3]}
     assert v["C"] == {"misnamed": [3, 0.0], "match": [2, 100.0], "other": [1, 100.0]}  # lucky's "yes" elsewhere
+
+
+def test_group_gap_compares_rollouts_within_their_group_only():
+    # group 1: chains disagree, the right chain rewarded, the wrong ones half the time; group 2: all chains right
+    # (no say on the chain, however the rewards fall); group 3: chains disagree, every rollout rewarded
+    g1 = [(True, True), (False, True), (False, False)]
+    g2 = [(True, True), (True, False)]
+    g3 = [(True, True), (False, True)]
+    assert group_gap([g1, g2, g3]) == dict(groups=3, varied=66.7, right=100.0, wrong=66.7)
+    # pooled over groups, right chains are rewarded 75% and wrong ones 67%; group 2's rollouts do not count
+    assert group_gap([g2]) == dict(groups=1, varied=0.0, right=None, wrong=None)
+
+
+def test_force_conclusion_swaps_in_a_wrong_option_and_keeps_the_chain():
+    text = out("Paracetamol", "A. Aspirin no. B. Heparin no. C. Paracetamol yes.")
+    seen = set()
+    for seed in range(20):
+        pre, wrong = force_conclusion(text, REC, random.Random(seed))
+        name = REC["options"][wrong]
+        assert pre == f"<think>Dengue is treated with {name}. So the answer is {name}."
+        seen.add(wrong)
+    assert seen == {"A", "B", "D"}  # every wrong option, never the gold one
+    assert force_conclusion("<think>Dengue.</think>\n<answer>C</answer>", REC, random.Random(0)) is None
