@@ -202,7 +202,10 @@ class Transformer(nn.Module):
             else:
                 position_ids = torch.arange(cache_pos, S, device=dev).expand(B, T)
         mask = None
-        if T == 1 and attention_mask is not None:  # decode: every key is earlier or itself; pads stay invisible.
+        if segment_ids is not None:  # block-diagonal causal
+            mask = torch.ones(T, T, dtype=torch.bool, device=dev).tril()[None, None] & \
+                (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])  # (B, 1, T, T)
+        elif T == 1 and attention_mask is not None:  # decode: every key is earlier or itself; pads stay invisible.
             # Additive, so that no layer's attention converts a boolean mask again
             dt = self.model.embed_tokens.weight.dtype  # the compute dtype (bf16 under FSDP mixed precision)
             mask = torch.zeros(B, 1, 1, S, dtype=dt, device=dev).masked_fill_(~attention_mask.bool()[:, None, None, :],
@@ -215,9 +218,6 @@ class Transformer(nn.Module):
             if attention_mask is not None:
                 # pad keys are invisible; a query still sees itself so an all-pad row is not NaN
                 mask = mask & attention_mask.bool()[:, None, None, :] | (kpos == qpos)
-        if segment_ids is not None:  # block-diagonal causal
-            mask = torch.ones(T, T, dtype=torch.bool, device=dev).tril()[None, None] & \
-                (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])  # (B, 1, T, T)
         x = self.model.embed_tokens(input_ids)  # (B, T, D)
         cos, sin = self.rope_at(position_ids, x.dtype)
         for i, layer in enumerate(self.model.layers):

@@ -236,8 +236,8 @@ def force_conclusion(output, record, rng):
     if m is None:
         return None
     wrong = rng.choice(sorted(set(record["options"]) - {record["answer"]}))
-    return output[:m.start()].replace(m.group(1), record["options"][wrong]) + f"So the answer is " \
-        f"{record['options'][wrong]}.", wrong
+    name = record["options"][wrong]
+    return output[:m.start()].replace(m.group(1), name) + f"So the answer is {name}.", wrong
 
 
 def chain_breakdown(rows):
@@ -325,7 +325,8 @@ def chains(a):
         seen[r.get("difficulty")] = seen.get(r.get("difficulty"), 0) + 1
         if seen[r.get("difficulty")] <= a.n:
             recs.append(r)
-    rows, groups, forced, rng = {"greedy": [], f"k={a.k}, T={a.temperature}": []}, [], [], random.Random(a.seed)
+    sampled = f"k={a.k}, T={a.temperature}"
+    rows, forced, rng = {"greedy": [], sampled: []}, [], random.Random(a.seed)
     for i in range(0, len(recs), a.batch_size):
         part = recs[i:i + a.batch_size]
         prompts = [prompt_ids(tok, r) for r in part]
@@ -337,8 +338,6 @@ def chains(a):
                 out.append((r.get("difficulty"), chain_right(text, r), reward(text, r) == 1.0))
                 if k == 1 and (f := force_conclusion(text, r, rng)):
                     forced.append((r, *f))
-        sampled = rows[f"k={a.k}, T={a.temperature}"][-len(part) * a.k:]
-        groups += [[(c, w) for _, c, w in sampled[j:j + a.k]] for j in range(0, len(sampled), a.k)]
     # a rollout is right when GRPO rewards it (common.reward 1.0: well-formed and correct); eval.py's accuracy,
     # which tiny.py report uses, also counts a right letter in a broken format (99-100% are well-formed after SFT)
     print(breakdown_md({key: chain_breakdown(out) for key, out in rows.items()}, right="reward 1"))
@@ -354,7 +353,7 @@ def chains(a):
     print(f"\nWith the concluded name of the {len(forced)} greedy chains that have one replaced by a wrong option, the "
           f"letter was that option {100 * follow / n:.1f}% of the time and the gold one {100 * stay / n:.1f}% (a scan "
           f"that reads the chain: 100 / 0).")
-    g = group_gap(groups)
+    g = group_gap([[(c, w) for _, c, w in rows[sampled][j:j + a.k]] for j in range(0, len(rows[sampled]), a.k)])
     print(f"\nWithin the {g['groups']} groups ({g['varied']}% of them with chains that disagree), rollouts whose chain "
           f"reached the gold name were rewarded {g['right']}% of the time, the others {g['wrong']}%.")
 
