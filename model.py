@@ -172,8 +172,9 @@ class Transformer(nn.Module):
         """cos, sin (B, 1, T, head_dim) at position_ids (B, T), looked up in tables of every position so far
         (grown by doubling): two ops a call instead of nine, as a decode step of a tiny model is mostly small ops."""
         n, key = int(position_ids.max()) + 1, (position_ids.device, dtype)
-        if key not in self._rope or len(self._rope[key][0]) < n:
-            pos = torch.arange(max(n, 2 * len(self._rope.get(key, [[]] * 2)[0]), 256), device=position_ids.device)
+        have = len(self._rope[key][0]) if key in self._rope else 0
+        if have < n:
+            pos = torch.arange(max(n, 2 * have, 256), device=position_ids.device)
             self._rope[key] = [x[0, 0] for x in rope(pos[None], self.config.head_dim, self.config.rope_theta, dtype)]
         return tuple(x[position_ids][:, None] for x in self._rope[key])
 

@@ -263,7 +263,7 @@ def group_gap(groups):
     where it is near 0, RL can teach the scan but not the reasoning."""
     varied = [g for g in groups if len({c for c, _ in g}) == 2]
     pct = lambda xs: round(100 * sum(xs) / len(xs), 1) if xs else None
-    return dict(groups=len(groups), varied=pct([g in varied for g in groups]),
+    return dict(groups=len(groups), varied=round(100 * len(varied) / len(groups), 1) if groups else None,
                 right=pct([r for g in varied for c, r in g if c]), wrong=pct([r for g in varied for c, r in g if not c]))
 
 
