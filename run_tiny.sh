@@ -27,7 +27,8 @@ if [ -n "${SMOKE:-}" ]; then  # a few steps per stage: checks the plumbing and e
 else
   # sized for 20 min on 2 CPU cores (the AMD EPYC host of 2026-12-06 runs this code ~35% slower than the Intel host
   # of 2026-11-23); 40,000 drills, 800 cold-start steps, stage 1 to 150 steps and stage 2 to 30, 600 mined: 25 min
-  # there, similar gains, levels 2-3 points higher (docs/tiny_runs.md)
+  # there, similar gains, levels 2-3 points higher; the cold start alone at 1,120 steps: +10.8 points, RL gains the
+  # same, ~4 min more on the AMD host (docs/tiny_runs.md)
   N_TRAIN=6000; N_TEST=1200; N_VAL=1000; BASE="--drills 25000"; PRE=""; SFT="--steps 560"; TOK=96
   # checkpoints are chosen on the whole validation split (1,000 items): on 500 (SE ~2 points, the size of RL's gain)
   # one stage-1 draw kept a cold start that its final RL weights beat by 2 test points (docs/tiny_runs.md)
