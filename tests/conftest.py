@@ -3,3 +3,13 @@ import os, sys
 # (transformers imports it as a side effect).
 os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def end_worker():
+    """The last call of a torchrun test worker, once its work is written and its process group destroyed: leave
+    without interpreter finalization. There, gloo's threads sometimes abort a process that has succeeded (SIGABRT,
+    "terminate called without an active exception"): 4 of 50 runs of test_grpo's worker on the loaded 2-core
+    machine, and in the one such run that logged it, after destroy_process_group had returned on both ranks."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

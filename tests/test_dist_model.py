@@ -115,3 +115,5 @@ def worker(out):
 
 if __name__ == "__main__":
     worker(sys.argv[1])
+    from conftest import end_worker
+    end_worker()

@@ -381,3 +381,5 @@ if __name__ == "__main__":  # torchrun worker of test_two_ranks_equal_one_rank
         M.save_model(model, sys.argv[1])
     finally:
         dist.destroy_process_group()
+    from conftest import end_worker  # reached only if the worker succeeded
+    end_worker()

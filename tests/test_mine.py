@@ -145,3 +145,5 @@ if __name__ == "__main__":  # torchrun worker of test_two_ranks_gather_in_order
             common.write_jsonl(sys.argv[2], rows)
     finally:
         dist.destroy_process_group()
+    from conftest import end_worker  # reached only if the worker succeeded
+    end_worker()
