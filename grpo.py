@@ -32,7 +32,7 @@ Memory, Qwen2.5-7B on 8 x 80 GB with the defaults (FSDP2, bf16 compute, fp32 mas
 16 B/param x 7.6e9 / 8 ranks = 15 GB sharded state; the rollout unshards bf16 weights (15 GB) plus a KV cache of
 57 KB/token x 64 rows x 1.6k tokens = 6 GB (freed before training); training: micro-batch of 2 completions x
 1.6k tokens of activations (~25 GB without activation checkpointing; their prompt runs once for both, see
-sft.group_logprobs). token_logprobs never builds (tokens x vocab) logits. Fits in 80 GB with room; raise
+model.group_logprobs). token_logprobs never builds (tokens x vocab) logits. Fits in 80 GB with room; raise
 --micro-batch if memory allows.
 """
 import argparse
@@ -48,7 +48,6 @@ import common
 import mine
 import model as M
 import sampler
-import sft
 
 # tiny: lr, KL and batch from seed-0 trials on the 1,200 test items (issue #9), cold start 51.3%. Without the KL,
 # lr 1e-4 (16 prompts, 60 steps) fell to 48.0%: the updates' noise erodes the copying the chains rely on (right
@@ -180,7 +179,7 @@ def group_batch(rows, pieces, pad_id, device):
         prompts[j, P - len(p):], pmask[j, P - len(p):] = torch.tensor(p), 1
     comps = [rows[i][1] for g in pieces for i in g]
     C = max(map(len, comps))
-    ids, tgt = torch.full((len(comps), C), pad_id), torch.full((len(comps), C), sft.IGNORE)
+    ids, tgt = torch.full((len(comps), C), pad_id), torch.full((len(comps), C), M.IGNORE)
     for i, c in enumerate(comps):
         ids[i, :len(c)] = tgt[i, :len(c)] = torch.tensor(c)
     counts = torch.tensor([len(g) for g in pieces], device=device)
@@ -241,7 +240,7 @@ def update(policy, opt, rows, adv, keep, args, world, ref=None):
                 if ref_lp is not None:  # the KL term of the loss, summed over completion tokens
                     st["kl_sum"] += (k3_kl(ref_lp, logp.detach()) * (tgt != -100)).sum().item()
         t = time.time()
-        st["grad_norm"] = sft.clip_grad(policy, args.grad_clip)
+        st["grad_norm"] = M.clip_grad(policy, args.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         st["t_opt"] += _sync(t)
@@ -325,12 +324,11 @@ def train(args, rank, world, device):
     if pool is not None and len(pool) < args.prompts:
         raise SystemExit(f"{args.data}: the stage {args.stage} pool has {len(pool)} items, fewer than --prompts")
 
-    policy = sft.attach_logprobs(M.shard_model(M.load_model(args.init, device), mp, args.fsdp_per_block))
+    policy = M.shard_model(M.load_model(args.init, device), mp, args.fsdp_per_block)
     ref = None
     if args.kl_coef > 0:  # the frozen reference for the KL variant: the --init weights
-        ref = sft.attach_logprobs(M.shard_model(M.load_model(args.init, device).requires_grad_(False), mp,
-                                                   args.fsdp_per_block))
-    opt = sft.make_optimizer(policy, args.lr, args.weight_decay, betas=(0.9, 0.99))  # constant lr, as usual in RL
+        ref = M.shard_model(M.load_model(args.init, device).requires_grad_(False), mp, args.fsdp_per_block)
+    opt = M.make_optimizer(policy, args.lr, args.weight_decay, betas=(0.9, 0.99))  # constant lr, as usual in RL
     st = dict(step=0, best=-1.0, eval_step=-1, rewards=[], zero_fracs=[], stop=None, pool_ids=None)
     state_dir = os.path.join(args.out, "state")
     if os.path.isdir(state_dir):  # resume: same run, same step, same RNG

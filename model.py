@@ -6,13 +6,17 @@ logits and vice versa. Also: tiny-mode builders (a byte-level BPE tokenizer with
 model) and the distributed helpers used by sft.py / grpo.py (FSDP2 sharding, resumable safetensors checkpoints).
 This is the policy network of Fleming-R1 (arXiv 2509.15279, sec. 3: the Qwen2.5 / Qwen3 backbones).
 """
-import json, os, random, shutil
+import json, math, os, random, shutil
 from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+
+from kernels.logprob import token_logprobs
+
+IGNORE = -100  # the target of a position that predicts nothing (prompt tokens, pads)
 
 # ----------------------------------------------------------------------------------------------- config
 
@@ -190,7 +194,7 @@ class Transformer(nn.Module):
         attention_mask (B, S) 1=real 0=pad, over all keys: S = T, or cache_pos + T when decoding with a cache.
         kv_cache = (k, v), each (L, B, K, T_max, head_dim), preallocated by the caller (see sampler.py); this
         call writes keys/values for slots cache_pos .. cache_pos+T-1. A cache of exactly cache_pos slots is a
-        read-only prefix instead: attended over, never written (sft.group_logprobs trains through it).
+        read-only prefix instead: attended over, never written (group_logprobs trains through it).
         segment_ids (B, T), no cache: several rows packed into one (sft.pack_batch); a token sees only earlier tokens
         of its own segment (pass each segment's own position_ids).
         """
@@ -226,6 +230,49 @@ class Transformer(nn.Module):
             x = layer(x, cos, sin, mask, cache, cache_pos)
         x = self.model.norm(x)
         return x if return_hidden else self.lm_head(x).float()
+
+    # ---- log-probs of chosen tokens: SFT's loss and GRPO's eq. 1. Registered with FSDP2 as forward methods
+    # (shard_model), so that lm_head.weight is unsharded while token_logprobs uses it
+
+    def _logprobs_at(self, h, tgt, temperature, entropy):
+        """h (B, T, D) hidden states, tgt (B, T) the token each position predicts (IGNORE: none) -> log-probs (B, T)
+        (0 where IGNORE) and the entropy (N,) of the selected positions (None if not `entropy`). Only the selected
+        positions go through lm_head, in the fused kernel: no (B, T, V) logits, no lm_head FLOPs for prompt tokens."""
+        sel = tgt != IGNORE
+        out = token_logprobs(h[sel], self.lm_head.weight, tgt[sel], temperature, return_entropy=entropy,
+                             backend="triton" if h.is_cuda else "torch")  # (N,)
+        logp, ent = out if entropy else (out, None)
+        return torch.zeros(tgt.shape, device=h.device).masked_scatter(sel, logp), ent.detach() if entropy else None
+
+    def seq_logprobs(self, ids, tgt, temperature=1.0, entropy=True, position_ids=None, segment_ids=None):
+        """ids (B, T) right-padded prompt + completion, tgt (B, T) the completion token each position predicts
+        (IGNORE elsewhere: sft.pad_batch; the completion's EOS is in, pads are not, since the mask comes from lengths
+        and a pad id equal to an EOS id is harmless) -> per-token log-probs (B, T) at `temperature` (0 where
+        IGNORE), and the entropy (N,) of the selected positions (None if not `entropy`).
+        position_ids, segment_ids: packed rows (sft.pack_batch)."""
+        h = self.forward(ids, position_ids, return_hidden=True, segment_ids=segment_ids)  # (B, T, D) final-normed
+        # hidden states; right pads are never seen
+        return self._logprobs_at(h, tgt, temperature, entropy)
+
+    def group_logprobs(self, prompts, pmask, comps, tgt, counts, temperature=1.0, entropy=True):
+        """The same log-probs for GRPO groups, each prompt through the network once for all its completions:
+        prompts (G, P) left-padded (pmask 1 = real), comps (N, C) right-padded completions, the first counts[0]
+        rows of prompt 0, the next counts[1] of prompt 1, ... (counts: (G,) tensor or one int), tgt (N, C) = comps
+        with IGNORE at the pads -> log-probs (N, C) of comps, entropy of the selected positions.
+        As the sampler: prefill the prompts into a KV cache, replicate each prompt's rows, run the completions on
+        top. The gradient reaches the prompt through the replicated keys and values (the copies' gradients add up)."""
+        c, (G, P), C = self.config, prompts.shape, comps.shape[1]
+        dt = self.lm_head.weight.dtype  # the compute dtype (bf16 under FSDP mixed precision)
+        # one tensor per layer: autograd forbids writing layer i+1 into a tensor whose layer-i slice was saved
+        cache = tuple([torch.zeros(G, c.num_key_value_heads, P, c.head_dim, dtype=dt, device=prompts.device)
+                       for _ in range(c.num_hidden_layers)] for _ in range(2))
+        hp = self.forward(prompts, attention_mask=pmask, kv_cache=cache, cache_pos=0, return_hidden=True)[:, -1]
+        # P slots, cache_pos P: the completions read the replicated prompt cache (forward), never write into it
+        cache = tuple([x.repeat_interleave(counts, 0) for x in side] for side in cache)
+        mask = torch.cat([pmask.repeat_interleave(counts, 0), torch.ones_like(comps)], 1)  # pads: only later keys
+        hc = self.forward(comps, attention_mask=mask, kv_cache=cache, cache_pos=P, return_hidden=True)  # (N, C, D)
+        h = torch.cat([hp.repeat_interleave(counts, 0)[:, None], hc[:, :-1]], 1)  # position j predicts comps[:, j]
+        return self._logprobs_at(h, tgt, temperature, entropy)
 
 
 # ----------------------------------------------------------------------------------------------- load / save
@@ -374,6 +421,31 @@ def init_weights(model):
     return model
 
 
+# ----------------------------------------------------------------------------------------------- optimisation
+
+
+def make_optimizer(model, lr, weight_decay=0.0, betas=(0.9, 0.95)):
+    """AdamW; no weight decay on norms and biases (1-D tensors)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
+
+
+def clip_grad(model, max_norm):
+    """Clip the global gradient norm; -> the norm before clipping as a float (a DTensor under FSDP)."""
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+
+
+def lr_at(step, total, warmup, peak, min_ratio=0.1):
+    """Linear warmup over `warmup` steps, then cosine decay to min_ratio * peak at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
 # ----------------------------------------------------------------------------------------------- distributed
 
 
@@ -398,12 +470,14 @@ def shard_model(model, mixed_precision=False, per_block=True):
     collectives cost more time than the memory they save. Same values either way. No-op single-process."""
     if not _is_dist() or torch.distributed.get_world_size() == 1:
         return model
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
     kw = dict(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else {}
     for block in model.layers if per_block else []:
         fully_shard(block, mp_policy=MixedPrecisionPolicy(**kw))
     out = torch.float32 if mixed_precision else None  # fp32 outputs: set on the root only
     fully_shard(model, mp_policy=MixedPrecisionPolicy(**kw, output_dtype=out))
+    for name in ("seq_logprobs", "group_logprobs"):  # all-gather / free the weights around them as around forward
+        register_fsdp_forward_method(model, name)
     return model
 
 

@@ -23,30 +23,17 @@ import argparse
 import math
 import os
 import time
-import types
 from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
-from torch.distributed.fsdp import register_fsdp_forward_method
 
 import model as M
 from common import MetricsLog, Progress, read_jsonl, write_jsonl
-from kernels.logprob import token_logprobs
-
-IGNORE = -100
 
 # ----------------------------------------------------------------------------------------------------------
-# helpers grpo.py shares
-
-
-def lr_at(step, total, warmup, peak, min_ratio=0.1):
-    """Linear warmup over `warmup` steps, then cosine decay to min_ratio * peak at `total`."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    frac = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+# batches
 
 
 def pad_batch(seqs, starts, pad_id, device="cpu"):
@@ -57,7 +44,7 @@ def pad_batch(seqs, starts, pad_id, device="cpu"):
     """
     T = max(len(s) for s in seqs)
     x = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    y = torch.full((len(seqs), T), IGNORE, dtype=torch.long)
+    y = torch.full((len(seqs), T), M.IGNORE, dtype=torch.long)
     for i, (s, st) in enumerate(zip(seqs, starts)):
         x[i, :len(s)] = torch.tensor(s)
         y[i, max(st, 1) - 1:len(s) - 1] = torch.tensor(s[max(st, 1):])
@@ -88,72 +75,6 @@ def pack_batch(seqs, starts, pad_id, device="cpu"):
             pos[r, o:o + n], seg[r, o:o + n] = torch.arange(n), i
             o += n
     return x.to(device), y.to(device), pos.to(device), seg.to(device)
-
-
-def make_optimizer(model, lr, weight_decay=0.0, betas=(0.9, 0.95)):
-    """AdamW; no weight decay on norms and biases (1-D tensors)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
-
-
-def clip_grad(model, max_norm):
-    """Clip the global gradient norm; -> the norm before clipping as a float (a DTensor under FSDP)."""
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-
-
-def _logprobs_at(self, h, tgt, temperature, entropy):
-    """h (B, T, D) hidden states, tgt (B, T) the token each position predicts (-100: none) -> log-probs (B, T)
-    (0 where -100) and the entropy (N,) of the selected positions (None if not `entropy`). Only the selected
-    positions go through lm_head, in the fused kernel: no (B, T, V) logits, no lm_head FLOPs for prompt tokens."""
-    sel = tgt != -100
-    out = token_logprobs(h[sel], self.lm_head.weight, tgt[sel], temperature, return_entropy=entropy,
-                         backend="triton" if h.is_cuda else "torch")  # (N,)
-    logp, ent = out if entropy else (out, None)
-    return torch.zeros(tgt.shape, device=h.device).masked_scatter(sel, logp), ent.detach() if entropy else None
-
-
-def _seq_logprobs(self, ids, tgt, temperature=1.0, entropy=True, position_ids=None, segment_ids=None):
-    """ids (B, T) right-padded prompt + completion, tgt (B, T) the completion token each position predicts
-    (-100 elsewhere: sft.pad_batch; the completion's EOS is in, pads are not, since the mask comes from lengths
-    and a pad id equal to an EOS id is harmless) -> per-token log-probs (B, T) at `temperature` (0 where -100),
-    and the entropy (N,) of the selected positions (None if not `entropy`).
-    position_ids, segment_ids: packed rows (pack_batch).
-    A method of the model registered with FSDP2, so that lm_head.weight is unsharded while token_logprobs uses it."""
-    h = self.forward(ids, position_ids, return_hidden=True, segment_ids=segment_ids)  # (B, T, D) final-normed
-    # hidden states; right pads are never seen
-    return _logprobs_at(self, h, tgt, temperature, entropy)
-
-
-def _group_logprobs(self, prompts, pmask, comps, tgt, counts, temperature=1.0, entropy=True):
-    """The same log-probs for GRPO groups, each prompt through the network once for all its completions:
-    prompts (G, P) left-padded (pmask 1 = real), comps (N, C) right-padded completions, the first counts[0] rows
-    of prompt 0, the next counts[1] of prompt 1, ... (counts: (G,) tensor or one int), tgt (N, C) = comps with
-    -100 at the pads -> log-probs (N, C) of comps, entropy of the selected positions.
-    As the sampler: prefill the prompts into a KV cache, replicate each prompt's rows, run the completions on top.
-    The gradient reaches the prompt through the replicated keys and values (the copies' gradients add up)."""
-    c, (G, P), C = self.config, prompts.shape, comps.shape[1]
-    dt = self.lm_head.weight.dtype  # the compute dtype (bf16 under FSDP mixed precision)
-    # one tensor per layer: autograd forbids writing layer i+1 into a tensor whose layer-i slice was saved
-    cache = tuple([torch.zeros(G, c.num_key_value_heads, P, c.head_dim, dtype=dt, device=prompts.device)
-                   for _ in range(c.num_hidden_layers)] for _ in range(2))
-    hp = self.forward(prompts, attention_mask=pmask, kv_cache=cache, cache_pos=0, return_hidden=True)[:, -1]
-    # P slots, cache_pos P: the completions read the replicated prompt cache (model.forward), never write into it
-    cache = tuple([x.repeat_interleave(counts, 0) for x in side] for side in cache)
-    mask = torch.cat([pmask.repeat_interleave(counts, 0), torch.ones_like(comps)], 1)  # pads: only later keys
-    hc = self.forward(comps, attention_mask=mask, kv_cache=cache, cache_pos=P, return_hidden=True)  # (N, C, D)
-    h = torch.cat([hp.repeat_interleave(counts, 0)[:, None], hc[:, :-1]], 1)  # position j predicts comps[:, j]
-    return _logprobs_at(self, h, tgt, temperature, entropy)
-
-
-def attach_logprobs(model):
-    """model.seq_logprobs(ids, tgt, temperature) and model.group_logprobs(...) (GRPO); call after shard_model."""
-    for name, fn in (("seq_logprobs", _seq_logprobs), ("group_logprobs", _group_logprobs)):
-        setattr(model, name, types.MethodType(fn, model))
-        register_fsdp_forward_method(model, name)  # no-op without FSDP
-    return model
 
 
 def split_for_rank(items, lengths, rank, world, micro):
@@ -297,10 +218,10 @@ def train(a):
     lengths = [len(d[0]) for d in train_set]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # pad positions carry no loss
     cuda = device.type == "cuda"
-    model = attach_logprobs(M.shard_model(model, mixed_precision=cuda, per_block=a.fsdp_per_block))
+    model = M.shard_model(model, mixed_precision=cuda, per_block=a.fsdp_per_block)
     # single-GPU runs are not sharded: bf16 autocast there, FSDP's mixed precision policy otherwise
     amp = torch.autocast("cuda", torch.bfloat16) if cuda and world == 1 else nullcontext()
-    opt = make_optimizer(model, a.lr, a.weight_decay)
+    opt = M.make_optimizer(model, a.lr, a.weight_decay)
     bs = min(a.batch_size, len(train_set))
     total = a.steps or a.epochs * max(1, len(train_set) // bs)
     warmup = a.warmup if a.warmup >= 1 else int(a.warmup * total)
@@ -326,7 +247,7 @@ def train(a):
 
     while step < total:
         t0 = time.time()
-        lr = lr_at(step, total, warmup, a.lr, a.min_lr_ratio)
+        lr = M.lr_at(step, total, warmup, a.lr, a.min_lr_ratio)
         for g in opt.param_groups:
             g["lr"] = lr
         items = global_batch(len(train_set), bs, step, a.seed)
@@ -341,7 +262,7 @@ def train(a):
             # FSDP averages gradients over ranks: * world turns that mean back into the sum over the global batch
             (loss * world / n_tok).backward()
             loss_sum, seen = loss_sum + loss.detach(), seen + n
-        gnorm = clip_grad(model, a.grad_clip)
+        gnorm = M.clip_grad(model, a.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1

@@ -6,8 +6,8 @@
 One step = sampler.generate (k samples per prompt, temperature 1, no EOS so every row makes --new tokens) then
 grpo.update (micro-batched token_logprobs forward, eq. 1 loss, backward, AdamW step) on random prompts and
 rewards: exactly the two calls grpo.py makes per step, without the tokenizer and the reward. Then the training
-forward + backward with each prompt run once per group (sft.group_logprobs) against the plain forward over every
-prompt + completion row (sft.seq_logprobs), the baseline.
+forward + backward with each prompt run once per group (model.group_logprobs) against the plain forward over every
+prompt + completion row (model.seq_logprobs), the baseline.
 """
 import argparse
 import os
@@ -86,8 +86,8 @@ def main():
           "| step tok/s |\n|---|---|---|---|---|---|---|---|---|")
     for name in args.configs.split(","):
         torch.manual_seed(0)
-        model = sft.attach_logprobs(M.init_weights(M.Transformer(M.ModelConfig(**CONFIGS[name]))))  # HF init
-        opt = sft.make_optimizer(model, 1e-6)
+        model = M.init_weights(M.Transformer(M.ModelConfig(**CONFIGS[name])))  # HF init
+        opt = M.make_optimizer(model, 1e-6)
         best = None
         for rep in range(args.reps + 1):
             r = step(model, opt, args, rep)

@@ -130,7 +130,7 @@ def tiny_model(seed=0):
     torch.manual_seed(seed)
     c = M.ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=8)
-    return sft.attach_logprobs(M.Transformer(c))
+    return M.Transformer(c)
 
 
 def fixed_batch(P=4, k=4, eos=3, seed=0):
@@ -171,9 +171,9 @@ def test_group_logprobs_equal_seq_logprobs(model_type):
     log-probs, entropies and gradients of the plain forward over every prompt + completion row."""
     rows, _ = fixed_batch()
     torch.manual_seed(0)
-    model = sft.attach_logprobs(M.Transformer(M.ModelConfig(
+    model = M.Transformer(M.ModelConfig(
         model_type=model_type, vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=8)))
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8))
     x, y = sft.pad_batch([p + c for p, c in rows], [len(p) for p, c in rows], 0)
     a, ent_a = model.seq_logprobs(x, y, 0.7)
     a.sum().backward()
@@ -375,7 +375,7 @@ if __name__ == "__main__":  # torchrun worker of test_two_ranks_equal_one_rank
     import torch.distributed as dist
     rank, world, _ = M.setup_dist()
     try:
-        model = sft.attach_logprobs(M.shard_model(tiny_model()))  # after sharding: FSDP2 hooks the method
+        model = M.shard_model(tiny_model())  # after sharding: FSDP2 hooks the method
         rows, rewards = fixed_batch()
         one_update(model, rows, rewards, uargs(drop_zero_var=True), world, rank)
         M.save_model(model, sys.argv[1])

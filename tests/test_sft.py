@@ -63,8 +63,8 @@ def test_loss_mask_and_helpers(env):
     assert start == 1 and tok.decode(ids) == "fever and rash<|endoftext|>"
     x, y = sft.pad_batch([[5, 6, 7, 8], [1, 2]], [2, 1], pad_id=0)
     assert x.tolist() == [[5, 6, 7, 8], [1, 2, 0, 0]] and y.tolist() == [[-100, 7, 8, -100], [2, -100, -100, -100]]
-    assert sft.lr_at(0, 100, 10, 1.0) == pytest.approx(0.1) and sft.lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
-    assert sft.lr_at(55, 100, 10, 1.0, 0.1) == pytest.approx(0.55) and sft.lr_at(100, 100, 10, 1.0) == pytest.approx(0.1)
+    assert M.lr_at(0, 100, 10, 1.0) == pytest.approx(0.1) and M.lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert M.lr_at(55, 100, 10, 1.0, 0.1) == pytest.approx(0.55) and M.lr_at(100, 100, 10, 1.0) == pytest.approx(0.1)
     # ranks get the same number of micro-batches, together exactly the global batch
     lens = [5, 9, 2, 7, 7]
     parts = [sft.split_for_rank([0, 1, 2, 3, 4], lens, r, 2, 2) for r in range(2)]
@@ -80,7 +80,7 @@ def test_shared_prefix_runs_once_with_the_same_loss_and_gradients(env):
     data = [sft.encode(tok, chat_row(i), "x", sp) for i in (0, 1, 5, 7)]
     P = next(j for j in range(99) if len({ids[j] for ids, _ in data}) > 1)
     assert 8 <= P <= min(st for _, st in data)
-    model = sft.attach_logprobs(M.load_model(str(d / "init")))
+    model = M.load_model(str(d / "init"))
     grads = []
     for min_shared in (1, 10 ** 9):  # the shared path, the plain path
         model.zero_grad()
@@ -103,7 +103,7 @@ def test_packed_rows_give_the_padded_batch_loss_and_gradients(env):
     x, y, pos, seg = sft.pack_batch([ids for ids, _ in data], [st for _, st in data], 0)
     assert len(x) < len(data) and x.shape[1] == max(len(ids) for ids, _ in data)  # really packed
     assert (y != -100).sum() == sum(len(ids) - max(st, 1) for ids, st in data)
-    model = sft.attach_logprobs(M.load_model(str(d / "init")))
+    model = M.load_model(str(d / "init"))
     grads = []
     for packed in (True, False):
         model.zero_grad()
@@ -212,9 +212,9 @@ def test_loss_through_the_fused_logprob_equals_cross_entropy_on_full_logits():
     """token_loss_sum sends only the loss positions through lm_head (kernels.logprob): same value and gradient as
     cross-entropy over the full (B, T, V) logits."""
     torch.manual_seed(0)
-    model = sft.attach_logprobs(M.Transformer(M.ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64,
+    model = M.Transformer(M.ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=64,
                                                             num_hidden_layers=2, num_attention_heads=4,
-                                                            num_key_value_heads=2, head_dim=8)))
+                                                            num_key_value_heads=2, head_dim=8))
     data = [(torch.randint(1, 97, (n,)).tolist(), st) for n, st in ((9, 4), (5, 1), (12, 7))]
     loss, n = sft.token_loss_sum(model, data, [0, 1, 2], 0, "cpu", torch.autocast("cpu", enabled=False))
     g = torch.autograd.grad(loss, model.lm_head.weight)[0]
