@@ -1,5 +1,7 @@
-"""Shared pieces of nano-fleming: JSONL I/O, the unified record, the prompt, the one answer rule and the
-reward, an LLM client (OpenAI-compatible HTTP endpoint or a local HF-format folder), progress and metrics.
+"""Shared pieces of nano-fleming: JSONL I/O (and resuming a killed run's file), the unified record, the prompt,
+the one answer rule and the reward, the KG's facts in words, the difficulty heuristic, an LLM client
+(OpenAI-compatible HTTP endpoint or a local HF-format folder), the MediaWiki dump reader, the --tiny presets,
+statistics, progress and metrics.
 
 Unified record (every stage reads and writes these):
     {"id": "medqa-17", "source": "medqa", "question": "...", "options": {"A": "...", "B": "...", ...},
@@ -10,14 +12,18 @@ The answer rule (Fleming-R1, arXiv 2509.15279, Table 3 instructs the model to an
     extract_answer("<answer>A or B</answer>", "ABCD")               -> None   (several options: never guessed)
 eval.py scores with it and grpo.py rewards with it, so accuracy and reward can never disagree.
 """
+import bisect
+import bz2
 import concurrent.futures
 import hashlib
 import json
+import math
 import os
 import re
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTU"  # JMED has 21 options, A..U
 DIFFICULTIES = ("easy", "moderate", "difficult")
@@ -63,6 +69,27 @@ def append_jsonl(path, row):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:  # one write call per row: a crash loses at most the last line
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def read_appended(path):
+    """The rows a killed run appended to `path` (append_jsonl), ready to append to again: a torn last line (a kill
+    mid-write) is dropped from the file, a last row without its newline gets one; a bad line elsewhere raises
+    ValueError("path:line: ..."). [] without a file."""
+    if not (path and os.path.exists(path)):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    rows, torn = [], bool(lines) and not lines[-1].endswith("\n")
+    for i, line in enumerate(lines, 1):
+        try:
+            rows += [json.loads(line)] if line.strip() else []
+        except json.JSONDecodeError:
+            if i < len(lines):
+                raise ValueError(f"{path}:{i}: not a JSON row") from None
+            torn = True
+    if torn:
+        write_jsonl(path, rows)
+    return rows
 
 # ----------------------------------------------------------------------------------------------------------
 # the unified record
@@ -134,6 +161,17 @@ def chat_ids(tokenizer, messages):
 
 def prompt_ids(tokenizer, record):
     return chat_ids(tokenizer, build_messages(record))
+
+
+def pad_id(tokenizer):
+    """The id that fills padding (it never carries a loss or is attended to): the tokenizer's pad, else 0."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def common_prefix(seqs, limit):
+    """The length (at most `limit`) of the prefix all token lists in `seqs` share: a system prompt and chat
+    template that sampler.generate and sft.token_loss_sum run once for all rows."""
+    return next((j for j in range(limit) if any(s[j] != seqs[0][j] for s in seqs)), limit)
 
 
 def eos_ids(tokenizer):
@@ -236,6 +274,72 @@ def reward(text, record):
     return 1.0 if extract_answer(text, record["options"]) == record["answer"] else 0.0
 
 # ----------------------------------------------------------------------------------------------------------
+# the KG's facts in words: synth.py's questions, distill.py's KG-path chains and tiny.py's pretraining facts
+
+RELATION_SENTENCES = {  # one sentence per (head, relation, tails)
+    "has_symptom": "{h} can present with {t}", "has_complication": "{h} can be complicated by {t}",
+    "caused_by": "{h} is caused by {t}", "risk_factor": "{t} {be} a risk factor for {h}",
+    "diagnosed_by": "{h} is diagnosed with {t}", "differential": "{h} is a differential of {t}",
+    "prevented_by": "{h} is prevented by {t}", "treated_by": "{h} is treated by {t}",
+    "treated_with": "{h} is treated with {t}", "specialty": "{h} is managed in {t}",
+    "drug_class": "{h} is a {t}", "contraindicated_in": "{h} is contraindicated in {t}",
+    "adverse_effect": "{h} can cause {t}", "interacts_with": "{h} interacts with {t}",
+    "mechanism": "{h} acts by {t}", "location": "{h} affects {t}",
+}
+
+
+def fill(template, n, **kw):
+    """A RELATION_SENTENCES template with "{be}" agreeing with n subjects."""
+    return template.format(be="is" if n == 1 else "are", **kw)
+
+
+def plain(name, keep_suffix=False):
+    """An entity name in running text: 'Fever' -> 'fever', 'Anorexia (symptom)' -> 'anorexia' (Wikipedia's
+    disambiguation suffix dropped unless keep_suffix); acronyms and proper names (second letter upper) are kept."""
+    name = name if keep_suffix else re.sub(r"\s*\([^()]*\)$", "", name) or name
+    return name[0].lower() + name[1:] if len(name) > 1 and name[1].islower() and name[0].isupper() else name
+
+
+def join(words):
+    """['fever', 'rash', 'cough'] -> 'fever, rash and cough'."""
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def answer_scan(options, L):
+    """How a KG-path chain (and tiny.py's drills) ends: the concluded name (options[L]), then the options in order
+    up to it, each with its verdict: "So the answer is Paracetamol. A. Aspirin no. B. Heparin no. C. Paracetamol
+    yes." Why a scan: docs/tiny_runs.md#why-the-chain-ends-with-a-scan."""
+    scan = []
+    for x, v in options.items():
+        scan.append(f"{x}. {v} {'yes' if x == L else 'no'}.")
+        if x == L:
+            break
+    return f"So the answer is {options[L]}. " + " ".join(scan)
+
+
+def difficulty_heuristic(recs, rare_quantile=0.5):
+    """Difficulty tiers without an LLM (synthetic items: the tiny pipeline), from meta.hops and the inlinks of the
+    disease to be recognised, rare when among the lowest `rare_quantile` of `recs` (ties kept together, so possibly
+    fewer): 1 hop common = easy; 1 hop rare or 2 hops common = moderate; 2 hops rare or 3+ hops = difficult.
+    A record whose meta.rarity.rare is set already (synth.py sets it over all splits together, so every split
+    uses the same cut) keeps it; one without hops keeps its difficulty, else "moderate" (meta.difficulty_source
+    "default"). Sets r["difficulty"] in place and returns the inlinks cut."""
+    vals = sorted(r["meta"]["rarity"]["disease_inlinks"] for r in recs
+                  if "hops" in r["meta"] and "rare" not in r["meta"]["rarity"])
+    cut = max((v for v in set(vals) if bisect.bisect_right(vals, v) <= rare_quantile * len(vals)), default=-1)
+    for r in recs:
+        hops, m = r["meta"].get("hops"), r["meta"]
+        if hops is None:
+            m.setdefault("difficulty_source", "given" if r.get("difficulty") else "default")
+            r["difficulty"] = r.get("difficulty") or "moderate"
+            continue
+        rare = m["rarity"].setdefault("rare", m["rarity"]["disease_inlinks"] <= cut)
+        r["difficulty"] = "easy" if hops == 1 and not rare else "moderate" if hops == 1 or (hops == 2 and not rare) \
+            else "difficult"
+        m["difficulty_source"] = "heuristic"
+    return cut
+
+# ----------------------------------------------------------------------------------------------------------
 # LLM client: llm(conversations, n, temperature, max_tokens, seed) -> [[text] * n per conversation]
 
 def make_llm(spec, model_name=None, cache_dir=None, concurrency=4, api_key_env="OPENAI_API_KEY", max_retries=5,
@@ -327,8 +431,7 @@ def make_local_llm(model, tokenizer, batch_size=64):
     """The LLM callable over an already loaded model.py Transformer + tokenizer (sampler.generate, batched).
     Prompts are sorted by length so each batch wastes little left padding."""
     from sampler import generate
-    stops = eos_ids(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    stops, pad = eos_ids(tokenizer), pad_id(tokenizer)
 
     def llm(conversations, n=1, temperature=0.0, max_tokens=512, seed=0):
         prompts = [chat_ids(tokenizer, m) for m in conversations]
@@ -348,7 +451,60 @@ def make_local_llm(model, tokenizer, batch_size=64):
     return llm
 
 # ----------------------------------------------------------------------------------------------------------
-# progress and metrics
+# the MediaWiki dump reader (kg.py's scale path; tiny.py's pretraining articles)
+
+class DumpError(Exception):  # a broken dump file: the message names the file and the position
+    pass
+
+
+def iter_dump(path):
+    """Stream (title, ns, revid, redirect_target|None, text) from a MediaWiki XML export (.xml or .xml.bz2).
+    Elements are cleared as we go, so memory does not grow with the dump. Raises DumpError naming the position."""
+    last, n = None, 0
+    try:
+        with (bz2.open if path.endswith(".bz2") else open)(path, "rb") as f:
+            ctx = ET.iterparse(f, events=("start", "end"))
+            _, root = next(ctx)
+            for ev, el in ctx:
+                if ev == "end" and el.tag.rsplit("}", 1)[-1] == "page":  # {*}: any export schema version
+                    last, n, red = el.findtext("{*}title"), n + 1, el.find("{*}redirect")
+                    yield (last, int(el.findtext("{*}ns") or 0), int(el.findtext("{*}revision/{*}id") or 0) or None,
+                           red.get("title") if red is not None else None, el.findtext("{*}revision/{*}text") or "")
+                    root.clear()  # drop finished pages from the tree
+    except ET.ParseError as e:
+        raise DumpError(f"{path}: line {e.position[0]}, column {e.position[1]}: truncated or malformed XML after "
+                        f"page {n} ({last!r}): {e}") from None
+    except (OSError, EOFError, StopIteration) as e:
+        raise DumpError(f"{path}: corrupt or truncated file after page {n} ({last!r}): {e}") from None
+
+# ----------------------------------------------------------------------------------------------------------
+# the --tiny presets, statistics, progress and metrics
+
+def parse_with_preset(parser, argv, tiny, variant=None):
+    """parser.parse_args(argv), where --tiny makes `tiny` (the stage's TINY preset: the tiny CPU run's values)
+    the defaults, so flags given explicitly still win. A dict inside `tiny` holds a variant's own values, picked by
+    `--tiny NAME` (sft.py: base | cold; bare --tiny: the first) or by variant(args) (grpo.py: the stage)."""
+    names = [k for k, v in tiny.items() if isinstance(v, dict)]
+    shown = "the tiny CPU run's preset: " + ", ".join(f"{k}={v}" for k, v in tiny.items())
+    if names and variant is None:
+        parser.add_argument("--tiny", nargs="?", const=names[0], choices=names, help=shown)
+    else:
+        parser.add_argument("--tiny", action="store_true", help=shown)
+    args = parser.parse_known_args(argv)[0]
+    if args.tiny:
+        own = tiny.get(args.tiny if variant is None else variant(args), {})
+        parser.set_defaults(**{k: v for k, v in tiny.items() if k not in names}, **own)
+    return parser.parse_args(argv)
+
+
+def mean_se(xs):
+    """(mean, standard error of the mean) of a list of numbers; None where undefined (no items; one item has no
+    standard error)."""
+    m = sum(xs) / len(xs) if xs else None
+    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else None
+    return m, se
+
+
 
 def _fmt_secs(s):
     s = int(s)

@@ -22,12 +22,11 @@ Teachers:
     python distill.py --data train.jsonl --teacher http://localhost:8000/v1 --model-name gpt-oss-120b --out sft.jsonl
 """
 import argparse
-import json
 import os
 import re
 
-from common import (Progress, append_jsonl, build_messages, extract_answer, is_well_formed, make_llm,
-                    options_text, read_records)
+from common import (RELATION_SENTENCES, Progress, answer_scan, append_jsonl, build_messages, extract_answer, fill,
+                    is_well_formed, join, make_llm, options_text, plain, read_appended, read_records)
 
 # ----------------------------------------------------------------------------------------------------------
 # the checks
@@ -63,49 +62,8 @@ CHECKS = ["format", "answer", "no_hint", "length", "names_hidden"]  # what a pas
 # ----------------------------------------------------------------------------------------------------------
 # the KG-path teacher: a chain written from meta.path (given findings -> hidden entity -> relation -> answer)
 
-POS = {  # one sentence per (head, relation, tails); tiny.py words the KG facts its Base reads the same way
-    "has_symptom": "{h} can present with {t}", "has_complication": "{h} can be complicated by {t}",
-    "caused_by": "{h} is caused by {t}", "risk_factor": "{t} {be} a risk factor for {h}",
-    "diagnosed_by": "{h} is diagnosed with {t}", "differential": "{h} is a differential of {t}",
-    "prevented_by": "{h} is prevented by {t}", "treated_by": "{h} is treated by {t}",
-    "treated_with": "{h} is treated with {t}", "specialty": "{h} is managed in {t}",
-    "drug_class": "{h} is a {t}", "contraindicated_in": "{h} is contraindicated in {t}",
-    "adverse_effect": "{h} can cause {t}", "interacts_with": "{h} interacts with {t}",
-    "mechanism": "{h} acts by {t}", "location": "{h} affects {t}",
-}
 EVIDENCE = ["The findings {g} point to {x}.", "The findings {g} suggest {x}.", "With {g}, think of {x}.",
             "Given {g}, the cause is {x}."]  # the findings mid-sentence, written as the question writes them
-# The chain ends with a scan of the options after the concluded name, stopping at the match ("So the answer is
-# Paracetamol. A. Aspirin no. B. Heparin no. C. Paracetamol yes."); the <answer> is the letter just written. Each
-# step is one the tiny model learns (tests/bench_lookup.py, issue #9): "the name after this letter" is an induction
-# head (91% after 200 steps of 64 option lists); the verdict compares two names (97.7% after 1,200); the letter is
-# the last one written. The direct ending "So the answer is Paracetamol: C." asks for the reverse lookup, "the
-# letter before this name", which stayed at chance (24-26%) through 600 steps and through a 1,600-step cold start.
-# Scanning on past the match ("... D. Warfarin no.") measured worse: the answer must then find the "yes" line, 44%
-# teacher-forced after an 800-step cold start. A large model needs none of this and loses nothing by it.
-
-
-def answer_scan(options, L):
-    """The chain's last sentences: the concluded name (options[L]), then the options in order up to it, each with
-    its verdict."""
-    scan = []
-    for x, v in options.items():
-        scan.append(f"{x}. {v} {'yes' if x == L else 'no'}.")
-        if x == L:
-            break
-    return f"So the answer is {options[L]}. " + " ".join(scan)
-
-
-def _join(names):
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-
-
-def _plain(name):  # "Fever" -> "fever" mid-sentence; acronyms ("HIV", "pH") kept
-    return name[0].lower() + name[1:] if len(name) > 1 and name[0].isupper() and name[1].islower() else name
-
-
-def _fill(tmpl, n, **kw):  # "{be}" agrees with n subjects
-    return tmpl.format(be="is" if n == 1 else "are", **kw)
 
 
 def kg_chains(record, k):
@@ -126,14 +84,15 @@ def kg_chains(record, k):
     for e in path:
         if e not in given_edges:
             groups.setdefault((e["head"], e["relation"]), []).append(e["tail"])
-    answer = answer_scan(record["options"], L)
-    findings = [_plain(e["tail"]) for e in given_edges]
+    answer = answer_scan(record["options"], L)  # a scan the tiny model can learn: common.answer_scan
+    # the suffix kept ("anorexia (symptom)"): the spelling tiny.py's tokenizer holds as one token
+    findings = [plain(e["tail"], keep_suffix=True) for e in given_edges]
     out = []
     for v in range(k):
-        sents = [_fill(EVIDENCE[v % len(EVIDENCE)], len(findings), g=_join(findings), x=given_edges[0]["head"])
+        sents = [fill(EVIDENCE[v % len(EVIDENCE)], len(findings), g=join(findings), x=given_edges[0]["head"])
                  ] if given_edges else []  # the given findings -> the hidden (or asked) entity
-        sents += [_fill(POS.get(rel, "{h} " + rel.replace("_", " ") + " {t}"), len(tails), h=h, t=_join(tails))
-                  + "." for (h, rel), tails in groups.items()]  # -> the asked relation -> the answer
+        sents += [fill(RELATION_SENTENCES.get(rel, "{h} " + rel.replace("_", " ") + " {t}"), len(tails), h=h,
+                       t=join(tails)) + "." for (h, rel), tails in groups.items()]  # -> the asked relation -> answer
         chain = " ".join(sents + [answer])
         out.append(f"<think>{chain[0].upper() + chain[1:]}</think>\n<answer>{L}</answer>")
     return list(dict.fromkeys(out))  # identical variants count once
@@ -223,26 +182,6 @@ def distill(records, teacher, k=4, rounds=3, max_chars=1500, name="teacher"):
         pending, feedback = still, fb_next
 
 
-def done_ids(path):
-    """Ids already written to `path` (resume). A torn last line from a kill is dropped from the file."""
-    if not os.path.exists(path):
-        return set()
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    ids, good = set(), []
-    for i, line in enumerate(lines):
-        try:
-            ids.add(json.loads(line)["id"])
-            good.append(line)
-        except (json.JSONDecodeError, KeyError):
-            if i != len(lines) - 1:
-                raise ValueError(f"{path}:{i + 1}: not a JSON row with an 'id'") from None
-    if len(good) != len(lines):
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(good)
-    return ids
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="unified records (JSONL)")
@@ -267,7 +206,7 @@ def main(argv=None):
     records = read_records(a.data)[:a.limit]
     base, _ = os.path.splitext(a.out)
     rejects = base + ".rejects.jsonl"
-    done = done_ids(a.out) | done_ids(rejects)
+    done = {r["id"] for path in (a.out, rejects) for r in read_appended(path)}  # resume
     todo = [r for r in records if r["id"] not in done]
     if a.teacher == "kg":
         teacher, name, rounds = kg_teacher, "kg", 0  # deterministic: a retry would write the same chain

@@ -27,7 +27,6 @@ Mixing (--mix): "public=0.6,synthetic=0.4" (fractions: the largest pool the scar
 stratified by difficulty tier, so the group keeps its tier profile (stats.md shows source x difficulty).
 """
 import argparse
-import bisect
 import hashlib
 import json
 import os
@@ -36,8 +35,9 @@ import re
 import unicodedata
 from collections import Counter, defaultdict
 
-from common import (DIFFICULTIES, check_record, write_jsonl, atomic_write, build_messages,
-                    extract_answer, iter_jsonl, Progress)
+from benchmarks import load_benchmark
+from common import (DIFFICULTIES, Progress, atomic_write, build_messages, check_record, difficulty_heuristic,
+                    extract_answer, iter_jsonl, make_llm, write_jsonl)
 
 # ----------------------------------------------------------------------------------------------------------
 # loading
@@ -59,13 +59,12 @@ def load_unified(path, source):
 
 
 def load_source(name, path):
-    """(records, rejects) of one source. Public formats go through eval.load_benchmark, whose row-level
+    """(records, rejects) of one source. Public formats go through benchmarks.load_benchmark, whose row-level
     rejects (e.g. CMExam multi-letter answers: not single-choice) are kept with their reason and row."""
     if name == "synthetic" or name.startswith("synthetic"):
         return load_unified(path, name)
-    import eval as ev
     bad = []
-    recs = ev.load_benchmark(name, path, rejects=bad)
+    recs = load_benchmark(name, path, rejects=bad)
     for r in recs:
         r["source"] = r["source"] if name == "jsonl" else name
         r.setdefault("meta", {})["origin"] = f"{path}:{r['id']}"
@@ -202,8 +201,8 @@ def decontaminate(recs, benches, n=13, min_frac=0.2):
     grams = {name: set().union(*[ngrams(tokens(b["question"]), n) for b in items]) for name, items in benches.items()}
     kept, dropped, per = [], [], Counter({name: 0 for name in benches})
     for rec in recs:
-        mine = ngrams(tokens(rec["question"]), n)
-        frac, hit = max(((len(mine & g) / max(1, len(mine)), name) for name, g in grams.items()), default=(0, None))
+        own = ngrams(tokens(rec["question"]), n)
+        frac, hit = max(((len(own & g) / max(1, len(own)), name) for name, g in grams.items()), default=(0, None))
         if frac >= min_frac:
             per[hit] += 1
             dropped.append((rec, f"contaminated: {frac:.0%} of its {n}-grams are in {hit}"))
@@ -242,26 +241,6 @@ JUDGE = ("Rate the difficulty of this medical multiple-choice question for a wel
 
 def tier_from_passrate(p):
     return "easy" if p > 2 / 3 else "moderate" if p > 1 / 3 else "difficult"
-
-
-def difficulty_heuristic(recs, rare_quantile=0.5):
-    """meta.hops + meta.rarity.disease_inlinks -> tier (mapping in the module docstring). Returns the cut.
-    A record whose meta.rarity.rare is already set (synth.py sets it over train+test+val together, so every
-    split uses the same cut) keeps it."""
-    vals = sorted(r["meta"]["rarity"]["disease_inlinks"] for r in recs
-                  if "hops" in r["meta"] and "rare" not in r["meta"]["rarity"])
-    cut = max((v for v in set(vals) if bisect.bisect_right(vals, v) <= rare_quantile * len(vals)), default=-1)
-    for r in recs:
-        hops, m = r["meta"].get("hops"), r["meta"]
-        if hops is None:
-            m.setdefault("difficulty_source", "given" if r.get("difficulty") else "default")
-            r["difficulty"] = r.get("difficulty") or "moderate"
-            continue
-        rare = m["rarity"].setdefault("rare", m["rarity"]["disease_inlinks"] <= cut)
-        r["difficulty"] = "easy" if hops == 1 and not rare else "moderate" if hops == 1 or (hops == 2 and not rare) \
-            else "difficult"
-        m["difficulty_source"] = "heuristic"
-    return cut
 
 
 def difficulty_llm(recs, llm):
@@ -332,7 +311,6 @@ def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=
         near_threshold=0.8, ngram=13, rare_quantile=0.5, llm_model=None, contam_frac=0.2,
         judge_spec=None, max_tokens=1024):
     """The whole filter; `sources`/`benches` are [(name, path)]. Returns the stats dict."""
-    from common import make_llm
     judge = judge_spec or verify_spec
     if difficulty in ("passrate", "llm") and not judge:
         raise SystemExit(f"--difficulty {difficulty} needs a model: --judge (or --verify) URL_OR_FOLDER")

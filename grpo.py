@@ -307,7 +307,7 @@ def train(args, rank, world, device):
     os.makedirs(args.out, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(args.init)
     stops = common.eos_ids(tok)
-    args.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    args.pad_id = common.pad_id(tok)
     records = common.read_records(args.data)
     by_id = {r["id"]: r for r in records}
     val = common.read_records(args.val)[:args.val_limit or None] if args.val else []

@@ -17,12 +17,13 @@ mwparserfromhell parses the wikitext (nested templates, refs, comments, links) â
 Reads: a MediaWiki XML export (or the Action API). Writes OUT/entities.jsonl, OUT/edges.jsonl, OUT/stats.json,
 OUT/rejects.jsonl (page + reason) and, for --api, OUT/api_cache/ (every raw response, so a killed crawl resumes).
 """
-import argparse, bz2, hashlib, json, os, re, sys, time
-import xml.etree.ElementTree as ET
+import argparse, hashlib, json, os, re, sys, time
 from array import array
 from collections import Counter
 import mwparserfromhell as mwp
 import numpy as np
+
+from common import DumpError, atomic_write, iter_dump, make_llm
 
 TYPES = ("disease", "symptom", "test", "drug", "drug_class", "treatment", "anatomy", "pathogen", "gene",
          "specialty", "mechanism", "other")
@@ -87,10 +88,6 @@ FUNCTION_WORDS = set("a an the of in on at to for with without by from after bef
 MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
 NONENTITY_RE = re.compile(rf"^(\d[\d,.]*\s*(s|bc|ad|bce|ce)?|\d+(st|nd|rd|th) century|({MONTHS})( \d+)?|"
                           rf"\d+ ({MONTHS})|list of .*|.*\(disambiguation\))$", re.I)
-
-
-class DumpError(Exception):  # a broken dump file: the message names the file and the position
-    pass
 
 
 def norm_title(s):
@@ -376,8 +373,9 @@ class KG:
         st.update(extra or {})
         self.rejects.flush()
         for name, rows in (("entities.jsonl", ents), ("edges.jsonl", edges)):
-            atomic_write(os.path.join(self.out, name), (json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        atomic_write(os.path.join(self.out, "stats.json"), [json.dumps(st, indent=1) + "\n"])
+            atomic_write(os.path.join(self.out, name), "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                                                for r in rows))
+        atomic_write(os.path.join(self.out, "stats.json"), json.dumps(st, indent=1) + "\n")
         self.red_f.close()
         os.remove(self.red_f.name)
         return st
@@ -389,13 +387,6 @@ def thash(title):
 
 def eid(title):
     return title.replace(" ", "_")
-
-
-def atomic_write(path, lines):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(lines)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- LLM relations from the lead
@@ -423,27 +414,6 @@ def llm_edges(llm, batch):
 
 
 # ----------------------------------------------------------------------------- dump path
-def iter_dump(path):
-    """Stream (title, ns, revid, redirect_target|None, text) from a MediaWiki XML export (.xml or .xml.bz2).
-    Elements are cleared as we go, so memory does not grow with the dump. Raises DumpError naming the position."""
-    last, n = None, 0
-    try:
-        with (bz2.open if path.endswith(".bz2") else open)(path, "rb") as f:
-            ctx = ET.iterparse(f, events=("start", "end"))
-            _, root = next(ctx)
-            for ev, el in ctx:
-                if ev == "end" and el.tag.rsplit("}", 1)[-1] == "page":  # {*}: any export schema version
-                    last, n, red = el.findtext("{*}title"), n + 1, el.find("{*}redirect")
-                    yield (last, int(el.findtext("{*}ns") or 0), int(el.findtext("{*}revision/{*}id") or 0) or None,
-                           red.get("title") if red is not None else None, el.findtext("{*}revision/{*}text") or "")
-                    root.clear()  # drop finished pages from the tree
-    except ET.ParseError as e:
-        raise DumpError(f"{path}: line {e.position[0]}, column {e.position[1]}: truncated or malformed XML after "
-                        f"page {n} ({last!r}): {e}") from None
-    except (OSError, EOFError, StopIteration) as e:
-        raise DumpError(f"{path}: corrupt or truncated file after page {n} ({last!r}): {e}") from None
-
-
 def build_from_dump(path, out, llm=None, limit=None, plain=True):
     """Dump -> OUT files. On a broken dump, writes the graph built so far, then raises DumpError."""
     if not os.path.isfile(path):
@@ -497,8 +467,7 @@ def api_get(url, params, cache_dir, user_agent, session=None, backoff=5.0, max_t
                 d = r.json()
                 err = d.get("error")
                 if not err:
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    atomic_write(path, [json.dumps(d)])
+                    atomic_write(path, json.dumps(d))
                     return d
                 if err.get("code") != "maxlag":
                     raise RuntimeError(f"API error {err.get('code')}: {err.get('info')} (params {params})")
@@ -616,7 +585,6 @@ def main(argv=None):
         ap.error("give --out and exactly one of --dump / --api (or --tiny)")
     llm = None
     if a.llm:
-        from common import make_llm  # only needed for --llm
         llm = make_llm(a.llm, model_name=a.llm_model, cache_dir=os.path.join(a.out, "llm_cache"))
     try:
         if a.dump:

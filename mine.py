@@ -46,7 +46,7 @@ def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temper
     each call."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     stops = common.eos_ids(tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = common.pad_id(tokenizer)
     idx = list(range(rank, len(records), world))
     calls = math.ceil(math.ceil(len(records) / world) / batch_size)
     prog = common.Progress(calls, "mine") if rank == 0 else None

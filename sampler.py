@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 import torch
 
+from common import common_prefix
+
 
 @contextmanager
 def unsharded(model):
@@ -72,8 +74,7 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
     # Every row keeps at least one suffix token: the prefill's last position gives its first logits. With max(-1)
     # in sample(), greedy validation of the tiny run is 25-30% faster, the same completions; in group mode the
     # prefill is 1/k of the rows and nothing was gained, so it is left as it was.
-    Ls = min(len(p) for p in prompts) - 1
-    Ls = next((j for j in range(Ls) if any(p[j] != prompts[0][j] for p in prompts)), Ls)
+    Ls = common_prefix(prompts, min(len(p) for p in prompts) - 1)
     Ls = Ls if Ls >= min_shared and k == 1 else 0
     B, N, P = len(prompts), len(prompts) * k, max(map(len, prompts))
     ids = torch.full((B, P - Ls), pad_id, dtype=torch.long)  # the suffixes

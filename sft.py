@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 import model as M
-from common import MetricsLog, Progress, read_jsonl, write_jsonl
+from common import MetricsLog, Progress, common_prefix, pad_id, read_jsonl, write_jsonl
 
 # ----------------------------------------------------------------------------------------------------------
 # batches
@@ -165,10 +165,9 @@ def token_loss_sum(model, data, idx, pad_id, device, amp, min_shared=16):
         with amp:
             return model(x).sum() * 0.0, 0
     seqs, starts = [data[i][0] for i in idx], [data[i][1] for i in idx]
-    P = 0  # the prefix all rows share; it must carry no loss and leave every row a token
-    if len(seqs) > 1:  # (a single row, the usual real-run micro-batch, skips the scan)
-        P = min(min(starts), min(map(len, seqs)) - 1)
-        P = next((j for j in range(P) if any(s[j] != seqs[0][j] for s in seqs)), P)
+    # the prefix all rows share; it must carry no loss and leave every row a token (a single row, the usual
+    # real-run micro-batch, skips the scan)
+    P = common_prefix(seqs, min(min(starts), min(map(len, seqs)) - 1)) if len(seqs) > 1 else 0
     with amp:
         if P >= min_shared:  # chat rows open with one system prompt: run it once for all rows
             # (sft.group_logprobs, as GRPO runs a group's prompt; the same log-probs and gradients). A few shared
@@ -216,7 +215,7 @@ def train(a):
                          f"{cfg.max_position_embeddings}")
     train_set, val_set, rejects = load_data(a.data, tokenizer, a.max_len, a.val_frac, a.seed)
     lengths = [len(d[0]) for d in train_set]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0  # pad positions carry no loss
+    pad = pad_id(tokenizer)  # pad positions carry no loss
     cuda = device.type == "cuda"
     model = M.shard_model(model, mixed_precision=cuda, per_block=a.fsdp_per_block)
     # single-GPU runs are not sharded: bf16 autocast there, FSDP's mixed precision policy otherwise
@@ -258,7 +257,7 @@ def train(a):
         for j, idx in enumerate(micros):
             if hasattr(model, "set_requires_gradient_sync"):  # FSDP: reduce-scatter once, on the last micro-batch
                 model.set_requires_gradient_sync(j == len(micros) - 1)
-            loss, n = token_loss_sum(model, train_set, idx, pad_id, device, amp)
+            loss, n = token_loss_sum(model, train_set, idx, pad, device, amp)
             # FSDP averages gradients over ranks: * world turns that mean back into the sum over the global batch
             (loss * world / n_tok).backward()
             loss_sum, seen = loss_sum + loss.detach(), seen + n
@@ -276,7 +275,7 @@ def train(a):
             log.log(row)
             prog.update(1, loss=row["loss"], lr=lr, gnorm=gnorm)
         if val_set and (step % a.eval_every == 0 or step == total):
-            vl = evaluate(model, val_set, rank, world, a.micro_batch, pad_id, device, amp)
+            vl = evaluate(model, val_set, rank, world, a.micro_batch, pad, device, amp)
             if rank == 0:
                 log.log({"step": step, "val_loss": vl})
                 print(f"sft: step {step} val_loss {vl:.4f}", flush=True)

@@ -46,7 +46,7 @@ import re
 import sys
 from collections import Counter, defaultdict
 
-from common import LETTERS, read_jsonl, write_jsonl, atomic_write
+from common import LETTERS, atomic_write, difficulty_heuristic, join, plain, read_jsonl, write_jsonl
 
 # relation -> type the head should have; kg.py edges written the other way round are flipped on load
 HEAD_TYPE = {"has_symptom": "disease", "risk_factor": "disease", "diagnosed_by": "disease",
@@ -220,17 +220,6 @@ def distractors(c, given, idx, out, ents, k, rng):
     return None  # not enough same-type entities: the candidate is skipped
 
 
-def plain(name):
-    """'Fever' -> 'fever', 'Anorexia (symptom)' -> 'anorexia' in running text (Wikipedia's disambiguation
-    suffix dropped); acronyms and proper names (second letter upper) are kept."""
-    name = re.sub(r"\s*\([^()]*\)$", "", name) or name
-    return name[0].lower() + name[1:] if len(name) > 1 and name[1].islower() and name[0].isupper() else name
-
-
-def join(words):
-    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
-
-
 def render(fam, given, ents, rng, comorbid=None):
     syms = [plain(ents[f]["name"]) for f, r in given if r == "has_symptom"]
     risks = [plain(ents[f]["name"]) for f, r in given if r == "risk_factor"]
@@ -349,8 +338,7 @@ def synthesize(kg_dir, n, test_n, seed=0, alpha=1.0, hop_weight=2.0, num_options
             continue
         items.append(it)
     rng.shuffle(items)
-    from filter import difficulty_heuristic  # one hops x rarity mapping for all splits (the tiny pipeline's tiers)
-    difficulty_heuristic(items)
+    difficulty_heuristic(items)  # one hops x rarity cut for all splits, so every split has tiers
     test, val = place_answers(items[:test_n], rng), place_answers(items[test_n:test_n + val_n], rng)
     train = place_answers(items[test_n + val_n:], rng)
     if len(items) < n + test_n + val_n:

@@ -24,17 +24,16 @@
   python tiny.py report --run RUN --seeds 0 1 2
   python tiny.py chains --model RUN/seed0/rl1/best --data RUN/pool/train.jsonl --k 16 --temperature 1.0
 """
-import argparse, json, math, os, random, re
+import argparse, json, os, random, re
 
 import mwparserfromhell as mwp
 
-from common import DIFFICULTIES, atomic_write, build_messages, options_text, read_jsonl, read_records, write_jsonl
-from distill import POS, _fill, _plain, answer_scan
+from common import (DIFFICULTIES, RELATION_SENTENCES, answer_scan, atomic_write, build_messages, fill, iter_dump,
+                    mean_se, options_text, plain, read_jsonl, read_records, write_jsonl)
 
 def article_texts(dump, chunk=600):
     """The articles as plain text, in pieces of about `chunk` characters, each headed by its title: short rows of
     similar length batch with little padding."""
-    from kg import iter_dump
     for title, ns, _, redirect, text in iter_dump(dump):
         if ns == 0 and not redirect and text.strip():
             piece = title
@@ -54,7 +53,7 @@ def fact_texts(kg_dir):
     by_head, by_tail = {}, {}
     for e in read_jsonl(os.path.join(kg_dir, "edges.jsonl")):
         h, t = names[e["head"]], names[e["tail"]]
-        s = _fill(POS[e["relation"]], 1, h=h, t=t) + "."  # the wording the KG-path teacher's chains use
+        s = fill(RELATION_SENTENCES[e["relation"]], 1, h=h, t=t) + "."  # the wording of distill.py's chains
         by_head.setdefault(h, []).append(s[0].upper() + s[1:])
         by_tail.setdefault(t, []).append(f"{h} ({e['relation'].replace('_', ' ')})")
     return ([" ".join(facts) for facts in by_head.values()] +
@@ -103,7 +102,7 @@ def base(a):
     # sooner than for a span (5.5 BPE tokens per name at vocab 2,048). Qwen splits names too; a 7B model copes.
     names = {e["name"] for e in read_jsonl(os.path.join(a.kg, "entities.jsonl")) if len(e["name"]) >= 4}
     # "A." .. "E." too: the scan's "C. Heparin" is then the very token pair of the prompt's option line
-    words = [f"{x}." for x in "ABCDE"] + sorted({" " + v for n in names for v in (n, _plain(n))})
+    words = [f"{x}." for x in "ABCDE"] + sorted({" " + v for n in names for v in (n, plain(n, keep_suffix=True))})
     # The system prompt stays 49 BPE tokens although one token would make every cold-start row and rollout a third
     # shorter: as one token (tried 2026-11-22), Base wrote the format on 10% of the test items instead of 92%. The
     # tiny model copies the tags from the prompt's own example ("<answer>C</answer>"), so it must see them.
@@ -137,12 +136,6 @@ def load_predictions(run, seeds):
             for s in seeds for st, _ in STAGES}
 
 
-def _mean_se(xs):
-    m = sum(xs) / len(xs)
-    se = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) if len(xs) > 1 else float("nan")
-    return 100 * m, 100 * se
-
-
 def ablation(rows, seeds):
     """Accuracy per stage (mean over seeds) and each stage's gain over the previous one as the mean of paired
     per-question differences, pooled over seeds (each (seed, question) pair is one difference), with its SE.
@@ -160,8 +153,8 @@ def ablation(rows, seeds):
             accs = [100 * sum(preds[(s, st)][i][0] for i in sel) / len(sel) for s in seeds]
             cell = {"n": len(sel), "accuracy": sum(accs) / len(accs), "per_seed": accs}
             if prev:
-                cell["gain"], cell["gain_se"] = _mean_se(
-                    [preds[(s, st)][i][0] - preds[(s, prev)][i][0] for s in seeds for i in sel])
+                m, se = mean_se([preds[(s, st)][i][0] - preds[(s, prev)][i][0] for s in seeds for i in sel])
+                cell["gain"], cell["gain_se"] = 100 * m, float("nan") if se is None else 100 * se
             row[tier or "all"] = cell
         out["stages"][st] = row
         prev = st

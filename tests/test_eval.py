@@ -6,7 +6,8 @@ import os
 import pytest
 
 from common import LETTERS, build_messages, read_jsonl, write_jsonl
-from eval import evaluate, load_benchmark, main, summarize
+from benchmarks import load_benchmark
+from eval import evaluate, main, summarize
 from fake_llm_server import FakeLLMServer
 
 BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "benchdata")

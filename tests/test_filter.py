@@ -91,7 +91,7 @@ def test_real_files_medqa_and_cmexam(tmp_path):
 
 @needs_bench
 def test_dedup_exact_and_near_on_real_items():
-    import eval as ev
+    import benchmarks as ev
     items = ev.load_benchmark("medqa", MEDQA_TRAIN)
     exact = json.loads(json.dumps(items[3]))
     exact["id"], exact["options"] = "copy", dict(reversed(list(exact["options"].items())))  # option order differs
@@ -110,7 +110,7 @@ def test_dedup_exact_and_near_on_real_items():
 
 @needs_bench
 def test_decontamination_counts_per_benchmark():
-    import eval as ev
+    import benchmarks as ev
     train, test = ev.load_benchmark("medqa", MEDQA_TRAIN), ev.load_benchmark("medqa", MEDQA_TEST)[:200]
     leaked = []
     for i, t in enumerate(test[:5]):  # a benchmark item copied into training with light edits
