@@ -1,39 +1,38 @@
 """GRPO, the two RL stages of Fleming-R1 (arXiv 2509.15279, sec. 3.3, eq. 1-3): `torchrun grpo.py --stage 1|2`.
 
 Reads  --data pool.jsonl (filter.py's pool: unified records with a difficulty), --init CKPT (HF folder with its
-       tokenizer: the SFT cold start for stage 1, stage 1's RUN_DIR/final or best for stage 2), --val (validation
-       records: checkpoint selection), stage 2 also --pool hard_pool.jsonl (mine.py; mined at step 0 if absent).
-Writes RUN_DIR/metrics.jsonl (one row per step, eval rows too), RUN_DIR/final (HF folder + tokenizer),
-       RUN_DIR/best (with --val: best greedy accuracy on it, never on a test set), RUN_DIR/state (resumable: re-running
-       the same command continues the same run), stage 2: RUN_DIR/mine_STEP/{pass_rates,hard_pool}.jsonl.
+       tokenizer: the cold start for stage 1, stage 1's best/ for stage 2), --val (validation records: checkpoint
+       selection only), stage 2 also --pool hard_pool.jsonl (mine.py; mined here at step 0 if absent).
+Writes RUN_DIR/metrics.jsonl (a row per step, eval rows too), RUN_DIR/final and RUN_DIR/best (HF folders + tokenizer;
+       best: the best greedy accuracy on --val, never on a test set), RUN_DIR/state (resumable: the same command
+       continues the same run), stage 2: RUN_DIR/mine_STEP/{pass_rates,hard_pool}.jsonl.
+Stage 2 re-mines the hard pool with the current weights by design (the paper's adaptive mining), so this file
+imports mine.py: the one stage file another stage file imports.
 
 The objective. For a prompt x, k completions y_1..y_k are sampled at --temperature (top_p 1, so the log-probs
-below describe the sampling distribution), scored by common.reward (answer correctness + format, no length
-term) and given group advantages A_i = r_i - mean_j r_j (eq. 2-3). The loss (eq. 1) is
+below describe the sampling distribution), scored by common.reward (correctness + format, no length term) and
+given group advantages A_i = r_i - mean_j r_j (eq. 2-3). The loss (eq. 1), one update per rollout batch, is
     L = -(1/N) * sum_i A_i * sum_t log pi(y_i,t | x, y_i,<t) / loss_norm
-over the N completions of the *global* batch; loss_norm is a constant (--loss-norm, default max_new_tokens), so
-no per-sequence length normalisation biases long or short answers (Dr. GRPO's observation). On-policy, one
-update per rollout batch: this is the paper's gradient. Variants, all off by default:
+over the N completions of the *global* batch. Variants, all off by default:
     --std-norm          A_i / (std_j r_j + eps)                                       DeepSeekMath GRPO
     --kl-coef B         + B * KL(pi || pi_ref) per token, k3 estimator, frozen init    DeepSeekMath GRPO
     --clip-eps E --ppo-epochs U   clipped ratio pi/pi_old, U updates per rollout batch PPO / DeepSeekMath GRPO
     --token-mean        divide by the global count of completion tokens instead       DAPO token-level loss
     --drop-zero-var     groups with all-equal rewards leave the loss and its divisor  DAPO dynamic sampling
-                        (without re-sampling to refill the batch)
-Stage 1: easy + moderate items, until --max-steps or the plateau test (see plateau()). Stage 2: the hard pool
-(mine.py's rules: repeated failures with the greedy answer wrong, difficult first, --mine-moderate-share learnable
-moderate items, all-fail items capped at --mine-max-zero-share), k raised to 16, re-mined with the current weights
-every --remine-every steps; prompts are drawn uniformly from the pool, so a batch's difficulty mix is the pool's
-(printed when mined).
-Metrics per step: reward, accuracy (share of reward 1.0), format rate, zero-advantage group fraction, completion
-length, truncation rate, loss, grad norm, entropy, tokens/s, seconds in generation / log-probs / backward / optimizer.
+Stage 1: Easy + Moderate items until --max-steps or the plateau test (plateau()). Stage 2: the hard pool
+(mine.py's rules), k raised to 16, prompts drawn uniformly from it, re-mined every --remine-every steps.
 
-Memory, Qwen2.5-7B on 8 x 80 GB with the defaults (FSDP2, bf16 compute, fp32 master weights + AdamW):
-16 B/param x 7.6e9 / 8 ranks = 15 GB sharded state; the rollout unshards bf16 weights (15 GB) plus a KV cache of
-57 KB/token x 64 rows x 1.6k tokens = 6 GB (freed before training); training: micro-batch of 2 completions x
-1.6k tokens of activations (~25 GB without activation checkpointing; their prompt runs once for both, see
-model.group_logprobs). token_logprobs never builds (tokens x vocab) logits. Fits in 80 GB with room; raise
---micro-batch if memory allows.
+Deliberate departures from the paper:
+  1. loss_norm is a constant (--loss-norm, default max_new_tokens), not each completion's length, so no length
+     is favoured (Dr. GRPO's observation).
+  2. RUN_DIR/best is chosen on a validation split's greedy accuracy; the paper does not say how it picks one.
+  3. The tiny preset turns on the KL to the init (0.1), without which the tiny model's copying erodes, and samples
+     at temperature 0.5, near the greedy path evaluation takes (docs/tiny_runs.md#the-kl-to-the-init,
+     docs/tiny_runs.md#rollouts-at-temperature-05); the tiny run mines once (mine.py), never re-mines.
+
+Memory, Qwen2.5-7B on 8 x 80 GB with the defaults (FSDP2, bf16 compute, fp32 master weights + AdamW): 15 GB of
+sharded state a GPU; the rollout adds the unsharded bf16 weights (15 GB) and a 6 GB KV cache (64 rows x 1.6k
+tokens), freed before training; a micro-batch of 2 completions needs ~25 GB of activations. Fits with room.
 """
 import argparse
 import os
@@ -49,22 +48,17 @@ import mine
 import model as M
 import sampler
 
-# tiny: lr, KL and batch from seed-0 trials on the 1,200 test items (issue #9), cold start 51.3%. Without the KL,
-# lr 1e-4 (16 prompts, 60 steps) fell to 48.0%: the updates' noise erodes the copying the chains rely on (right
-# conclusions 801 -> 635), and lr 3e-5 (100 steps) stayed at 51.1%. With the KL to the init, lr 1e-4: 51.8% at
-# 60 steps, 52.5% at 150 (Easy + Moderate, stage 1's tiers, +4.5).
-# Re-checked 2026-11-22, 3 seeds, full stage 1 without the KL: validation picks checkpoints about as good, but
-# their chains reach the right entity on 664 / 800 / 730 test items (837 / 820 / 817 with it) and test accuracy
-# is 1.4 ± 0.6 points lower. So the KL stays, although its reference forward costs 29% of a step's training half.
-# Rollouts at temperature 0.5 (2026-12-06, chosen on validation): evaluation is greedy, and at T = 1 the tiny policy
-# (0.6 nats a token) strays from its greedy path many times a chain, so the reward mostly scores paths greedy decoding
-# never takes; at 0.5 (0.22 nats) rollouts stay near it and 56-71% of groups still disagree. The gradient is exact
-# for the tempered policy (log-probs at the same temperature). From the same cold starts, two sampling draws:
-# validation 41.8 / 42.7 / 39.1% and 40.1 / 41.5 / 40.2% against 40.7 / 40.4 / 37.2% and 41.3 / 41.6 / 40.1% at T = 1.
-TINY = dict(prompts=16, max_new_tokens=96, temperature=0.5, micro_batch=32, lr=1e-4, kl_coef=0.1, max_steps=150,
-            eval_every=30, save_every=30, plateau_window=20, plateau_patience=40, remine_every=20, remine_size=400,
-            mine_n=8, mine_batch=64, mine_max_zero_share=0.0,  # re-mining keeps no all-fail item, as mine.py --tiny
-            fsdp_per_block=False)  # a 1.7M-parameter model: one FSDP2 unit (model.shard_model)
+TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); the evidence for each value is in docs/tiny_runs.md
+    prompts=16, micro_batch=32, max_new_tokens=96, save_every=30,
+    lr=1e-4, kl_coef=0.1,  # lr 1e-4 with the KL to the init; without it RL erodes the copying (#the-kl-to-the-init)
+    temperature=0.5,  # rollouts near the greedy path that evaluation takes (#rollouts-at-temperature-05)
+    plateau_window=20, plateau_patience=40,
+    mine_batch=64,  # validation's batch too
+    remine_size=400, mine_n=8, mine_max_zero_share=0.0,  # stage 2 without --pool mines as mine.py --tiny does
+    fsdp_per_block=False,  # a 1.7M-parameter model is one FSDP2 unit (#one-fsdp-unit)
+    stage1=dict(max_steps=80, eval_every=40),  # sized for the 20-minute run (#sizes-and-time)
+    stage2=dict(max_steps=12, eval_every=30, remine_every=0),  # mined once by mine.py (#stage-2-mines-greedy-failures)
+)
 
 
 def get_args(argv=None):
@@ -77,7 +71,6 @@ def get_args(argv=None):
     a("--val", help="validation records; greedy accuracy on them selects RUN_DIR/best")
     a("--pool", help="stage 2: hard_pool.jsonl from mine.py (default: mine it at step 0)")
     a("--review", help="filter.py review.jsonl: flagged items are never mined")
-    a("--tiny", action="store_true", help="CPU preset: " + ", ".join(f"{k}={v}" for k, v in TINY.items()))
     a("--seed", type=int, default=0)
     # rollouts
     a("--prompts", type=int, default=64, help="prompts per step over all ranks (a multiple of world size)")
@@ -115,10 +108,7 @@ def get_args(argv=None):
     a("--mine-n", type=int, default=8, help="samples per item when mining")
     a("--mine-batch", type=int, default=64, help="prompts per generate call when mining / evaluating")
     mine.add_pool_args(p, prefix="mine-")
-    args, _ = p.parse_known_args(argv)
-    if args.tiny:  # the preset changes defaults only: explicit flags still win
-        p.set_defaults(**TINY)
-    args = p.parse_args(argv)
+    args = common.parse_with_preset(p, argv, TINY, variant=lambda a: f"stage{a.stage}")
     args.k = args.k or (8 if args.stage == 1 else 16)
     args.loss_norm = args.loss_norm or float(args.max_new_tokens)
     if args.k < 2:
@@ -163,10 +153,11 @@ def policy_loss(logp, mask, adv, old_logp=None, ref_logp=None, clip_eps=0.0, kl_
     return -(obj * mask).sum()
 
 
-def _sync(t):
+def seconds_since(t0):
+    """Wall-clock seconds since t0, once the GPU has finished the work queued so far."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.time() - t
+    return time.time() - t0
 
 
 def group_batch(rows, pieces, pad_id, device):
@@ -186,16 +177,18 @@ def group_batch(rows, pieces, pad_id, device):
     return prompts.to(device), pmask.to(device), ids.to(device), tgt.to(device), counts
 
 
-def update(policy, opt, rows, adv, keep, args, world, ref=None):
-    """Micro-batched forward/backward and optimizer step(s) on this rank's rollouts.
-    rows [(prompt, completion)] in groups of args.k, adv (n,), keep (n,) 0/1 (--drop-zero-var). Every rank holds
-    the same number n of completions, so all ranks run the same number of FSDP collectives.
+def update(policy, opt, rows, adv, keep, args, world, pad_id, ref=None):
+    """Eq. 1: micro-batched forward/backward and optimizer step(s) on this rank's rollouts.
+    rows [(prompt, completion)] in groups of args.k, adv (n,), keep (n,) 0/1 (--drop-zero-var); args: the
+    objective's flags (read only). Every rank holds the same number n of completions, so all ranks run the same
+    number of FSDP collectives.
 
     Normalisation: the loss of the global batch is sum over all ranks' completions / D, with D = (global count
     of kept completions) * loss_norm, or the global count of kept completion tokens with --token-mean. FSDP2
     *averages* gradients over ranks, so each rank backpropagates world * (its share of the sum) / D: the mean
     over ranks is then exactly the global loss, whatever the number of ranks or micro-batches.
-    Returns timings and stats, or None when no completion is kept anywhere (the step is skipped)."""
+    Returns {timings, entropy and KL sums, loss, grad_norm}, or None when no completion is kept anywhere (the
+    step is skipped)."""
     n, mb, dev = len(rows), args.micro_batch, next(policy.parameters()).device
     lens = torch.tensor([float(len(c)) for _, c in rows])
     denom = torch.stack([(keep * lens).sum() if args.token_mean else keep.sum() * args.loss_norm])
@@ -214,14 +207,14 @@ def update(policy, opt, rows, adv, keep, args, world, ref=None):
     pieces = [list(range(j, min(j + mb, i + k))) for i in range(0, n, k) for j in range(i, i + k, mb)]
     pieces.sort(key=lambda g: len(rows[g[0]][0]) + max(len(rows[i][1]) for i in g))
     per = max(1, mb // k)
-    chunks = [[group_batch(rows, pieces[j:j + per], args.pad_id, dev), torch.tensor(sum(pieces[j:j + per], []))]
+    chunks = [[group_batch(rows, pieces[j:j + per], pad_id, dev), torch.tensor(sum(pieces[j:j + per], []))]
               for j in range(0, len(pieces), per)]
     t = time.time()
     with torch.no_grad():  # pi_old for the PPO ratio, pi_ref for the KL: fixed for all epochs
         for ch in chunks:
             ch.append(policy.group_logprobs(*ch[0], args.temperature)[0] if args.ppo_epochs > 1 else None)
             ch.append(ref.group_logprobs(*ch[0], args.temperature, entropy=False)[0] if ref is not None else None)
-    st = dict(t_logprob=_sync(t), t_backward=0.0, t_opt=0.0, ent_sum=0.0, ent_n=0, loss=0.0, kl_sum=0.0)
+    stats = dict(t_logprob=seconds_since(t), t_backward=0.0, t_opt=0.0, ent_sum=0.0, ent_n=0, loss=0.0, kl_sum=0.0)
     for epoch in range(args.ppo_epochs):
         for batch, s, old, ref_lp in chunks:
             t = time.time()
@@ -229,22 +222,22 @@ def update(policy, opt, rows, adv, keep, args, world, ref=None):
             tgt = batch[3]
             mask = (tgt != -100).float() * keep[s, None].to(dev)  # (B, T)
             loss = policy_loss(logp, mask, adv[s].to(dev), old, ref_lp, args.clip_eps, args.kl_coef) * scale
-            st["t_logprob"] += _sync(t)
+            stats["t_logprob"] += seconds_since(t)
             t = time.time()
             loss.backward()
-            st["t_backward"] += _sync(t)
+            stats["t_backward"] += seconds_since(t)
             if epoch == 0:
-                st["ent_sum"] += ent.sum().item()
-                st["ent_n"] += ent.numel()
-                st["loss"] += loss.item() / world
+                stats["ent_sum"] += ent.sum().item()
+                stats["ent_n"] += ent.numel()
+                stats["loss"] += loss.item() / world
                 if ref_lp is not None:  # the KL term of the loss, summed over completion tokens
-                    st["kl_sum"] += (k3_kl(ref_lp, logp.detach()) * (tgt != -100)).sum().item()
+                    stats["kl_sum"] += (k3_kl(ref_lp, logp.detach()) * (tgt != -100)).sum().item()
         t = time.time()
-        st["grad_norm"] = M.clip_grad(policy, args.grad_clip)
+        stats["grad_norm"] = M.clip_grad(policy, args.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        st["t_opt"] += _sync(t)
-    return st
+        stats["t_opt"] += seconds_since(t)
+    return stats
 
 
 # ----------------------------------------------------------------------------------------------- stage control
@@ -296,24 +289,80 @@ def evaluate(policy, tok, val, args):
     return sum(r["pass_rate"] for r in rates) / max(len(rates), 1)
 
 
+# ----------------------------------------------------------------------------------------------- one step
+
+def validate(policy, tok, val, val_key, run, args, rank, log):
+    """Greedy accuracy on --val at this step; a new best is saved as RUN_DIR/best with its score. Stage 2 starts
+    from stage 1's best/, which recorded its score on this very split: at step 0 it is not evaluated again."""
+    step = run["step"]
+    score = os.path.join(args.init, "val_score.jsonl")
+    known = common.read_jsonl(score)[0].get(val_key) if step == 0 and os.path.exists(score) else None
+    acc = evaluate(policy, tok, val, args) if known is None else known
+    run["eval_step"] = step
+    if acc > run["best"]:
+        run["best"] = acc
+        M.save_model(policy, os.path.join(args.out, "best"), tok)
+        if rank == 0:
+            common.write_jsonl(os.path.join(args.out, "best", "val_score.jsonl"), [{val_key: acc}])
+    if rank == 0:
+        log.log(dict(step=step, val_acc=acc, best_val_acc=run["best"]))
+        print(f"step {step} val_acc {acc:.4f} (best {run['best']:.4f})", flush=True)
+
+
+def rollout(policy, tok, batch, args, seed, stops, pad_id):
+    """k samples per prompt, all on this rank: -> prompts (token ids), completions (rows i*k .. i*k+k-1 belong
+    to prompt i), seconds."""
+    prompts = [common.prompt_ids(tok, r) for r in batch]
+    t0 = time.time()
+    comps = sampler.generate(policy, prompts, args.max_new_tokens, temperature=args.temperature, top_p=1.0,
+                             eos_ids=stops, seed=seed, pad_id=pad_id, k=args.k)
+    return prompts, comps, seconds_since(t0)
+
+
+def advantages(tok, batch, comps, args):
+    """Eq. 2-3: rewards (common.reward: correctness + format) and group advantages -> rewards (P, k), advantages
+    (P, k), zero (P,): groups with no learning signal, keep (P * k,): 0 for the rows --drop-zero-var leaves out."""
+    texts = [tok.decode(c, skip_special_tokens=False) for c in comps]
+    rewards = torch.tensor([common.reward(t, batch[i // args.k]) for i, t in enumerate(texts)]).view(-1, args.k)
+    adv = group_advantages(rewards, args.std_norm)
+    zero = rewards.amax(1) == rewards.amin(1)
+    keep = (~zero).float().repeat_interleave(args.k) if args.drop_zero_var else torch.ones(len(comps))
+    return rewards, adv, zero, keep
+
+
+def step_metrics(step, rewards, zero, comps, stops, upd, with_kl, times):
+    """The step's metrics, summed over ranks (a collective): reward, accuracy (share of reward 1.0), format
+    rate, zero-advantage group fraction, completion length, truncation rate, loss, entropy, KL, grad norm and
+    the seconds of each part. upd: update()'s dict, or None for a skipped step."""
+    local = dict(reward=rewards.sum(), right=(rewards == 1).sum(), well_formed=(rewards != -0.5).sum(),
+                 zero=zero.sum(), tokens=sum(map(len, comps)), completions=len(comps), groups=len(zero),
+                 truncated=sum(not c or c[-1] not in stops for c in comps),
+                 **{k: upd[k] if upd else 0 for k in ("ent_sum", "ent_n", "loss", "kl_sum")})
+    sums = torch.tensor([float(x) for x in local.values()], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(sums)
+    s = dict(zip(local, sums.tolist()))  # loss: each rank holds its share
+    N, G = s["completions"], s["groups"]
+    m = dict(step=step, reward=s["reward"] / N, accuracy=s["right"] / N, format_rate=s["well_formed"] / N,
+             zero_adv_frac=s["zero"] / G, mean_len=s["tokens"] / N, trunc_rate=s["truncated"] / N,
+             entropy=s["ent_sum"] / max(s["ent_n"], 1), skipped=upd is None,
+             tokens_per_s=s["tokens"] / (times["t_gen"] + times["t_train"]), **times)
+    if upd:
+        m.update(loss=s["loss"], **{k: upd[k] for k in ("grad_norm", "t_logprob", "t_backward", "t_opt")})
+        if with_kl:
+            m["kl"] = s["kl_sum"] / max(s["ent_n"], 1)
+    return m
+
+
 # ----------------------------------------------------------------------------------------------- the loop
 
-def train(args, rank, world, device):
-    from transformers import AutoTokenizer
-    torch.manual_seed(args.seed)
-    # CPU: the loss-scaled gradients (and softmax tails) reach fp32 denormals, which made the backward ~20x slower
-    # in tests/bench_grpo.py; flushing them to zero changes nothing measurable. No effect on CUDA.
-    torch.set_flush_denormal(True)
-    os.makedirs(args.out, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(args.init)
-    stops = common.eos_ids(tok)
-    args.pad_id = common.pad_id(tok)
+def load_data(args, world):
+    """-> records (--data), by_id (their ids, and the hard pool's), val records, val_key (what a validation score
+    depends on), review ids, and the pool prompts are drawn from (stage 2 without --pool: None, mined at step 0)."""
     records = common.read_records(args.data)
     by_id = {r["id"]: r for r in records}
     val = common.read_records(args.val)[:args.val_limit or None] if args.val else []
-    val_key = f"{os.path.abspath(args.val or '')}:{len(val)}:{args.max_new_tokens}"  # what a val score depends on
-    review = mine.review_ids(args.review)
-    mp = args.mixed_precision if args.mixed_precision is not None else device.type == "cuda"
+    val_key = f"{os.path.abspath(args.val or '')}:{len(val)}:{args.max_new_tokens}"
     if args.prompts % world:
         raise SystemExit(f"--prompts {args.prompts} must be a multiple of the world size {world}")
     if args.stage == 1:
@@ -323,112 +372,90 @@ def train(args, rank, world, device):
         by_id.update({r["id"]: r for r in pool or []})
     if pool is not None and len(pool) < args.prompts:
         raise SystemExit(f"{args.data}: the stage {args.stage} pool has {len(pool)} items, fewer than --prompts")
+    return records, by_id, val, val_key, mine.review_ids(args.review), pool
 
+
+def train(args, rank, world, device):
+    from transformers import AutoTokenizer
+    torch.manual_seed(args.seed)
+    # CPU: the loss-scaled gradients (and softmax tails) reach fp32 denormals, which made the backward ~20x slower
+    # in tests/bench_grpo.py; flushing them to zero changes nothing measurable. No effect on CUDA.
+    torch.set_flush_denormal(True)
+    os.makedirs(args.out, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(args.init)
+    stops, pad = common.eos_ids(tok), common.pad_id(tok)
+    records, by_id, val, val_key, review, pool = load_data(args, world)
+    mp = args.mixed_precision if args.mixed_precision is not None else device.type == "cuda"
     policy = M.shard_model(M.load_model(args.init, device), mp, args.fsdp_per_block)
     ref = None
     if args.kl_coef > 0:  # the frozen reference for the KL variant: the --init weights
         ref = M.shard_model(M.load_model(args.init, device).requires_grad_(False), mp, args.fsdp_per_block)
     opt = M.make_optimizer(policy, args.lr, args.weight_decay, betas=(0.9, 0.99))  # constant lr, as usual in RL
-    st = dict(step=0, best=-1.0, eval_step=-1, rewards=[], zero_fracs=[], stop=None, pool_ids=None)
+    # the run's state, saved with the weights in RUN_DIR/state: a resumed run goes on from the same step and RNG
+    run = dict(step=0, best=-1.0, eval_step=-1, rewards=[], zero_fracs=[], stop=None, pool_ids=None)
     state_dir = os.path.join(args.out, "state")
-    if os.path.isdir(state_dir):  # resume: same run, same step, same RNG
-        st.update(M.load_state(state_dir, policy, opt) or {})
-        if st["pool_ids"] is not None:
-            pool = [by_id[i] for i in st["pool_ids"]]
+    if os.path.isdir(state_dir):
+        run.update(M.load_state(state_dir, policy, opt) or {})
+        if run["pool_ids"] is not None:
+            pool = [by_id[i] for i in run["pool_ids"]]
         if rank == 0:
-            print(f"resumed {state_dir} at step {st['step']}", flush=True)
+            print(f"resumed {state_dir} at step {run['step']}", flush=True)
     mpath = os.path.join(args.out, "metrics.jsonl")
     if rank == 0 and os.path.exists(mpath):  # drop rows a killed run logged after its last checkpoint
-        common.write_jsonl(mpath, [r for r in common.read_jsonl(mpath) if r["step"] < st["step"]])
+        common.write_jsonl(mpath, [r for r in common.read_jsonl(mpath) if r["step"] < run["step"]])
     log = common.MetricsLog(mpath)
     prog = common.Progress(args.max_steps, f"grpo stage {args.stage}")
-    prog.done = st["step"]
-    K, per_rank = args.k, args.prompts // world
+    prog.done = run["step"]
+    per_rank = args.prompts // world
 
     while True:
-        step = st["step"]
-        done = step >= args.max_steps or st["stop"] is not None
-        # ---- validation: greedy accuracy on --val; RUN_DIR/best is chosen on it alone
-        if val and st["eval_step"] != step and (step % args.eval_every == 0 or done):
-            # stage 2 starts from stage 1's best/, which recorded its score on this very split: not run twice
-            score = os.path.join(args.init, "val_score.jsonl")
-            known = common.read_jsonl(score)[0].get(val_key) if step == 0 and os.path.exists(score) else None
-            acc = evaluate(policy, tok, val, args) if known is None else known
-            st["eval_step"] = step
-            if acc > st["best"]:
-                st["best"] = acc
-                M.save_model(policy, os.path.join(args.out, "best"), tok)
-                if rank == 0:
-                    common.write_jsonl(os.path.join(args.out, "best", "val_score.jsonl"), [{val_key: acc}])
-            if rank == 0:
-                log.log(dict(step=step, val_acc=acc, best_val_acc=st["best"]))
-                print(f"step {step} val_acc {acc:.4f} (best {st['best']:.4f})", flush=True)
+        step = run["step"]
+        done = step >= args.max_steps or run["stop"] is not None
+        # ---- validate: greedy accuracy on --val; RUN_DIR/best is chosen on it alone
+        if val and run["eval_step"] != step and (step % args.eval_every == 0 or done):
+            validate(policy, tok, val, val_key, run, args, rank, log)
         if done:
             break
-        # ---- stage 2: (re-)mine the hard pool with the current weights
+        # ---- stage 2: (re)mine the hard pool with the current weights
         t0 = time.time()
         if args.stage == 2 and (pool is None or (args.remine_every and step and step % args.remine_every == 0)):
             pool = remine(policy, tok, records, review, args, step, rank)
-            st["pool_ids"] = [r["id"] for r in pool]
+            run["pool_ids"] = [r["id"] for r in pool]
             if len(pool) < args.prompts:
-                st["stop"] = f"hard pool has {len(pool)} items, fewer than --prompts {args.prompts}"
+                run["stop"] = f"hard pool has {len(pool)} items, fewer than --prompts {args.prompts}"
                 continue
         t_mine = time.time() - t0
-        # ---- 1. prompts: the global batch is fixed by (seed, step); each rank takes its own slice
+        # ---- rollout: the global batch of prompts is fixed by (seed, step); each rank samples its own slice
         batch = sample_prompts(pool, args.prompts, args.seed, step)[rank * per_rank:(rank + 1) * per_rank]
-        prompts = [common.prompt_ids(tok, r) for r in batch]
-        # ---- 2. rollouts: k samples per prompt, all on this rank (rows i*k .. i*k+k-1 belong to prompt i)
+        prompts, comps, t_gen = rollout(policy, tok, batch, args, args.seed * 1_000_003 + step * world + rank,
+                                        stops, pad)
+        # ---- advantages (eq. 2-3), then the update (eq. 1): log-probs at the sampling temperature, loss, step
+        rewards, adv, zero, keep = advantages(tok, batch, comps, args)
         t0 = time.time()
-        comps = sampler.generate(policy, prompts, args.max_new_tokens, temperature=args.temperature, top_p=1.0,
-                                 eos_ids=stops, seed=args.seed * 1_000_003 + step * world + rank,
-                                 pad_id=args.pad_id, k=K)
-        t_gen = _sync(t0)
-        # ---- 3. rewards (common.reward: correctness + format) and group advantages (eq. 2-3)
-        texts = [tok.decode(c, skip_special_tokens=False) for c in comps]
-        rewards = torch.tensor([common.reward(t, batch[i // K]) for i, t in enumerate(texts)]).view(-1, K)
-        adv = group_advantages(rewards, args.std_norm)  # (P_rank, k)
-        zero = rewards.amax(1) == rewards.amin(1)  # (P_rank,) groups with no learning signal
-        keep = (~zero).float().repeat_interleave(K) if args.drop_zero_var else torch.ones(len(comps))
-        # ---- 4. log-probs at the sampling temperature, loss (eq. 1), backward, optimizer step
-        t0 = time.time()
-        rows = [(prompts[i // K], c) for i, c in enumerate(comps)]
-        us = update(policy, opt, rows, adv.flatten(), keep, args, world, ref)
+        rows = [(prompts[i // args.k], c) for i, c in enumerate(comps)]
+        upd = update(policy, opt, rows, adv.flatten(), keep, args, world, pad, ref)
         t_train = time.time() - t0
-        # ---- 5. metrics, summed over ranks
-        trunc = [not c or c[-1] not in stops for c in comps]
-        sums = torch.tensor([float(x) for x in (rewards.sum(), (rewards == 1).sum(), (rewards != -0.5).sum(),
-                             zero.sum(), sum(map(len, comps)), sum(trunc), len(comps), len(batch),
-                             *([us["ent_sum"], us["ent_n"], us["loss"], us["kl_sum"]] if us else [0] * 4))],
-                            dtype=torch.float64)
-        if dist.is_initialized():
-            dist.all_reduce(sums)
-        R, acc, fmt, nz, ntok, ntr, N, G, es, en, loss, kls = sums.tolist()  # loss: each rank holds its share
-        st["rewards"].append(R / N)
-        st["zero_fracs"].append(nz / G)
-        m = dict(step=step, reward=R / N, accuracy=acc / N, format_rate=fmt / N, zero_adv_frac=nz / G,
-                 mean_len=ntok / N, trunc_rate=ntr / N, entropy=es / max(en, 1), skipped=us is None,
-                 tokens_per_s=ntok / (t_gen + t_train), t_gen=t_gen, t_train=t_train, t_mine=t_mine)
-        if us:
-            m.update(loss=loss, **{k: us[k] for k in ("grad_norm", "t_logprob", "t_backward", "t_opt")})
-            if ref is not None:
-                m["kl"] = kls / max(en, 1)
+        # ---- log, stop test (stage 1), checkpoint
+        m = step_metrics(step, rewards, zero, comps, stops, upd, ref is not None,
+                         dict(t_gen=t_gen, t_train=t_train, t_mine=t_mine))
+        run["rewards"].append(m["reward"])
+        run["zero_fracs"].append(m["zero_adv_frac"])
         if rank == 0:
             log.log(m)
             prog.update(1, reward=m["reward"], acc=m["accuracy"], fmt=m["format_rate"], zero=m["zero_adv_frac"],
                         len=m["mean_len"], gen_s=t_gen, train_s=t_train)
-        st["step"] = step + 1
-        # ---- stage 1 stop test, checkpoint
+        run["step"] = step + 1
         if args.stage == 1:
-            st["stop"] = plateau(st["rewards"], st["zero_fracs"], args.plateau_window, args.plateau_patience,
-                                 args.plateau_eps, args.sparsity)
-        if st["step"] % args.save_every == 0 or st["stop"] or st["step"] >= args.max_steps:
-            M.save_state(state_dir, policy, opt, st)
+            run["stop"] = plateau(run["rewards"], run["zero_fracs"], args.plateau_window, args.plateau_patience,
+                                  args.plateau_eps, args.sparsity)
+        if run["step"] % args.save_every == 0 or run["stop"] or run["step"] >= args.max_steps:
+            M.save_state(state_dir, policy, opt, run)
 
-    reason = st["stop"] or f"reached --max-steps {args.max_steps}"
+    reason = run["stop"] or f"reached --max-steps {args.max_steps}"
     M.save_model(policy, os.path.join(args.out, "final"), tok)
     if rank == 0:
-        log.log(dict(step=st["step"], stop=reason, best_val_acc=st["best"]))
-        print(f"stage {args.stage} stopped at step {st['step']}: {reason}", flush=True)
+        log.log(dict(step=run["step"], stop=reason, best_val_acc=run["best"]))
+        print(f"stage {args.stage} stopped at step {run['step']}: {reason}", flush=True)
 
 
 @record

@@ -149,7 +149,7 @@ def fixed_batch(P=4, k=4, eos=3, seed=0):
 
 def uargs(**kw):
     import argparse
-    d = dict(k=4, micro_batch=3, pad_id=3, token_mean=False, loss_norm=10.0, temperature=0.7, ppo_epochs=1,
+    d = dict(k=4, micro_batch=3, token_mean=False, loss_norm=10.0, temperature=0.7, ppo_epochs=1,
              clip_eps=0.0, kl_coef=0.0, grad_clip=1e9, drop_zero_var=False)
     d.update(kw)
     return argparse.Namespace(**d)
@@ -162,7 +162,7 @@ def one_update(model, rows, rewards, args, world=1, rank=0):
     keep = (~zero).float() if args.drop_zero_var else torch.ones(len(rows))
     n = len(rows) // world
     s = slice(rank * n, (rank + 1) * n)
-    grpo.update(model, torch.optim.SGD(model.parameters(), lr=1.0), rows[s], adv[s], keep[s], args, world)
+    grpo.update(model, torch.optim.SGD(model.parameters(), lr=1.0), rows[s], adv[s], keep[s], args, world, pad_id=3)
 
 
 @pytest.mark.parametrize("model_type", ["qwen2", "qwen3"])
