@@ -26,7 +26,10 @@ import os
 import re
 
 from common import (RELATION_SENTENCES, Progress, answer_scan, append_jsonl, build_messages, extract_answer, fill,
-                    is_well_formed, join, make_llm, options_text, plain, read_appended, read_records)
+                    is_well_formed, join, make_llm, options_text, parse_with_preset, plain, read_appended,
+                    read_records)
+
+TINY = dict(max_chars=600)  # --tiny: the KG-path chains are 260 characters on average, 430 at most
 
 # ----------------------------------------------------------------------------------------------------------
 # the checks
@@ -198,11 +201,7 @@ def main(argv=None):
     p.add_argument("--cache-dir", default=None, help="cache teacher replies here (resume without paying twice)")
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="preset for the tiny CPU pipeline: --max-chars 600")
-    a, _ = p.parse_known_args(argv)
-    if a.tiny:  # the preset changes defaults only: explicit flags still win
-        p.set_defaults(max_chars=600)
-    a = p.parse_args(argv)
+    a = parse_with_preset(p, argv, TINY)
     records = read_records(a.data)[:a.limit]
     base, _ = os.path.splitext(a.out)
     rejects = base + ".rejects.jsonl"

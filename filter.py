@@ -37,7 +37,9 @@ from collections import Counter, defaultdict
 
 from benchmarks import load_benchmark
 from common import (DIFFICULTIES, Progress, atomic_write, build_messages, check_record, difficulty_heuristic,
-                    extract_answer, iter_jsonl, make_llm, write_jsonl)
+                    extract_answer, iter_jsonl, make_llm, parse_with_preset, write_jsonl)
+
+TINY = dict(difficulty="heuristic")  # --tiny: the tiny CPU run has no LLM judge: tiers from hops x rarity
 
 # ----------------------------------------------------------------------------------------------------------
 # loading
@@ -407,11 +409,7 @@ def main(argv=None):
     p.add_argument("--contam-frac", type=float, default=0.2, help="share of n-grams found in a benchmark")
     p.add_argument("--rare-quantile", type=float, default=0.5, help="heuristic: share of the pool counted as rare")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="tiny pipeline preset: --difficulty heuristic (no LLM)")
-    a, _ = p.parse_known_args(argv)
-    if a.tiny:  # the preset changes defaults only: explicit flags still win
-        p.set_defaults(difficulty="heuristic")
-    a = p.parse_args(argv)
+    a = parse_with_preset(p, argv, TINY)
     sources = [("synthetic", s) for s in a.synthetic] + pairs(a.public, "--public")
     if not sources:
         p.error("give --synthetic and/or --public")

@@ -23,8 +23,10 @@ from collections import Counter
 import mwparserfromhell as mwp
 import numpy as np
 
-from common import DumpError, atomic_write, iter_dump, make_llm
+from common import DumpError, atomic_write, iter_dump, make_llm, parse_with_preset
 
+TINY = dict(dump=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sample_wiki.xml"),  # --tiny:
+            out="out/kg_tiny")  # the shipped sample dump (data/README.md)
 TYPES = ("disease", "symptom", "test", "drug", "drug_class", "treatment", "anatomy", "pathogen", "gene",
          "specialty", "mechanism", "other")
 RELATIONS = ("has_symptom", "has_complication", "caused_by", "risk_factor", "diagnosed_by", "differential",
@@ -576,11 +578,7 @@ def main(argv=None):
     ap.add_argument("--links-only", action="store_true", help="drop unlinked plain-text infobox items")
     ap.add_argument("--llm", help="OpenAI-compatible base URL or local model dir: relations from the lead")
     ap.add_argument("--llm-model", help="model name for --llm")
-    ap.add_argument("--tiny", action="store_true", help="data/sample_wiki.xml -> out/kg_tiny")
-    a = ap.parse_args(argv)
-    if a.tiny:
-        a.dump = a.dump or os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sample_wiki.xml")
-        a.out = a.out or "out/kg_tiny"
+    a = parse_with_preset(ap, argv, TINY)
     if not a.out or bool(a.dump) == bool(a.api):
         ap.error("give --out and exactly one of --dump / --api (or --tiny)")
     llm = None

@@ -36,6 +36,11 @@ import model as M
 import sampler
 
 TIER = {"difficult": 0, "moderate": 1, "easy": 2}
+TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); evidence in docs/tiny_runs.md
+    max_new_tokens=96, sample=400,  # 400 items, 129-135 pooled: enough for stage 2's 12 steps (#sizes-and-time)
+    temperature=0.5,  # grpo.py --tiny's rollouts: "some samples right" then means a group with a gradient
+    max_zero_share=0.0,  # all-fail groups give no gradient, and 12 steps leave no time to start solving them
+)
 
 
 def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temperature=1.0, seed=0):
@@ -143,20 +148,12 @@ def main(argv=None):
     p.add_argument("--review")
     p.add_argument("--samples", type=int, default=8, help="samples per item (not --n: torchrun takes that for its own)")
     p.add_argument("--batch-size", type=int, default=64, help="items per generate call (per rank)")
-    p.add_argument("--max-new-tokens", type=int, help="default 1024 (96 with --tiny)")
+    p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--sample", type=int, default=0, help="mine a seeded random sample of N items (0: all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tiny", action="store_true", help="CPU preset: 96 new tokens, temperature 0.5, no all-fail items")
     add_pool_args(p)
-    args = p.parse_args(argv)
-    if args.tiny:  # flags given explicitly still win
-        # no all-fail items: their groups give no gradient (eq. 2: every r equals the group mean), and stage 2's
-        # 12 tiny steps leave no time for the policy to start solving them; of 400 items mined, 129-135 are pooled
-        # temperature 0.5: grpo.py --tiny's rollouts, so "some samples right" means stage 2's groups carry a gradient
-        p.set_defaults(max_new_tokens=96, max_zero_share=0.0, temperature=0.5)
-        args = p.parse_args(argv)
-    args.max_new_tokens = args.max_new_tokens or 1024
+    args = common.parse_with_preset(p, argv, TINY)
     rank, world, device = M.setup_dist()
     try:
         from transformers import AutoTokenizer

@@ -8,8 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 export TRITON_INTERPRET=1 OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
-# glibc: keep freed buffers (logits, KV caches, activations) in the heap instead of unmapping and re-faulting them at
-# every step. The same results bit for bit; half the kernel time, 4% off a GRPO step and 9% off an evaluation here
+# glibc keeps freed buffers (logits, KV caches, activations) instead of unmapping and re-faulting them every step:
+# the same results bit for bit, faster (docs/tiny_runs.md#speed)
 export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824
 if [ -z "${NO_INSTALL:-}" ]; then
   python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
@@ -19,21 +19,14 @@ RUN=${RUN:-runs/tiny}
 SEEDS=${SEEDS:-"0 1 2"}
 TORCHRUN="torchrun --standalone --nproc_per_node 2"
 EVAL="env OMP_NUM_THREADS=2 python eval.py"  # one process alone: both cores (the same predictions as one thread)
-if [ -n "${SMOKE:-}" ]; then  # a few steps per stage: checks the plumbing and every artifact, not the numbers
-  # (an untrained model never stops early, so every generation is cut short too)
-  N_TRAIN=600; N_TEST=100; N_VAL=40; BASE="--drills 2000"; PRE="--steps 4"; SFT="--steps 4"; TOK=32
-  RL1="--max-steps 2 --prompts 4 --max-new-tokens $TOK"; RL2="$RL1"; MINE="--samples 2 --sample 60 --max-new-tokens $TOK"
+# every size of the tiny run is in its stage's TINY preset (--tiny); SMOKE=1 only makes them a few steps each, which
+# checks the plumbing and every artifact, not the numbers (an untrained model never stops early: every generation
+# is cut short too)
+SYNTH=""; BASE=""; PRE=""; SFT=""; RL=""; MINE=""; TOK=""
+if [ -n "${SMOKE:-}" ]; then
+  SYNTH="--n 600 --test-n 100 --val-n 40"; BASE="--drills 2000"; PRE="--steps 4"; SFT="--steps 4"
+  TOK="--max-new-tokens 32"; RL="--max-steps 2 --prompts 4 $TOK"; MINE="--samples 2 --sample 60 $TOK"
   SEEDS=${SEEDS_SMOKE:-"0"}
-else
-  # sized for 20 min on 2 CPU cores (the AMD EPYC host of 2026-12-06 runs this code ~35% slower than the Intel host
-  # of 2026-11-23); 40,000 drills, 800 cold-start steps, stage 1 to 150 steps and stage 2 to 30, 600 mined: 25 min
-  # there, similar gains, levels 2-3 points higher; the cold start alone at 1,120 steps: +10.8 points, RL gains the
-  # same, ~4 min more on the AMD host (docs/tiny_runs.md)
-  N_TRAIN=6000; N_TEST=1200; N_VAL=1000; BASE="--drills 25000"; PRE=""; SFT="--steps 560"; TOK=96
-  # checkpoints are chosen on the whole validation split (1,000 items): on 500 (SE ~2 points, the size of RL's gain)
-  # one stage-1 draw kept a cold start that its final RL weights beat by 2 test points (docs/tiny_runs.md)
-  RL1="--max-steps 80 --eval-every 40"; RL2="--max-steps 12 --remine-every 0"
-  MINE="--sample 400"
 fi
 mkdir -p "$RUN"
 t0=$(date +%s)
@@ -43,8 +36,7 @@ stage "kg.py: sample dump -> knowledge graph"
 [ -f "$RUN/kg/stats.json" ] || python kg.py --dump data/sample_wiki.xml --out "$RUN/kg"
 
 stage "synth.py: KG -> multiple-choice questions (train, held-out val + test)"
-[ -f "$RUN/synth/val.jsonl" ] || python synth.py --tiny --kg "$RUN/kg" --out "$RUN/synth" --n "$N_TRAIN" \
-  --test-n "$N_TEST" --val-n "$N_VAL" --seed 0
+[ -f "$RUN/synth/val.jsonl" ] || python synth.py --tiny --kg "$RUN/kg" --out "$RUN/synth" $SYNTH
 
 stage "filter.py: format filter, dedup, difficulty (heuristic: hops + rarity), mixing"
 [ -f "$RUN/pool/train.jsonl" ] || python filter.py --tiny --synthetic "$RUN/synth/train.jsonl" --out "$RUN/pool"
@@ -55,23 +47,23 @@ python distill.py --data "$POOL" --teacher kg --out "$RUN/sft.jsonl" --tiny
 
 stage "tiny.py base + sft.py: tokenizer, random Qwen2-shaped model, pretraining = the Base model"
 [ -f "$RUN/base_init/pretrain.jsonl" ] || python tiny.py base --kg "$RUN/kg" --pool "$POOL" --out "$RUN/base_init" $BASE
-[ -f "$RUN/base/final/config.json" ] || $TORCHRUN sft.py --tiny --data "$RUN/base_init/pretrain.jsonl" \
-  --init "$RUN/base_init/init" --out "$RUN/base" --epochs 1 --batch-size 64 --micro-batch 16 --lr 2e-3 $PRE
+[ -f "$RUN/base/final/config.json" ] || $TORCHRUN sft.py --tiny base --data "$RUN/base_init/pretrain.jsonl" \
+  --init "$RUN/base_init/init" --out "$RUN/base" $PRE
 
 for s in $SEEDS; do
   S="$RUN/seed$s"
   stage "seed $s: sft.py cold start"
-  [ -f "$S/sft/final/config.json" ] || $TORCHRUN sft.py --tiny --data "$RUN/sft.jsonl" --init "$RUN/base/final" \
+  [ -f "$S/sft/final/config.json" ] || $TORCHRUN sft.py --tiny cold --data "$RUN/sft.jsonl" --init "$RUN/base/final" \
     --out "$S/sft" --seed "$s" $SFT
   stage "seed $s: grpo.py --stage 1 (Easy + Moderate)"
   [ -f "$S/rl1/final/config.json" ] || $TORCHRUN grpo.py --tiny --stage 1 --data "$POOL" --val "$VAL" \
-    --init "$S/sft/final" --out "$S/rl1" --seed "$s" $RL1
+    --init "$S/sft/final" --out "$S/rl1" --seed "$s" $RL
   stage "seed $s: mine.py hard pool with the stage-1 model"
   [ -f "$S/mine/hard_pool.jsonl" ] || $TORCHRUN mine.py --tiny --model "$S/rl1/best" --data "$POOL" \
     --out "$S/mine" --seed "$s" $MINE
   stage "seed $s: grpo.py --stage 2 (hard pool, larger k)"
   [ -f "$S/rl2/final/config.json" ] || $TORCHRUN grpo.py --tiny --stage 2 --data "$POOL" --pool "$S/mine/hard_pool.jsonl" \
-    --val "$VAL" --init "$S/rl1/best" --out "$S/rl2" --seed "$s" $RL2
+    --val "$VAL" --init "$S/rl1/best" --out "$S/rl2" --seed "$s" $RL
 done
 
 stage "eval.py: every model on the held-out test set (one Base for all seeds: it precedes the recipe)"
@@ -83,13 +75,11 @@ for s in $SEEDS; do  # RL: the checkpoint selected on the validation split
   add "$RUN/seed$s/rl1/best" "$RUN/seed$s/eval/rl1"
   add "$RUN/seed$s/rl2/best" "$RUN/seed$s/eval/rl2"
 done
-[ ${#models[@]} = 0 ] || $EVAL --model "${models[@]}" --bench "jsonl=$TEST" --out "${outs[@]}" \
-  --max-new-tokens $TOK --batch-size 256
+[ ${#models[@]} = 0 ] || $EVAL --tiny --model "${models[@]}" --bench "jsonl=$TEST" --out "${outs[@]}" $TOK
 
 stage "eval.py plumbing on a few real-format records (shipped sample files)"
-[ -f "$RUN/eval_formats/results.json" ] || $EVAL --model "$RUN/seed${SEEDS%% *}/rl2/best" \
-  --bench medqa=data/sample_medqa.jsonl pubmedqa=data/sample_pubmedqa.json --out "$RUN/eval_formats" \
-  --max-new-tokens $TOK
+[ -f "$RUN/eval_formats/results.json" ] || $EVAL --tiny --model "$RUN/seed${SEEDS%% *}/rl2/best" \
+  --bench medqa=data/sample_medqa.jsonl pubmedqa=data/sample_pubmedqa.json --out "$RUN/eval_formats" $TOK
 
 stage "tiny.py report: the ablation table"
 python tiny.py report --run "$RUN" --seeds $SEEDS

@@ -30,7 +30,16 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 import model as M
-from common import MetricsLog, Progress, common_prefix, pad_id, read_jsonl, write_jsonl
+from common import MetricsLog, Progress, common_prefix, pad_id, parse_with_preset, read_jsonl, write_jsonl
+
+# sft.py trains two stages of the tiny run, so --tiny names one: cold (the default: this file's stage, the cold start)
+# or base (pretraining the stand-in for a pretrained model on tiny.py base's corpus). Evidence: docs/tiny_runs.md
+TINY = dict(
+    micro_batch=16, max_len=512, warmup=0.05, val_frac=0.05, eval_every=200, save_every=100,
+    fsdp_per_block=False,  # a 1.7M-parameter model is one FSDP2 unit (#one-fsdp-unit)
+    cold=dict(steps=560, batch_size=16, lr=1e-3),  # 1.5 epochs of the chains: the 20-minute budget (#sizes-and-time)
+    base=dict(epochs=1, batch_size=64, lr=2e-3),  # one pass over the pretraining corpus (#the-base)
+)
 
 # ----------------------------------------------------------------------------------------------------------
 # batches
@@ -281,8 +290,6 @@ def train(a):
                 print(f"sft: step {step} val_loss {vl:.4f}", flush=True)
         if step % a.save_every == 0:
             save()
-        if step == a.stop_after:  # simulate a kill (tests): no save, the resumed run redoes the lost steps
-            return
     M.save_model(model, final_dir, tokenizer)
     if rank == 0:
         print(f"sft: wrote {final_dir}", flush=True)
@@ -307,16 +314,10 @@ def parse_args(argv=None):
     p.add_argument("--val-frac", type=float, default=0.02, help="held-out share for the validation loss")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--stop-after", type=int, default=None, help="stop after this step without saving, like a kill (tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fsdp-per-block", action=argparse.BooleanOptionalAction, default=True,
                    help="one FSDP2 unit per block (off: the whole model is one unit; model.shard_model)")
-    p.add_argument("--tiny", action="store_true", help="preset for the tiny CPU pipeline")
-    if p.parse_known_args(argv)[0].tiny:  # a 1.7M-parameter model learns fast and cheaply: larger lr, small
-        # batches, short rows, one FSDP2 unit. The preset changes defaults only: explicit flags still win
-        p.set_defaults(lr=1e-3, batch_size=16, micro_batch=16, max_len=512, eval_every=200, save_every=100,
-                       warmup=0.05, val_frac=0.05, fsdp_per_block=False)
-    a = p.parse_args(argv)
+    a = parse_with_preset(p, argv, TINY)
     if a.max_len < 2:
         p.error(f"--max-len {a.max_len}: a row needs at least 2 tokens (one input, one target)")
     return a
