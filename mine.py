@@ -83,8 +83,7 @@ def select_pool(records, rates, threshold=0.5, moderate_share=0.25, max_zero_sha
                 review=()):
     """The hard pool (rules 1-5 in the module docstring). records and rates are aligned lists."""
     review = set(review)
-    # rows without greedy_pass (pass rates mined before it was recorded) count as greedy failures
-    rows = [(r, x) for r, x in zip(records, rates) if r["id"] not in review and not x.get("greedy_pass")]
+    rows = [(r, x) for r, x in zip(records, rates) if r["id"] not in review and not x["greedy_pass"]]
     fails = [(r, x) for r, x in rows if x["pass_rate"] <= threshold]
     partial = [(r, x) for r, x in fails if x["passes"] > 0]
     zero = sorted([(r, x) for r, x in fails if x["passes"] == 0], key=lambda rx: TIER.get(rx[0]["difficulty"], 3))

@@ -261,7 +261,7 @@ class Transformer(nn.Module):
         with IGNORE at the pads -> log-probs (N, C) of comps, entropy of the selected positions.
         As the sampler: prefill the prompts into a KV cache, replicate each prompt's rows, run the completions on
         top. The gradient reaches the prompt through the replicated keys and values (the copies' gradients add up)."""
-        c, (G, P), C = self.config, prompts.shape, comps.shape[1]
+        c, (G, P) = self.config, prompts.shape
         dt = self.lm_head.weight.dtype  # the compute dtype (bf16 under FSDP mixed precision)
         # one tensor per layer: autograd forbids writing layer i+1 into a tensor whose layer-i slice was saved
         cache = tuple([torch.zeros(G, c.num_key_value_heads, P, c.head_dim, dtype=dt, device=prompts.device)

@@ -91,9 +91,9 @@ def split_for_rank(items, lengths, rank, world, micro):
     into micro-batches of `micro`. Every rank gets the same number of micro-batches (FSDP collectives run in
     lockstep); a rank short of data gets None slots, to be run as zero-loss dummies."""
     order = sorted(items, key=lambda i: -lengths[i])
-    mine = order[rank::world]
+    share = order[rank::world]
     n_micro = math.ceil(math.ceil(len(order) / world) / micro)
-    out = [mine[j * micro:(j + 1) * micro] for j in range(n_micro)]
+    out = [share[j * micro:(j + 1) * micro] for j in range(n_micro)]
     return [m if m else None for m in out]
 
 # ----------------------------------------------------------------------------------------------------------

@@ -184,14 +184,14 @@ def build_candidates(ents, out, families, alpha, hop_weight):
     fset = {d: f for d, f in fset.items() if sum(r == "has_symptom" for _, r in f) >= 1 and len(f) >= 2}
     cands = []
     for fam in families:
-        mine = [{"family": fam, "disease": d, "answer": a, "path": path, "correct": correct,
-                 "inlinks": ents[a].get("inlinks", 0), "d_inlinks": ents[d].get("inlinks", 0),
-                 "w": rarity(ents[a], alpha) * (rarity(ents[d], alpha) if a != d else 1.0)}
-                for d in sorted(fset) for a, path, correct in answers(fam, d, out, ents)]
-        total = sum(c["w"] for c in mine)
-        for c in mine:  # the family's total mass is hop_weight**(hops-1); rarity shares it out
+        of_fam = [{"family": fam, "disease": d, "answer": a, "path": path, "correct": correct,
+                   "inlinks": ents[a].get("inlinks", 0), "d_inlinks": ents[d].get("inlinks", 0),
+                   "w": rarity(ents[a], alpha) * (rarity(ents[d], alpha) if a != d else 1.0)}
+                  for d in sorted(fset) for a, path, correct in answers(fam, d, out, ents)]
+        total = sum(c["w"] for c in of_fam)
+        for c in of_fam:  # the family's total mass is hop_weight**(hops-1); rarity shares it out
             c["w"] *= hop_weight ** (FAMILIES[fam] - 1) / total
-        cands += mine
+        cands += of_fam
     return fset, cands
 
 
@@ -289,8 +289,8 @@ def place_answers(items, rng):
 
 def synthesize(kg_dir, n, test_n, seed=0, alpha=1.0, hop_weight=2.0, num_options=4, families=None,
                max_subsets=2000, val_n=0):
-    """Returns (train, test, stats), or (train, test, val, stats) with val_n > 0 (a validation split for
-    checkpoint selection, disjoint from both). Deterministic for (KG, arguments)."""
+    """-> ({"train": [...], "test": [...], "val": [...]}, stats): val (val_n items, for checkpoint selection) and
+    test are disjoint from each other and from train. Deterministic for (KG, arguments)."""
     rng = random.Random(seed)
     ents, out = load_kg(kg_dir)
     families = families or list(FAMILIES)
@@ -353,7 +353,7 @@ def synthesize(kg_dir, n, test_n, seed=0, alpha=1.0, hop_weight=2.0, num_options
     stats["n_val"] = len(val)
     stats["difficulty"] = {name: dict(Counter(q["difficulty"] for q in split))
                            for name, split in (("train", train), ("test", test), ("val", val))}
-    return (train, test, val, stats) if val_n else (train, test, stats)
+    return {"train": train, "test": test, "val": val}, stats
 
 
 def report(train, test, cands, supported, skipped, args):
@@ -418,15 +418,13 @@ def main(argv=None):
     bad = [f for f in fams if f not in FAMILIES]
     if bad:
         p.error(f"unknown families {bad}; choose from {list(FAMILIES)}")
-    train, test, *val, stats = synthesize(a.kg, a.n, a.test_n, a.seed, a.alpha, a.hop_weight, a.num_options, fams,
-                                          val_n=a.val_n)
+    splits, stats = synthesize(a.kg, a.n, a.test_n, a.seed, a.alpha, a.hop_weight, a.num_options, fams, val_n=a.val_n)
     if a.llm:
-        stats["llm_rewrites_accepted"] = llm_rewrite(train + test + sum(val, []), a.llm, a.llm_model,
+        stats["llm_rewrites_accepted"] = llm_rewrite(sum(splits.values(), []), a.llm, a.llm_model,
                                                      os.path.join(a.out, "llm_cache"))
-    write_jsonl(os.path.join(a.out, "train.jsonl"), train)
-    write_jsonl(os.path.join(a.out, "test.jsonl"), test)
-    if val:
-        write_jsonl(os.path.join(a.out, "val.jsonl"), val[0])
+    for name, items in splits.items():
+        if items or name != "val":  # no val.jsonl without --val-n
+            write_jsonl(os.path.join(a.out, f"{name}.jsonl"), items)
     atomic_write(os.path.join(a.out, "stats.json"), json.dumps(stats, indent=1))
     print(json.dumps({k: stats[k] for k in ("n_train", "n_test", "n_val", "supported_instances", "sampled", "uniform")}))
 

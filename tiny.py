@@ -220,19 +220,6 @@ def chain_right(output, record):
     return m is not None and m.group(1) == record["options"][record["answer"]]
 
 
-def force_conclusion(output, record, rng):
-    """A counterfactual of the model's own answer: `output` up to the end of its conclusion, with the concluded name
-    replaced everywhere by a wrong option's, drawn by `rng` -> (that prefix, the wrong option's letter), or None when
-    the output concludes nothing. A scan that reads the chain answers that letter; one that ignores it answers what
-    it would have anyway."""
-    m = CONCLUSION.search(output)
-    if m is None:
-        return None
-    wrong = rng.choice(sorted(set(record["options"]) - {record["answer"]}))
-    name = record["options"][wrong]
-    return output[:m.start()].replace(m.group(1), name) + f"So the answer is {name}.", wrong
-
-
 def chain_breakdown(rows):
     """rows of (tier, chain reached the gold name, letter right) -> {tier and "all": {n, chain, letter_if_chain,
     letter_if_not, right_with_wrong_chain}} in % (None where no row qualifies). The answer-only reward (eq. 1)
@@ -247,17 +234,6 @@ def chain_breakdown(rows):
                          letter_if_chain=pct([l for c, l in sel if c]), letter_if_not=pct([l for c, l in sel if not c]),
                          right_with_wrong_chain=pct([not c for c, l in sel if l]))
     return out
-
-
-def group_gap(groups):
-    """groups: one list of (chain reached the gold name, rewarded) per prompt's k rollouts -> {groups, varied: % of
-    groups whose chains disagree, right / wrong: % rewarded among their chain-right / chain-wrong rollouts}. GRPO's
-    advantage (eq. 2) compares rollouts of one group only, so right - wrong is all the reward says about the chain:
-    where it is near 0, RL can teach the scan but not the reasoning."""
-    varied = [g for g in groups if len({c for c, _ in g}) == 2]
-    pct = lambda xs: round(100 * sum(xs) / len(xs), 1) if xs else None
-    return dict(groups=len(groups), varied=round(100 * len(varied) / len(groups), 1) if groups else None,
-                right=pct([r for g in varied for c, r in g if c]), wrong=pct([r for g in varied for c, r in g if not c]))
 
 
 def scan_verdicts(rows):
@@ -300,55 +276,6 @@ def verdicts_md(named):
         lines.append(f"| {label} | " + " | ".join(f"{pct(v[L]['misnamed'])} · {pct(v[L]['match'])} / "
                                                    f"{pct(v[L]['other'])}" if L in v else "—" for L in "ABCD") + " |")
     return "\n".join(lines) + "\n"
-
-
-def chains(a):
-    """Greedy and sampled (--k at --temperature, as GRPO's rollouts) answers of --model on the first --n items of
-    each tier of --data: where the chain and the scan go wrong, and how many rewarded rollouts were guesses."""
-    import torch
-    from transformers import AutoTokenizer
-    import model as M
-    import sampler
-    from common import eos_ids, extract_answer, prompt_ids, reward
-    torch.set_flush_denormal(True)
-    tok, model = AutoTokenizer.from_pretrained(a.model), M.load_model(a.model)
-    stops = eos_ids(tok)
-    recs, seen = [], {}
-    for r in read_records(a.data):
-        seen[r.get("difficulty")] = seen.get(r.get("difficulty"), 0) + 1
-        if seen[r.get("difficulty")] <= a.n:
-            recs.append(r)
-    sampled = f"k={a.k}, T={a.temperature}"
-    rows, forced, rng = {"greedy": [], sampled: []}, [], random.Random(a.seed)
-    for i in range(0, len(recs), a.batch_size):
-        part = recs[i:i + a.batch_size]
-        prompts = [prompt_ids(tok, r) for r in part]
-        for (key, out), k, t in zip(rows.items(), (1, a.k), (0.0, a.temperature)):
-            comps = sampler.generate(model, prompts, a.max_new_tokens, temperature=t, eos_ids=stops,
-                                     pad_id=tok.pad_token_id, k=k, seed=a.seed + i)
-            for j, c in enumerate(comps):
-                r, text = part[j // k], tok.decode(c, skip_special_tokens=False)
-                out.append((r.get("difficulty"), chain_right(text, r), reward(text, r) == 1.0))
-                if k == 1 and (f := force_conclusion(text, r, rng)):
-                    forced.append((r, *f))
-    # a rollout is right when GRPO rewards it (common.reward 1.0: well-formed and correct); eval.py's accuracy,
-    # which tiny.py report uses, also counts a right letter in a broken format (99-100% are well-formed after SFT)
-    print(breakdown_md({key: chain_breakdown(out) for key, out in rows.items()}, right="reward 1"))
-    follow = stay = 0  # the greedy scans again, after a chain that reasons to a wrong option
-    for i in range(0, len(forced), a.batch_size):
-        part = forced[i:i + a.batch_size]
-        prompts = [prompt_ids(tok, r) + tok.encode(pre, add_special_tokens=False) for r, pre, _ in part]
-        comps = sampler.generate(model, prompts, a.max_new_tokens, eos_ids=stops, pad_id=tok.pad_token_id)
-        for (r, pre, wrong), c in zip(part, comps):  # the same chain, now reasoning to the wrong option
-            letter = extract_answer(pre + tok.decode(c, skip_special_tokens=False), r["options"])
-            follow, stay = follow + (letter == wrong), stay + (letter == r["answer"])
-    n = max(len(forced), 1)
-    print(f"\nWith the concluded name of the {len(forced)} greedy chains that have one replaced by a wrong option, the "
-          f"letter was that option {100 * follow / n:.1f}% of the time and the gold one {100 * stay / n:.1f}% (a scan "
-          f"that reads the chain: 100 / 0).")
-    g = group_gap([[(c, w) for _, c, w in rows[sampled][j:j + a.k]] for j in range(0, len(rows[sampled]), a.k)])
-    print(f"\nWithin the {g['groups']} groups ({g['varied']}% of them with chains that disagree), rollouts whose chain "
-          f"reached the gold name were rewarded {g['right']}% of the time, the others {g['wrong']}%.")
 
 
 def report(a):
@@ -396,17 +323,8 @@ def main(argv=None):
     r = sub.add_parser("report", help="the ablation table from RUN/seed*/eval/*/predictions.jsonl")
     r.add_argument("--run", required=True)
     r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    c = sub.add_parser("chains", help="greedy and sampled answers of a model: chain conclusion against the letter")
-    c.add_argument("--model", required=True)
-    c.add_argument("--data", required=True, help="records with a difficulty (filter.py's pool, synth's val)")
-    c.add_argument("--n", type=int, default=160, help="items per tier")
-    c.add_argument("--k", type=int, default=16, help="samples per item (GRPO stage 2's group)")
-    c.add_argument("--temperature", type=float, default=1.0)
-    c.add_argument("--max-new-tokens", type=int, default=96)
-    c.add_argument("--batch-size", type=int, default=32)
-    c.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
-    dict(base=base, report=report, chains=chains)[a.cmd](a)
+    dict(base=base, report=report)[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -83,8 +83,13 @@ def worker(out):
         for p in mp.parameters():
             p.normal_(0, 0.3 if p.dim() == 1 else 0.2)
     mp = shard_model(mp, mixed_precision=True)
-    comps, lps = generate(mp, prompts, n, temperature=1.0, seed=rank, k=2, return_logprobs=True)
-    assert [len(c) for c in comps] == [n] * 2 * len(prompts)
+    caught = []  # the logits the sampler drew from: the prefill's (one row per prompt), then each step's
+    hook = mp.lm_head.register_forward_hook(lambda mod, inp, out: caught.append(out.float()))
+    comps = generate(mp, prompts, n, temperature=1.0, seed=rank, k=2)
+    hook.remove()
+    assert [len(c) for c in comps] == [n] * 2 * len(prompts) and len(caught) == n
+    drawn = torch.stack([caught[0].repeat_interleave(2, 0)] + caught[1:], 1).log_softmax(-1)  # (R, n, V)
+    lps = [drawn[r].gather(1, torch.tensor(c)[:, None])[:, 0] for r, c in enumerate(comps)]
     rows = [prompts[r // 2] + c for r, c in enumerate(comps)]  # right-padded: causal attention ignores the pad
     batch = torch.tensor([r + [0] * (max(map(len, rows)) - len(r)) for r in rows])
     with torch.no_grad():
@@ -92,7 +97,7 @@ def worker(out):
     for r, c in enumerate(comps):
         p = len(prompts[r // 2])
         want = logp[r, p - 1:p - 1 + n].gather(1, torch.tensor(c)[:, None])[:, 0]
-        assert (torch.tensor(lps[r]) - want).abs().max().item() < 0.05, (lps[r], want)  # bf16 noise only
+        assert (lps[r] - want).abs().max().item() < 0.05, (lps[r], want)  # bf16 noise only
     mp(ids).mean().backward()  # and training still works afterwards
     # the whole model as one FSDP2 unit (the tiny presets) computes what per-block units do, bit for bit
     from torch.distributed.fsdp import FSDPModule

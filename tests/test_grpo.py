@@ -375,7 +375,7 @@ if __name__ == "__main__":  # torchrun worker of test_two_ranks_equal_one_rank
     import torch.distributed as dist
     rank, world, _ = M.setup_dist()
     try:
-        model = M.shard_model(tiny_model())  # after sharding: FSDP2 hooks the method
+        model = M.shard_model(tiny_model())  # which registers the log-prob methods with FSDP2
         rows, rewards = fixed_batch()
         one_update(model, rows, rewards, uargs(drop_zero_var=True), world, rank)
         M.save_model(model, sys.argv[1])

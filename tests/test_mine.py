@@ -86,7 +86,7 @@ def test_two_ranks_gather_in_order(tok, tmp_path):
 def rated(spec, n=8):
     """spec: [(id, difficulty, passes)] -> records, rates."""
     recs = [dict(id=i, difficulty=d) for i, d, _ in spec]
-    return recs, [dict(id=i, difficulty=d, passes=p, n=n, pass_rate=p / n) for i, d, p in spec]
+    return recs, [dict(id=i, difficulty=d, passes=p, n=n, pass_rate=p / n, greedy_pass=False) for i, d, p in spec]
 
 
 SPEC = [("d1", "difficult", 2), ("d2", "difficult", 0), ("d3", "difficult", 4), ("d4", "difficult", 6),

@@ -42,7 +42,7 @@ def test_run_tiny_smoke(tmp_path):
     assert table["chains"]["rl2"]["all"]["n"] == len(test) and list(table["verdicts"]) == ["base", "sft", "rl1", "rl2"]
     assert json.load(open(run / "eval_formats" / "results.json"))["benchmarks"]["medqa"]["n"] == 5
     # the diagnosis of where answers go wrong, on a stage-1 model's greedy and sampled answers
-    p = subprocess.run([sys.executable, "tiny.py", "chains", "--model", str(s / "rl1" / "best"), "--data",
+    p = subprocess.run([sys.executable, "dev/chains.py", "--model", str(s / "rl1" / "best"), "--data",
                         str(run / "pool" / "train.jsonl"), "--n", "3", "--k", "2", "--max-new-tokens", "16"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -144,7 +144,8 @@ def check_items(items, ents, edges):
 
 def test_every_item_is_sound(kg):
     d, ents, edges = kg
-    train, test, stats = synth.synthesize(d, 400, 150, seed=1)
+    s, stats = synth.synthesize(d, 400, 150, seed=1)
+    train, test = s["train"], s["test"]
     assert len(train) == 400 and len(test) == 150
     fams = check_items(train + test, ents, edges)
     assert all(p["revid"] == 7 for q in train for p in q["meta"]["provenance"])
@@ -156,33 +157,33 @@ def test_every_item_is_sound(kg):
 
 def test_split_disjoint_balanced_deterministic(kg):
     d = kg[0]
-    train, test, val, stats = synth.synthesize(d, 400, 200, seed=3, val_n=60)
+    s, stats = synth.synthesize(d, 400, 200, seed=3, val_n=60)
+    train, test, val = s["train"], s["test"], s["val"]
     key = lambda q: (q["meta"]["family"], frozenset(q["meta"]["given"]))
     ktr, kte, kva = [key(q) for q in train], [key(q) for q in test], [key(q) for q in val]
     assert len(set(ktr + kte + kva)) == len(ktr) + len(kte) + len(kva) == 660  # no instance in two splits
     for split in (train, test, val):
         pos = Counter(q["answer"] for q in split)
         assert max(pos[x] for x in "ABCD") - min(pos[x] for x in "ABCD") <= 1, pos  # balanced over A..D
-    again = synth.synthesize(d, 400, 200, seed=3, val_n=60)
-    assert (train, test, val) == again[:3]
+    assert synth.synthesize(d, 400, 200, seed=3, val_n=60)[0] == s
     other = synth.synthesize(d, 400, 200, seed=4, val_n=60)
-    assert [q["id"] for q in test] != [q["id"] for q in other[1]]
+    assert [q["id"] for q in test] != [q["id"] for q in other[0]["test"]]
     assert stats["supported_instances"]["total"] >= 600
 
 
 def test_rarity_weighting_shifts_answers(kg):
     d = kg[0]
-    uni = synth.synthesize(d, 300, 0, seed=0, alpha=0.0, hop_weight=1.0)[2]
-    rare = synth.synthesize(d, 300, 0, seed=0, alpha=1.5, hop_weight=1.0)[2]
+    uni = synth.synthesize(d, 300, 0, seed=0, alpha=0.0, hop_weight=1.0)[1]
+    rare = synth.synthesize(d, 300, 0, seed=0, alpha=1.5, hop_weight=1.0)[1]
     u, r = uni["sampled"]["disease_inlinks_mean"], rare["sampled"]["disease_inlinks_mean"]
     assert r < 0.5 * u, (u, r)  # common diseases (100 inlinks) are drawn much less often
-    hop = synth.synthesize(d, 300, 0, seed=0, alpha=0.0, hop_weight=4.0)[2]
+    hop = synth.synthesize(d, 300, 0, seed=0, alpha=0.0, hop_weight=4.0)[1]
     assert hop["sampled"]["hops"].get(3, 0) > uni["sampled"]["hops"].get(3, 0) + 0.1
 
 
 def test_llm_rewrite_rejects_dropped_facts_and_leaks(kg, tmp_path):
     from fake_llm_server import FakeLLMServer
-    train = synth.synthesize(kg[0], 3, 0, seed=0, families=["treatment"])[0]
+    train = synth.synthesize(kg[0], 3, 0, seed=0, families=["treatment"])[0]["train"]
     m = [q["meta"] for q in train]
     replies = ["A patient with " + m[0]["given"][0] + ". Which drug?",  # drops the other findings
                "Known " + m[1]["hidden"] + ": " + ", ".join(m[1]["given"]) + ". Which drug?",  # names the disease
@@ -230,9 +231,10 @@ def test_on_the_shipped_sample_kg(tmp_path):
     assert r.returncode == 0, r.stderr
     ents = [json.loads(x) for x in open(tmp_path / "kg" / "entities.jsonl")]
     edges = [json.loads(x) for x in open(tmp_path / "kg" / "edges.jsonl")]
-    train, test, stats = synth.synthesize(str(tmp_path / "kg"), 1500, 1000, seed=0)
+    s, stats = synth.synthesize(str(tmp_path / "kg"), 1500, 1000, seed=0)
+    train, test = s["train"], s["test"]
     assert len(test) == 1000 and len(train) == 1500 and stats["supported_instances"]["total"] >= 5000
     fams = check_items(train + test, ents, edges)
     assert len(fams) >= 6, fams
-    uni = synth.synthesize(str(tmp_path / "kg"), 1500, 0, seed=0, alpha=0.0, hop_weight=1.0)[2]
+    uni = synth.synthesize(str(tmp_path / "kg"), 1500, 0, seed=0, alpha=0.0, hop_weight=1.0)[1]
     assert stats["sampled"]["disease_inlinks_mean"] < 0.9 * uni["sampled"]["disease_inlinks_mean"]

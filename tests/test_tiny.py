@@ -1,9 +1,11 @@
-"""tiny.py's pretraining rows: format practice and scan drills end exactly as the KG-path chains do."""
+"""tiny.py's pretraining rows: format practice and scan drills end exactly as the KG-path chains do; the report's
+error tables and dev/chains.py's diagnostics read what the model wrote."""
 import random
 import re
 
 from common import extract_answer, is_well_formed
-from tiny import chain_breakdown, chain_right, force_conclusion, format_practice, group_gap, scan_drills, scan_verdicts
+from dev.chains import force_conclusion, group_gap
+from tiny import chain_breakdown, chain_right, format_practice, scan_drills, scan_verdicts
 
 POOL = [{"options": {"A": "Aspirin", "B": "Heparin", "C": "Paracetamol", "D": "Warfarin"}},
         {"options": {"A": "Fever", "B": "Rash", "C": "Cough", "D": "Dyspnea", "E": "Pallor"}}]

@@ -1,4 +1,5 @@
-"""Which option lookup can the tiny model learn? A diagnostic for issue #9 (not a test, nothing is asserted).
+"""Which option lookup can the tiny model learn? A diagnostic behind the shape of the tiny run's chains (nothing is
+asserted; the evidence: docs/tiny_runs.md#why-the-chain-ends-with-a-scan).
 
 Trains the tiny Qwen2 shape (4 layers, width 128, 4 heads, 2 kv heads, RoPE 1e4) from random init on a synthetic
 token-level task and prints the accuracy of the looked-up token every 100 steps. Each row is an option list
@@ -6,22 +7,21 @@ token-level task and prints the accuracy of the looked-up token every 100 steps.
 *with replacement* (so no lookup can be answered by elimination):
 
   letter-to-name   "\\n C." -> x3        what followed this token in the list (an induction head)
-  name-to-letter   "\\n x3 : _" -> C.    what preceded this name, as the chains write it ("Paracetamol: C.")
+  name-to-letter   "\\n x3 : _" -> C.    what preceded this name (the chains once ended "Paracetamol: C.")
   name-then-letter "\\n x3" -> C.        the same, the letter right after the name
   scan             "\\n x3 \\n A. x1 no \\n B. x2 no \\n C. x3 yes \\n D. x4 no \\n answer" -> C.
                    (the verdicts are trained too; the letter of the "yes" line is what is scored;
                    --stop-at-match ends the scan at the "yes" line, as the chains do; --paired restates the
                    answer's name on every line, "\\n C. x3 : x_answer yes", so the two names are side by side)
 
-    python tests/bench_lookup.py --direction letter-to-name --names 2800 --steps 400
+    python dev/bench_lookup.py --direction letter-to-name --names 2800 --steps 400
 """
-import argparse, random, time
+import argparse, os, random, sys, time
 
 import torch
 import torch.nn.functional as F
 
-import os, sys
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository's modules
 from model import ModelConfig, Transformer, init_weights  # noqa: E402
 
 NL, COLON, SPACE, YES, NO, ANSWER = 1, 2, 3, 8, 9, 10
