@@ -1,22 +1,23 @@
-"""Teacher trajectories for the CoT cold start (Fleming-R1, arXiv 2509.15279, Sec. 3.2).
+"""Teacher trajectories for the CoT cold start (Fleming-R1, arXiv 2509.15279, sec. 3.2).
 
-Reads unified records (train.jsonl), writes sft.jsonl rows
-    {"id", "messages": [system, user (common.build_messages), assistant "<think>...</think>\n<answer>X</answer>"],
-     "meta": {"teacher", "k", "round", "pass", "checks"}}
-and sft.rejects.jsonl beside it, rows {"id", "teacher", "round", "reasons", "text"}, for items no candidate passed.
+Reads  --data unified records (filter.py's pool).
+Writes --out sft.jsonl, rows {"id", "messages": [system, user (common.build_messages), assistant "<think>...</think>
+       \n<answer>X</answer>"], "meta": {"teacher", "k", "round", "pass", "checks", ...}} (appended: a killed run
+       resumes), and sft.rejects.jsonl beside it ({"id", "teacher", "round", "reasons", "text"}).
 
-For each item the teacher sees the question AND its gold answer and writes k candidate chains that bridge the two
-(pass@k). Each candidate is verified (`check`): the final <answer> is the gold letter, the format is what
-common.reward scores as well-formed, the chain does not just restate the hint, it fits the length budget, and for
-synthetic items it names the path's hidden intermediate entity (alignment with the KG). The shortest passing
-candidate is kept (the paper filters by verifiable signals and brevity). Items with no passing candidate go
-through refinement rounds -- backtracking, path exploration, self-correction, one per round in that order -- where
-the teacher sees its failed chain and the checker's reasons.
+The teacher sees the question and its gold answer and writes k candidate chains that bridge the two (pass@k). Each
+is checked (`check`): the final <answer> is the gold letter, the format is what common.reward calls well-formed,
+the chain does not restate the hint, it fits the length budget, and for synthetic items it names the KG path's
+hidden entity. The shortest passing candidate is kept. Items with none go through refinement rounds
+(backtracking, path exploration, self-correction, one per round in that order) where the teacher sees its failed
+chain and the checker's reasons. Teachers: `kg` (the chain written from a synthetic item's meta.path, offline),
+an OpenAI-compatible server URL (key from $OPENAI_API_KEY), or a local HF-format folder (sampler.py).
 
-Teachers:
-  kg            deterministic, offline: writes the chain from a synthetic item's meta.path (the tiny pipeline)
-  http(s)://..  an OpenAI-compatible server (vLLM/SGLang/any provider; key from $OPENAI_API_KEY)
-  FOLDER        a local HF-format model sampled with sampler.py
+Deliberate departures from the paper:
+  1. The tiny run's teacher is `kg`, deterministic (so no refinement rounds): "findings -> hidden entity ->
+     relation -> answer", ending with a scan of the options the tiny model can learn
+     (common.answer_scan; docs/tiny_runs.md#why-the-chain-ends-with-a-scan).
+  2. The check that a chain names the hidden entity (alignment with the KG) is ours.
 
     python distill.py --data train.jsonl --teacher kg --out sft.jsonl
     python distill.py --data train.jsonl --teacher http://localhost:8000/v1 --model-name gpt-oss-120b --out sft.jsonl

@@ -1,19 +1,23 @@
-"""eval.py: accuracy of any model on the paper's medical benchmarks, with one answer rule (common.extract_answer).
+"""eval.py: accuracy of any model on the paper's medical benchmarks (Fleming-R1, arXiv 2509.15279, sec. 4, Table 3).
 
-Reads each benchmark in its public format (loaders below), asks the model with common.build_messages (reason in
-<think>, answer the letter in <answer>, as in Fleming-R1 (arXiv 2509.15279) Table 3), and writes to --out:
-  predictions.jsonl  one row per item and sample: bench, id, sample, output, pred, answer, correct, well_formed
-  rejects.jsonl      rows of the benchmark files that could not be read, with the reason
-  results.json/.md   per-benchmark accuracy (mean over n samples, standard error over items), format rate,
-                     per-difficulty breakdown, macro average, and the published numbers given with --paper
-                     (a JSON file {"Fleming-R1-7B": {"medqa": 72.1, ...}, ...} keyed by the --bench names)
-A killed run resumes: items already in predictions.jsonl (and HTTP calls in --cache-dir) are not redone;
-setup.json records the model and sampling settings, and a run with other settings refuses to reuse the folder.
+Reads  --bench NAME=PATH: each benchmark in its public format (benchmarks.py); --model: HF folder(s) or the base URL
+       of an OpenAI-compatible API.
+Writes --out: predictions.jsonl (a row per item and sample: bench, id, sample, output, pred, answer, correct,
+       well_formed), rejects.jsonl (benchmark rows that could not be read, with the reason), results.json and
+       results.md (per benchmark: accuracy, its standard error over items, format rate, by difficulty; the macro
+       average; published numbers given with --paper FILE {"Fleming-R1-7B": {"medqa": 72.1, ...}}), setup.json.
+The model is asked with common.build_messages (reason in <think>, the letter in <answer>). A killed run resumes:
+items in predictions.jsonl (and HTTP calls in --cache-dir) are not redone; a run with other settings (setup.json)
+refuses to reuse the folder.
+
+Deliberate departures from the paper:
+  1. One deterministic answer rule (common.extract_answer: the last <answer> block, one letter); an unparsable
+     answer is wrong, never guessed or re-extracted (flattering extraction is the classic evaluation bug).
+  2. No published number is bundled: Table 3 could not be verified from here (pass --paper FILE).
 
     python eval.py --model runs/grpo2/final --bench medqa=medqa/test.jsonl pubmedqa=pubmedqa/ori_pqal.json --out out/eval
     python eval.py --model http://localhost:8000/v1 --model-name Fleming-R1-7B --bench jmed=jmed.jsonl --out out/e
     python eval.py --model runs/sft/final runs/grpo2/best --bench jsonl=test.jsonl --out out/sft out/rl2
-Unparsable answers are wrong; nothing is guessed (NOTES: flattering extraction is the classic eval bug).
 """
 import argparse
 import json
@@ -23,9 +27,8 @@ from benchmarks import LOADERS, load_benchmark
 from common import Progress, append_jsonl, atomic_write, build_messages, extract_answer, is_well_formed, make_llm, \
     make_local_llm, mean_se, parse_with_preset, read_appended, write_jsonl
 
-# Published numbers are shown next to ours only when given with --paper FILE ({"model": {"bench": accuracy %}}).
-# Table 3 of the paper could not be verified from here (its results are an image in the public README), so no
-# numbers are hard-coded: copy them from the paper into a JSON file rather than trusting a remembered value.
+# the rows of --paper shown first, in this order (Table 3's results are an image in the paper's public README: copy
+# them into the --paper file rather than trusting a remembered value)
 PAPER_MODELS = ("Qwen2.5-7B-Instruct", "Fleming-R1-7B", "Fleming-R1-32B")
 TINY = dict(max_new_tokens=96,  # --tiny: the tiny run's chains end within 96 tokens, as its rollouts do
             batch_size=256)  # prompts per generate call: the 1,200 test items in 5 calls

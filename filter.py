@@ -1,30 +1,25 @@
-"""Build the training pool: format filter, dedup, decontamination, label verification, anonymisation,
-difficulty and mixing (Fleming-R1, arXiv 2509.15279, §3.1 "Reasoning-Oriented Data Strategy").
+"""Build the training pool: format filter, anonymisation, dedup, decontamination, label verification, difficulty
+and mixing (Fleming-R1, arXiv 2509.15279, sec. 3.1 "Reasoning-Oriented Data Strategy").
 
-Reads synth.py's train.jsonl (--synthetic) and public training sets (--public name=path, loaded with eval.py's
-loaders: medqa, medmcqa, pubmedqa, cmexam, ... or `jsonl` for unified records); writes
-    OUT/train.jsonl    the pool: unified records, every one with `difficulty`
-    OUT/rejects.jsonl  {"source", "where", "id", "reason", "record"}: what was dropped and why
-    OUT/review.jsonl   items no verifier trial answered correctly, with the trials (not silently dropped)
-    OUT/stats.json, OUT/stats.md   counts per stage and the source x difficulty table
+Reads  synth.py's train.jsonl (--synthetic) and public training sets (--public name=path, in their public formats:
+       benchmarks.py; or `jsonl` for unified records).
+Writes OUT/train.jsonl (the pool: unified records, each with a difficulty), OUT/rejects.jsonl ({"source", "where",
+       "id", "reason", "record"}: what was dropped and why), OUT/review.jsonl (items no verifier trial answered
+       right, with the trials: not dropped silently), OUT/stats.json and stats.md (counts, source x difficulty).
 Stages, in order: load -> format filter -> anonymise -> exact / near duplicates -> decontamination against the
-eval benchmarks -> label verification (k trials) -> difficulty -> mix.
-Synthetic train and test are disjoint by question instance (synth.py); do not --decontaminate synthetic train
-against the synthetic test split: template wording alone puts ~37% of sample-KG items over the n-gram bar.
+eval benchmarks -> label verification (k trials) -> difficulty -> mix. Do not --decontaminate synthetic train
+against the synthetic test split: they are disjoint by instance (synth.py), and template wording alone puts ~37%
+of sample-KG items over the n-gram bar.
 
-Difficulty (--difficulty):
-  llm        a judge model labels each item with the three definitions in JUDGE (paraphrasing the paper's).
-  passrate   empirical pass rate p of a model over k samples (the verifier trials when --verify is given):
-             p > 2/3 easy, 1/3 < p <= 2/3 moderate, p <= 1/3 difficult.
-  heuristic  for synthetic items when no LLM runs (the tiny pipeline), from meta.hops and meta.rarity: the
-             disease to be recognised is rare when its inlinks are among the lowest --rare-quantile of the
-             pool (ties kept together, so possibly fewer); 1 hop common = easy; 1 hop rare or 2 hops common =
-             moderate; 2 hops rare or 3+ hops = difficult.
-             Records without hops keep a difficulty they already have, else "moderate" (meta.difficulty_source
-             says "default"), so every record has one.
-Mixing (--mix): "public=0.6,synthetic=0.4" (fractions: the largest pool the scarcest group allows) or counts
-("medqa=2000,synthetic=5000"); keys are sources or the groups public / synthetic; inside a group the sample is
-stratified by difficulty tier, so the group keeps its tier profile (stats.md shows source x difficulty).
+Difficulty (--difficulty): llm (a judge model, the three definitions in JUDGE, paraphrasing the paper's);
+passrate (a model's pass rate p over k samples: p > 2/3 easy, > 1/3 moderate, else difficult); heuristic (hops x
+rarity, common.difficulty_heuristic). Mixing (--mix): "public=0.6,synthetic=0.4" (fractions: the largest pool the
+scarcest group allows) or counts per source ("medqa=2000,synthetic=5000"), stratified by tier within a group.
+
+Deliberate departures from the paper:
+  1. The heuristic tiers, from the KG path's hops and the disease's rarity, stand in for a judge model where no
+     LLM runs: the tiny preset uses them.
+  2. An item that fails verification goes to review.jsonl instead of being dropped.
 """
 import argparse
 import hashlib

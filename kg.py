@@ -1,21 +1,20 @@
-"""kg.py — build a medical knowledge graph with provenance from Wikipedia (Fleming-R1 §3.1, arXiv 2509.15279).
+"""kg.py: a medical knowledge graph with provenance from Wikipedia (Fleming-R1, arXiv 2509.15279, sec. 3.1).
 
-The paper's "autonomous knowledge discovery agent" navigates Wikipedia, links entities and extracts relations
-among diseases, symptoms, tests, drugs, mechanisms and contraindications, favouring rare ones. Here:
+Reads  a MediaWiki XML export (--dump, streamed: constant memory per page) or the live Action API (--api).
+Writes OUT/entities.jsonl, OUT/edges.jsonl (each with its page, revision and field), OUT/stats.json,
+       OUT/rejects.jsonl (page + reason); for --api also OUT/api_cache/ (every raw response: a killed crawl resumes).
 
-  python kg.py --dump pages-articles.xml[.bz2] --out OUT        # scale path: streamed, constant memory per page
-  python kg.py --api https://en.wikipedia.org/w/api.php --seed "Template:Infobox medical condition" \
-               --user-agent "nano-fleming/0.1 (you@example.org)" --max-pages 5000 --out OUT
-  python kg.py --tiny                                           # data/sample_wiki.xml -> out/kg_tiny
+One parser (parse_page, mwparserfromhell) reads both: relations from medical infobox fields (typed by field), from
+wikilinks in article sections (typed by section) and drug classes from the lead ("is a [[beta blocker]]"); entities
+linked through wikilinks, redirects and first-letter case, typed by their own infobox, else by the slot they fill.
 
-Both sources feed one parser (parse_page). Relations come from medical infobox fields (typed by field) and from
-wikilinks inside article sections (typed by section); drug classes also from the lead ("is a [[beta blocker]]");
-optionally an LLM reads the lead (--llm), kept only when the tail is a linked page. Entities are linked through
-wikilinks, redirects and first-letter case, and typed by the page's own infobox, else by the slot they fill.
-mwparserfromhell parses the wikitext (nested templates, refs, comments, links) — regexes are only prefilters.
+Deliberate departures from the paper:
+  1. No autonomous agent: a parser reads infoboxes and sections; --llm optionally reads the lead as well, and its
+     relations are kept only when the tail is a page the lead links.
+  2. The tiny run reads the shipped sample dump (data/sample_wiki.xml, --tiny) instead of crawling.
 
-Reads: a MediaWiki XML export (or the Action API). Writes OUT/entities.jsonl, OUT/edges.jsonl, OUT/stats.json,
-OUT/rejects.jsonl (page + reason) and, for --api, OUT/api_cache/ (every raw response, so a killed crawl resumes).
+  python kg.py --dump pages-articles.xml[.bz2] --out OUT
+  python kg.py --api https://en.wikipedia.org/w/api.php --user-agent "nano-fleming/0.1 (you@example.org)" --out OUT
 """
 import argparse, hashlib, json, os, re, sys, time
 from array import array
@@ -375,8 +374,7 @@ class KG:
         st.update(extra or {})
         self.rejects.flush()
         for name, rows in (("entities.jsonl", ents), ("edges.jsonl", edges)):
-            atomic_write(os.path.join(self.out, name), "".join(json.dumps(r, ensure_ascii=False) + "\n"
-                                                                for r in rows))
+            atomic_write(os.path.join(self.out, name), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         atomic_write(os.path.join(self.out, "stats.json"), json.dumps(st, indent=1) + "\n")
         self.red_f.close()
         os.remove(self.red_f.name)
@@ -421,7 +419,7 @@ def build_from_dump(path, out, llm=None, limit=None, plain=True):
     if not os.path.isfile(path):
         raise DumpError(f"{path}: no such file")
     kg, t0, err = KG(out, plain, llm), time.time(), None
-    tp = t0
+    tp = t0  # the last progress line
     try:
         for title, ns, revid, red, text in iter_dump(path):
             if limit and kg.stats["pages_read"] >= limit:
@@ -581,9 +579,7 @@ def main(argv=None):
     a = parse_with_preset(ap, argv, TINY)
     if not a.out or bool(a.dump) == bool(a.api):
         ap.error("give --out and exactly one of --dump / --api (or --tiny)")
-    llm = None
-    if a.llm:
-        llm = make_llm(a.llm, model_name=a.llm_model, cache_dir=os.path.join(a.out, "llm_cache"))
+    llm = make_llm(a.llm, model_name=a.llm_model, cache_dir=os.path.join(a.out, "llm_cache")) if a.llm else None
     try:
         if a.dump:
             st = build_from_dump(a.dump, a.out, llm, a.limit or None, not a.links_only)
@@ -592,8 +588,8 @@ def main(argv=None):
                 ap.error("--api needs --user-agent (or env KG_USER_AGENT): Wikimedia requires a descriptive one")
             seeds = a.seed or ["Template:Infobox medical condition (new)", "Template:Infobox medical condition",
                                "Template:Infobox drug"]
-            st = crawl(a.api, seeds, a.out,
-                       a.user_agent, a.max_pages, a.cat_depth, a.cache, a.backoff, llm, not a.links_only)
+            st = crawl(a.api, seeds, a.out, a.user_agent, a.max_pages, a.cat_depth, a.cache, a.backoff, llm,
+                       not a.links_only)
     except (DumpError, RuntimeError) as e:
         sys.exit(f"kg: error: {e}")
     print(json.dumps({k: st[k] for k in ("pages_read", "pages_medical", "pages_rejected", "entities", "edges")}))

@@ -1,31 +1,31 @@
 """Adaptive hard-sample mining for RL stage 2 (Fleming-R1, arXiv 2509.15279, sec. 3.3, stage 2).
 
-Reads  --model CKPT (HF folder + tokenizer), --data pool.jsonl (filter.py's pool), optionally --review
-       review.jsonl (filter.py: items a reviewer flagged; never mined).
-Writes OUT/pass_rates.jsonl ({"id", "difficulty", "passes", "n", "pass_rate", "greedy_pass"} per item, in
-       --data order), OUT/hard_pool.jsonl (the selected records, highest priority first), and prints the pool's
-       composition.
+Reads  --model CKPT (HF folder + tokenizer), --data pool.jsonl (filter.py's pool), --review review.jsonl (optional:
+       items filter.py sent to review, never mined).
+Writes OUT/pass_rates.jsonl ({"id", "difficulty", "passes", "n", "pass_rate", "greedy_pass"} per item, in --data
+       order), OUT/hard_pool.jsonl (the selected records, highest priority first); prints the pool's composition.
 
-The paper evaluates the current model over the dataset and takes its repeated failures, especially Difficult
-multi-step items, as high-priority samples for stage 2, re-mining as training goes on (grpo.py calls mine() and
-select_pool() every --remine-every steps). A pass is a sample with reward 1.0 (well-formed and correct).
-Selection rules (select_pool):
+The current model answers every item --samples times (a pass: reward 1.0, well-formed and correct) and once
+greedily; its repeated failures, Difficult multi-step items first, are stage 2's pool. grpo.py re-mines with the
+same functions every --remine-every steps. Selection (select_pool):
   1. items flagged in the review file are excluded;
-  2. repeated failures: pass rate <= --threshold. An item whose greedy answer (the one evaluation scores) is
-     right is never pooled: mined at temperature 1 alone, 42% of a tiny stage-2 pool were such items, and
-     stage 2 gained nothing; without them it gained (docs/tiny_runs.md);
-  3. all-fail items (0 passes) give a GRPO group with no gradient (every reward equal), so they may make up at
-     most --max-zero-share of the pool; the learnable band (some but not all samples right) is always kept;
-  4. --moderate-share of the pool is Moderate items from the learnable band *above* the threshold (lowest
-     pass rate first), so groups are rarely all-zero and stage-1 skills keep being exercised;
-  5. order: difficult, then moderate, then easy; within a tier, partial failures before all-fail items;
-     --pool-size (if set) keeps the first N.
-    python mine.py --model runs/stage1/final --data pool.jsonl --out runs/mine    # torchrun for several ranks
+  2. repeated failures: pass rate <= --threshold, and the greedy answer (the one evaluation scores) wrong;
+  3. all-fail items (0 passes: a group with no gradient) make up at most --max-zero-share of the pool;
+  4. --moderate-share of the pool: Moderate items of the learnable band *above* the threshold, lowest first;
+  5. order: difficult, moderate, easy; within a tier, partial failures first; --pool-size keeps the first N.
+
+Deliberate departures from the paper:
+  1. An item answered right greedily is never pooled, however often its samples fail: mined by samples alone, 42%
+     of a tiny pool were such items and stage 2 gained nothing (docs/tiny_runs.md#stage-2-mines-greedy-failures).
+  2. Rules 3 and 4 keep groups that carry a gradient; the paper names no such shares.
+  3. The tiny preset mines a sample of 400 items at the rollouts' temperature (0.5) and pools no all-fail item.
+
+    python mine.py --model runs/stage1/best --data pool.jsonl --out runs/mine    # torchrun for several ranks
 """
 import argparse
 import math
-import random
 import os
+import random
 
 import torch
 import torch.distributed as dist
@@ -168,8 +168,8 @@ def main(argv=None):
         pool = select_pool(records, rates, review=review_ids(args.review), **pool_kwargs(args))
         if rank == 0:
             write_outputs(args.out, rates, pool)
-        if dist.is_initialized():  # leave together: rank 1 tearing down while rank 0 still wrote the pool aborted
-            dist.barrier()  # at exit in 2 of 79 runs ("terminate called without an active exception"); 0 of 67 since
+        if dist.is_initialized():  # leave together: a rank tearing down while rank 0 still writes aborts at exit
+            dist.barrier()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

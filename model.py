@@ -2,8 +2,9 @@
 
 Reads / writes Hugging Face folders (config.json + model.safetensors, or sharded with
 model.safetensors.index.json): parameter names match HF 1:1, so `transformers` loads what we save with identical
-logits and vice versa. Also: tiny-mode builders (a byte-level BPE tokenizer with ChatML, a fresh tiny Qwen2-shaped
-model) and the distributed helpers used by sft.py / grpo.py (FSDP2 sharding, resumable safetensors checkpoints).
+logits and vice versa. The model's log-probs of chosen tokens (SFT's loss, GRPO's eq. 1), the optimizer, gradient
+clipping and lr schedule sft.py and grpo.py share, tiny-mode builders (a byte-level BPE tokenizer with ChatML, a
+fresh tiny Qwen2-shaped model) and the distributed helpers (FSDP2 sharding, resumable safetensors checkpoints).
 This is the policy network of Fleming-R1 (arXiv 2509.15279, sec. 3: the Qwen2.5 / Qwen3 backbones).
 """
 import json, math, os, random, shutil

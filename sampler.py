@@ -41,12 +41,10 @@ def sample(logits, temperature, top_p, u):
     if top_p < 1.0:  # nucleus: keep the smallest prefix of the sorted distribution with mass >= top_p
         probs, order = probs.sort(-1, descending=True)  # draw in sorted order, map back below
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)  # mass before it already reaches top_p
-    # inverse-CDF draw: one uniform per row. torch.multinomial on CPU draws an exponential per vocabulary entry
-    # (N x V), which was half of the tiny rollout time. fp32 suffices: over a 152k vocabulary the cumulative sum
-    # is within 6e-8 of an fp64 one (measured), far below the precision of the logits themselves
+    # inverse-CDF draw, one uniform per row (torch.multinomial on CPU draws one per vocabulary entry); fp32 suffices:
+    # over 152k entries the cumulative sum is within 6e-8 of an fp64 one
     cdf = probs.cumsum(-1)  # (N, V); unnormalised after top-p, so scale u by each row's total
-    # (N, 1); a token of zero mass is never hit
-    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[1] - 1)
+    tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[1] - 1)  # (N, 1); mass 0: never
     if top_p < 1.0:
         tok = order.gather(1, tok)
     return tok[:, 0]
@@ -65,12 +63,10 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
         return []
     c = model.config
     dev = next(model.parameters()).device
-    # The prompts' common prefix (system prompt and chat template: 56 of ~99 tokens in the tiny run) runs once, for
-    # one row, and its keys/values are copied to every row; each suffix is left-padded after it. Positions come
-    # from the mask, so the pads between a row's prefix and suffix are invisible keys that shift no position.
-    # Every row keeps at least one suffix token: the prefill's last position gives its first logits. With max(-1)
-    # in sample(), greedy validation of the tiny run is 25-30% faster, the same completions; in group mode the
-    # prefill is 1/k of the rows and nothing was gained, so it is left as it was.
+    # The prompts' common prefix (system prompt and chat template) runs once, for one row, and its keys/values are
+    # copied to every row; each suffix is left-padded after it. Positions come from the mask, so the pads between a
+    # row's prefix and suffix shift no position. Every row keeps a suffix token (its first logits). Not in group
+    # mode, whose prefill is 1/k of the rows already (docs/tiny_runs.md#speed)
     Ls = common_prefix(prompts, min(len(p) for p in prompts) - 1)
     Ls = Ls if Ls >= min_shared and k == 1 else 0
     B, N, P = len(prompts), len(prompts) * k, max(map(len, prompts))

@@ -1,23 +1,25 @@
-"""Supervised fine-tuning: the CoT cold start (Fleming-R1, arXiv 2509.15279, Sec. 3.2, "thinking before answering").
+"""Supervised fine-tuning: the CoT cold start (Fleming-R1, arXiv 2509.15279, sec. 3.2, "thinking before answering").
 
-Reads sft.jsonl (distill.py rows {"messages": [system, user, assistant]}; or {"text": ...} rows, trained as plain
-LM on every token -- the tiny pipeline pre-trains Base that way) and an HF-format model folder; writes
-    RUN_DIR/final          HF folder (config.json + model.safetensors + tokenizer) loadable by transformers
-    RUN_DIR/state          resumable state (model, optimizer, step, RNG), rewritten atomically every --save-every
-    RUN_DIR/metrics.jsonl  loss, val_loss, lr, grad_norm, tokens/s per step
-    RUN_DIR/rejects.jsonl  chat rows longer than --max-len (skipped, not truncated: a cut chain loses its answer;
-                           text rows are cut into --max-len windows instead)
+Reads  --data sft.jsonl (distill.py's {"messages": [system, user, assistant]} rows, or {"text": ...} rows),
+       --init an HF-format model folder with its tokenizer.
+Writes RUN_DIR/final (HF folder + tokenizer, loadable by transformers), RUN_DIR/state (model, optimizer, step,
+       RNG; rewritten atomically every --save-every), RUN_DIR/metrics.jsonl (loss, val_loss, lr, grad_norm,
+       tokens/s per step), RUN_DIR/rejects.jsonl (chat rows longer than --max-len).
+
+Chat rows: the loss covers the assistant turn only, its closing <|im_end|> included (so the model learns to stop).
+The global batch of step s is a fixed function of (seed, s), split over ranks and micro-batches after sorting by
+length, and the summed token loss is divided by the loss tokens of the whole global batch: 1 or N processes and
+any --micro-batch give the same update, and a killed run resumes from RUN_DIR/state to where an uninterrupted run
+ends. FSDP2 (model.shard_model); bf16 compute on CUDA, fp32 on CPU.
+
+Deliberate departures from the paper:
+  1. {"text"} rows train every token (in --max-len windows): the tiny run pretrains its Base with this file.
+  2. A chat row longer than --max-len is rejected, not truncated: a cut chain loses its answer.
+  3. The tiny cold start (--tiny cold: 560 steps, 1.5 epochs of the chains) fits a 20-minute run and is
+     under-trained (docs/tiny_runs.md#the-cold-start-is-under-trained).
 
     torchrun --standalone --nproc_per_node 8 sft.py --data sft.jsonl --init Qwen2.5-7B --out runs/sft
     python sft.py --tiny --data sft.jsonl --init tiny_base --out runs/sft        # one process
-
-Chat rows: loss only on the assistant turn, its closing <|im_end|> included (so the model learns to stop), never
-on the prompt. FSDP2 (model.shard_model): each block then the root; bf16 compute on CUDA, fp32 on CPU (gloo).
-Determinism across ranks and micro-batches: the global batch of step s is a fixed function of (seed, s); it is
-split over ranks and micro-batches after sorting by length (little padding), and the summed token loss is divided
-by the number of loss tokens in the whole global batch, so 1 or N processes, any --micro-batch, give the same
-update. The data position is therefore just the step: a killed run resumes from RUN_DIR/state and ends where an
-uninterrupted run ends.
 """
 import argparse
 import math
@@ -179,7 +181,7 @@ def token_loss_sum(model, data, idx, pad_id, device, amp, min_shared=16):
     P = common_prefix(seqs, min(min(starts), min(map(len, seqs)) - 1)) if len(seqs) > 1 else 0
     with amp:
         if P >= min_shared:  # chat rows open with one system prompt: run it once for all rows
-            # (sft.group_logprobs, as GRPO runs a group's prompt; the same log-probs and gradients). A few shared
+            # (model.group_logprobs, as GRPO runs a group's prompt; the same log-probs and gradients). A few shared
             # tokens, e.g. a bare chat template's opening, are not worth the second pass
             comps, tgt = pad_batch([s[P - 1:] for s in seqs], [max(st - P + 1, 1) for st in starts], pad_id, device)
             prompt = torch.tensor([seqs[0][:P]], device=device)

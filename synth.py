@@ -1,14 +1,13 @@
-"""KG-guided question synthesis (Fleming-R1, arXiv 2509.15279, §3.1 "Reasoning-Oriented Data Strategy").
+"""KG-guided question synthesis (Fleming-R1, arXiv 2509.15279, sec. 3.1 "Reasoning-Oriented Data Strategy").
 
-Reads kg.py's KG_DIR/entities.jsonl + edges.jsonl; writes OUT/train.jsonl, OUT/test.jsonl, OUT/val.jsonl
-(--val-n; unified records, source "synthetic", options = KG entity names, difficulty from hops x rarity with
-filter.py's heuristic so every split has tiers) and OUT/stats.json. meta: family, hops, path (name chain), given,
-hidden, comorbidity, answer_name, answer_type, correct (every answer the KG accepts), provenance (page, revid,
-field of each edge), rarity (inlinks of answer and disease, sampling weight).
+Reads  kg.py's KG_DIR/entities.jsonl + edges.jsonl.
+Writes OUT/train.jsonl, OUT/test.jsonl, OUT/val.jsonl (--val-n): unified records, source "synthetic", options =
+       KG entity names; meta: family, hops, path (name chain), given, hidden, comorbidity, answer_name, answer_type,
+       correct (every answer the KG accepts), provenance (page, revid, field of each edge), rarity; OUT/stats.json.
 
-A question is a typed path through the KG with part of it masked: the given findings (2-4 symptoms of a
-disease, sometimes with one risk factor) are stated, the disease is either asked (diagnosis, 1 hop) or kept
-hidden and a fact one or two hops further is asked:
+A question is a typed path through the KG with part of it masked: the given findings (2-4 symptoms of a disease,
+sometimes one risk factor) are stated; the disease is asked (diagnosis, 1 hop) or kept hidden while a fact one or
+two hops further is asked:
     diagnosis      findings -> disease                                        1 hop
     test           findings -> [disease] -diagnosed_by-> test                 2 hops
     treatment      findings -> [disease] -treated_with/treated_by-> drug       2 hops
@@ -17,23 +16,19 @@ hidden and a fact one or two hops further is asked:
     drug_class     findings -> [disease] -treated_with-> [drug] -drug_class-> class      3 hops
     mechanism      findings -> [disease] -treated_with-> [drug] -mechanism-> mechanism  3 hops
     comorbidity    findings + known condition C -> [disease] -treated_with-> drug -contraindicated_in-> C  3 hops
-                   ("which drug for the likely disease must be avoided given C?"; no option may be any drug
-                   contraindicated in C or in the disease, so only the one the KG links to both is right)
-Soundness: the given set is chosen so that no other disease in the KG has all given findings (one diagnosis),
-the correct set of an item is everything the KG says answers it (e.g. every drug that treats the disease), and
-no distractor is in that set. Distractors have the answer's type and come first from competing hypotheses
-(diseases sharing some but not all given findings, and their tests / drugs / ...), as in the paper's
-"relation-preserving perturbation"; then from any entity of that type.
+                   (no option may be a drug contraindicated in C or in the disease but the one linked to both)
+Soundness: no other disease in the KG has all the given findings; an item's correct set is everything the KG says
+answers it, and no distractor is in it. Distractors have the answer's type and come first from competing
+hypotheses (diseases sharing some of the findings, and their tests, drugs, ...: the paper's "relation-preserving
+perturbation"). Sampling favours rare entities (the paper's "less common diseases and drugs"): a family with
+probability proportional to hop_weight**(hops-1), then a (disease, answer) with weight prod 1/(1+inlinks)**alpha;
+each draw uses one unused given-set. Instances (family, given set) are unique, so no two splits share one.
 
-Sampling (the paper's "deliberate focus on less common diseases and drugs"): a family is drawn with probability
-proportional to hop_weight**(hops-1) (multi-hop up-weighted), then a candidate (disease, answer) of that family
-with weight  prod_e 1/(1+inlinks_e)**alpha  over the disease and the answer (alpha=0, hop_weight=1: uniform
-families, uniform candidates). Each draw consumes one unused given-subset of that (family, disease).
-A question instance is the key (family, given set); instances are unique, so the train/test split (a seeded
-shuffle of instances) never shares one. stats.json compares the sampled hops / families / mean answer inlinks
-with uniform sampling and counts how many distinct instances the KG supports (given-sets are capped at
-2,000 per size per disease). --llm optionally rewrites items into vignettes; a rewrite that drops a given
-finding or names the answer / hidden disease is rejected and the template kept.
+Deliberate departures from the paper:
+  1. The questions are templates (a few phrasings per family), not an LLM's vignettes; --llm rewrites them, and a
+     rewrite that drops a finding or names the answer or the hidden disease is rejected.
+  2. Every split gets difficulty tiers from hops x rarity (common.difficulty_heuristic), one cut for all splits.
+  3. A validation split (--val-n), disjoint from train and test, for choosing RL checkpoints.
 """
 import argparse
 import bisect

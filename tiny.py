@@ -1,28 +1,19 @@
-"""tiny.py — the pieces only the tiny (CPU) mode needs, around the real stage scripts.
+"""tiny.py: the pieces only the tiny (CPU) run needs around the stage scripts (run_tiny.sh). Not a stage of the paper.
 
-1. `base`: the stand-in for "a pretrained instruct model", which is where the paper's recipe starts (Qwen2.5-7B is
-   pretrained and instruction-tuned before Fleming-R1 touches it). Reads the sample dump, the KG (kg.py) and the
-   training pool (filter.py); writes OUT/tokenizer (byte-level BPE, ChatML, every KG entity name one token),
-   OUT/init (a random Qwen2-shaped model) and OUT/pretrain.jsonl for sft.py:
-     - {"text"} rows: the articles as plain text and every KG edge as a sentence — the *knowledge* a pretrained
-       model has — and option-scan drills ("C. Heparin" ... "So the answer is Heparin. A. Aspirin no.
-       B. Warfarin no. C. Heparin yes.");
-     - {"messages"} rows: format practice on a task with no medical reasoning in it ("Which option reads 'X'?"),
-       so Base can write <think>…</think><answer>L</answer> and find a named option's letter, as an instruct
-       model can. Base is then scored exactly like every later row; it has the facts and the format
-       but was never taught to reason from findings to an answer — that is what the cold start adds (§3.2).
-2. `report`: the ablation table of the paper's Table 4 in miniature — accuracy of Base, +CoT cold start, +RL stage 1,
-   +RL stage 2 on the held-out synthetic test set, overall and by difficulty, mean over seeds, each stage's gain
-   as the mean of paired per-question differences with its standard error — as Markdown + JSON, and a PNG of
-   the RL curves (matplotlib optional), and where the errors are: how often the chain concluded the gold name,
-   and how often the letter was right when it did and when it did not.
-3. `chains`: the same breakdown for a model's greedy and sampled answers (GRPO's rollouts) on any records, and
-   within each group of rollouts how much more often a right chain is rewarded than a wrong one, and whether the
-   letter follows the chain at all: the greedy chains again, their concluded name replaced by a wrong option.
+1. `base`: the stand-in for the pretrained instruct model the paper's recipe starts from (Qwen2.5 is pretrained and
+   instruction-tuned before Fleming-R1 touches it). Reads the sample dump, the KG (kg.py) and the pool (filter.py);
+   writes OUT/tokenizer (byte-level BPE, ChatML, every KG entity name one token), OUT/init (a random Qwen2-shaped
+   model) and OUT/pretrain.jsonl for `sft.py --tiny base`: the articles and every KG edge as plain text (the
+   knowledge a pretrained model has), option-scan drills ("So the answer is Heparin. A. Aspirin no. B. Heparin
+   yes."), and format practice that needs no medicine ("Which option reads 'X'?"). Base then has the facts and the
+   format but was never taught to reason from findings to an answer: that is what the cold start adds (sec. 3.2).
+2. `report`: the paper's Table 4 in miniature: accuracy of Base, + CoT cold start, + RL stage 1, + RL stage 2 on
+   the held-out test set, by difficulty, mean over seeds, each gain the mean of paired per-question differences
+   with its standard error (Markdown + JSON, a PNG of the RL curves), and where the errors are: how often the chain
+   concluded the gold name, how often the letter was right when it did and when it did not, the scan's verdicts.
 
   python tiny.py base --dump data/sample_wiki.xml --kg RUN/kg --pool RUN/pool/train.jsonl --out RUN/base_init
   python tiny.py report --run RUN --seeds 0 1 2
-  python tiny.py chains --model RUN/seed0/rl1/best --data RUN/pool/train.jsonl --k 16 --temperature 1.0
 """
 import argparse, json, os, random, re
 
@@ -30,6 +21,7 @@ import mwparserfromhell as mwp
 
 from common import (DIFFICULTIES, RELATION_SENTENCES, answer_scan, atomic_write, build_messages, fill, iter_dump,
                     mean_se, options_text, plain, read_jsonl, read_records, write_jsonl)
+
 
 def article_texts(dump, chunk=600):
     """The articles as plain text, in pieces of about `chunk` characters, each headed by its title: short rows of
@@ -97,18 +89,14 @@ def base(a):
     # the chats as the template renders them (role names included) and the training questions' wording
     tok_corpus = texts + ["\n".join(f"{m['role']}\n{m['content']}" for m in r["messages"]) for r in chats] + [
         r["question"] + "\n" + options_text(r["options"]) for r in pool]
-    # Every KG entity name (with its leading space, capitalised and mid-sentence) is one token: the tiny model must
-    # find the name its chain reached among the options, which a 1M-parameter model learns for one symbol far
-    # sooner than for a span (5.5 BPE tokens per name at vocab 2,048). Qwen splits names too; a 7B model copes.
+    # every KG entity name (with its leading space, capitalised and mid-sentence, spelt as the chains spell it) is
+    # one token, and so are "A." .. "E.": a tiny model finds one symbol among the options far sooner than a span
     names = {e["name"] for e in read_jsonl(os.path.join(a.kg, "entities.jsonl")) if len(e["name"]) >= 4}
-    # "A." .. "E." too: the scan's "C. Heparin" is then the very token pair of the prompt's option line
     words = [f"{x}." for x in "ABCDE"] + sorted({" " + v for n in names for v in (n, plain(n, keep_suffix=True))})
-    # The system prompt stays 49 BPE tokens although one token would make every cold-start row and rollout a third
-    # shorter: as one token (tried 2026-11-22), Base wrote the format on 10% of the test items instead of 92%. The
-    # tiny model copies the tags from the prompt's own example ("<answer>C</answer>"), so it must see them.
+    # the system prompt stays many BPE tokens: the tiny model copies the tags from its example "<answer>C</answer>"
+    # (docs/tiny_runs.md#the-system-prompt-stays-text)
     tok = train_tokenizer(tok_corpus, os.path.join(a.out, "tokenizer"), vocab_size=a.vocab, words=words)
-    # RoPE base 1e4, not Qwen's 1e6: with 32-dim heads and short contexts, 1e6 leaves few fast-rotating
-    # (position-telling) frequencies, and copying needs sharp relative positions
+    # RoPE base 1e4, not Qwen's 1e6: 32-dim heads over short contexts need fast-rotating frequencies to copy
     init_model(os.path.join(a.out, "init"), len(tok), seed=a.seed, tokenizer=tok, hidden_size=a.dim,
                intermediate_size=a.dim * 3, num_hidden_layers=a.layers, num_attention_heads=a.heads,
                num_key_value_heads=max(1, a.heads // 2), rope_theta=10000.0)
@@ -309,15 +297,14 @@ def main(argv=None):
     b.add_argument("--kg", required=True)
     b.add_argument("--pool", required=True, help="filter.py's train.jsonl (options for format practice)")
     b.add_argument("--out", required=True)
-    b.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary, before the entity-name tokens (2,800 in "
-                   "the tiny run: with 1,024 the lm_head, half of every step's compute, is 44%% smaller than with 4,096 "
-                   "and the chains 1%% longer)")
+    b.add_argument("--vocab", type=int, default=1024, help="BPE vocabulary before the ~2,800 entity-name tokens "
+                   "(small: the lm_head is half of every step; docs/tiny_runs.md#speed)")
     b.add_argument("--dim", type=int, default=128)
     b.add_argument("--layers", type=int, default=4)
     b.add_argument("--heads", type=int, default=4)
     b.add_argument("--format-items", type=int, default=3000, help="format-practice chats")
-    # the scan's copying, not the medicine, is where chains lose their right conclusions; 25,000 fits the 20 minutes
-    b.add_argument("--drills", type=int, default=25000, help="option-scan drills (plain text; docs/tiny_runs.md#the-base)")
+    # more drills, better copying in the scan: 25,000 fit the 20 minutes (docs/tiny_runs.md#the-base)
+    b.add_argument("--drills", type=int, default=25000, help="option-scan drills (plain text)")
     b.add_argument("--fact-repeat", type=int, default=3, help="copies of the KG-fact paragraphs in pretrain.jsonl")
     b.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("report", help="the ablation table from RUN/seed*/eval/*/predictions.jsonl")
