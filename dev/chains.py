@@ -1,8 +1,8 @@
-"""Where the tiny model's answers go wrong (a diagnostic, not part of the run; docs/tiny_runs.md#the-letter-does-not-
-depend-on-the-chain): a model's greedy and sampled answers (GRPO's rollouts) on any records, by tier, as tiny.py
-report breaks down its test answers; within each group of rollouts, how much more often a right chain is rewarded
-than a wrong one; and whether the letter follows the chain at all: the greedy chains again, their concluded name
-replaced by a wrong option.
+"""Where the tiny model's answers go wrong (a diagnostic, not part of the run; the evidence it gave:
+docs/tiny_runs.md#the-letter-does-not-depend-on-the-chain): a model's greedy and sampled answers (GRPO's rollouts)
+on any records, by tier, as tiny.py report breaks down its test answers; within each group of rollouts, how much
+more often a right chain is rewarded than a wrong one; and whether the letter follows the chain at all: the greedy
+chains again, their concluded name replaced by a wrong option.
 
     python dev/chains.py --model RUN/seed0/rl1/best --data RUN/pool/train.jsonl --k 16 --temperature 1.0
 """
