@@ -1,7 +1,5 @@
-"""Shared pieces of nano-fleming: JSONL I/O (and resuming a killed run's file), the unified record, the prompt,
-the one answer rule and the reward, the KG's facts in words, the difficulty heuristic, an LLM client
-(OpenAI-compatible HTTP endpoint or a local HF-format folder), the MediaWiki dump reader, the --tiny presets,
-statistics, progress and metrics.
+"""Shared pieces of nano-fleming: JSONL I/O, the unified record, the prompt, the answer rule and the reward, the KG's
+facts in words, the difficulty heuristic, an LLM client (HTTP or a local folder), the dump reader, the presets.
 
 Unified record (every stage reads and writes these):
     {"id": "medqa-17", "source": "medqa", "question": "...", "options": {"A": "...", "B": "...", ...},
@@ -263,11 +261,9 @@ def reward(text, record):
         0.0  well-formed and wrong
        -0.5  malformed, whatever letter it holds
 
-    Why these weights: only the paper's two criteria, no length term. A malformed output never earns more
-    than a well-formed wrong one (so a correct letter in a broken format is not fully rewarded and the policy
-    learns the format), and the format is never rewarded by itself above a correct answer (a wrong but tidy
-    output gets 0, not a bonus that could be farmed). GRPO subtracts the group mean, so only the differences
-    between these three levels matter.
+    Only the paper's two criteria, no length term. A malformed output never earns more than a well-formed wrong
+    one (the policy learns the format), and a tidy wrong output gets 0, not a bonus that could be farmed. GRPO
+    subtracts the group mean: only the differences between the three levels matter.
     """
     if not is_well_formed(text, record["options"]):
         return -0.5
@@ -318,12 +314,10 @@ def answer_scan(options, L):
 
 
 def difficulty_heuristic(recs, rare_quantile=0.5):
-    """Difficulty tiers without an LLM (synthetic items: the tiny pipeline), from meta.hops and the inlinks of the
-    disease to be recognised, rare when among the lowest `rare_quantile` of `recs` (ties kept together, so possibly
-    fewer): 1 hop common = easy; 1 hop rare or 2 hops common = moderate; 2 hops rare or 3+ hops = difficult.
-    A record whose meta.rarity.rare is set already (synth.py sets it over all splits together, so every split
-    uses the same cut) keeps it; one without hops keeps its difficulty, else "moderate" (meta.difficulty_source
-    "default"). Sets r["difficulty"] in place and returns the inlinks cut."""
+    """Tiers without an LLM (synthetic items), in place; -> the inlinks cut. The disease to be recognised is rare when
+    its inlinks are among the lowest `rare_quantile` of `recs` (ties together): 1 hop common = easy; 1 hop rare or 2
+    hops common = moderate; 2 hops rare or 3+ hops = difficult. A meta.rarity.rare already set (synth.py: one cut for
+    all splits) is kept; a record without hops keeps its difficulty, else "moderate" (difficulty_source "default")."""
     vals = sorted(r["meta"]["rarity"]["disease_inlinks"] for r in recs
                   if "hops" in r["meta"] and "rare" not in r["meta"]["rarity"])
     cut = max((v for v in set(vals) if bisect.bisect_right(vals, v) <= rare_quantile * len(vals)), default=-1)
@@ -344,12 +338,10 @@ def difficulty_heuristic(recs, rare_quantile=0.5):
 
 def make_llm(spec, model_name=None, cache_dir=None, concurrency=4, api_key_env="OPENAI_API_KEY", max_retries=5,
              backoff=1.0, timeout=600, device=None, batch_size=64):
-    """An LLM callable. `spec` is an http(s) base URL of an OpenAI-compatible API (POST {spec}/chat/completions)
-    or a local HF-format folder (loaded with model.load_model, sampled with sampler.generate).
-    HTTP: the API key is read from the env var `api_key_env` (never logged or cached); 429/5xx/connection errors
-    are retried with exponential backoff; `concurrency` requests run in parallel; with `cache_dir`, each call is
-    cached as one JSON file keyed by a hash of (model, messages, n, temperature, max_tokens, seed), so a killed
-    run resumes without paying twice."""
+    """An LLM callable over an OpenAI-compatible API (`spec` an http(s) base URL) or a local HF-format folder
+    (model.load_model + sampler.generate). HTTP: the key from env var `api_key_env` (never logged or cached);
+    429/5xx/connection errors retried with exponential backoff; `concurrency` requests in parallel; with
+    `cache_dir` each call is cached as a JSON file keyed by its inputs, so a killed run resumes without paying twice."""
     if re.match(r"https?://", spec):
         return _http_llm(spec.rstrip("/"), model_name or "default", cache_dir, concurrency, api_key_env,
                          max_retries, backoff, timeout)

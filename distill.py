@@ -1,22 +1,18 @@
 """Teacher trajectories for the CoT cold start (Fleming-R1, arXiv 2509.15279, sec. 3.2).
 
 Reads  --data unified records (filter.py's pool).
-Writes --out sft.jsonl, rows {"id", "messages": [system, user (common.build_messages), assistant "<think>...</think>
-       \n<answer>X</answer>"], "meta": {"teacher", "k", "round", "pass", "checks", ...}} (appended: a killed run
-       resumes), and sft.rejects.jsonl beside it ({"id", "teacher", "round", "reasons", "text"}).
+Writes --out sft.jsonl ({"id", "messages": [system, user, assistant "<think>...</think>\n<answer>X</answer>"],
+       "meta"}, appended: a killed run resumes) and sft.rejects.jsonl beside it ({"id", "round", "reasons", ...}).
 
-The teacher sees the question and its gold answer and writes k candidate chains that bridge the two (pass@k). Each
-is checked (`check`): the final <answer> is the gold letter, the format is what common.reward calls well-formed,
-the chain does not restate the hint, it fits the length budget, and for synthetic items it names the KG path's
-hidden entity. The shortest passing candidate is kept. Items with none go through refinement rounds
-(backtracking, path exploration, self-correction, one per round in that order) where the teacher sees its failed
-chain and the checker's reasons. Teachers: `kg` (the chain written from a synthetic item's meta.path, offline),
-an OpenAI-compatible server URL (key from $OPENAI_API_KEY), or a local HF-format folder (sampler.py).
+The teacher sees the question and its gold answer and writes k chains that bridge them (pass@k). Each is checked:
+the gold letter, the format common.reward calls well-formed, no restated hint, the length budget, and for synthetic
+items the KG path's hidden entity named. The shortest passing chain is kept; items with none go through refinement
+rounds (backtracking, path exploration, self-correction, in that order) that show the teacher its failed chain and
+the reasons. Teachers: `kg` (offline), an OpenAI-compatible URL (key from $OPENAI_API_KEY), or a local HF folder.
 
 Deliberate departures from the paper:
-  1. The tiny run's teacher is `kg`, deterministic (so no refinement rounds): "findings -> hidden entity ->
-     relation -> answer", ending with a scan of the options the tiny model can learn
-     (common.answer_scan; docs/tiny_runs.md#why-the-chain-ends-with-a-scan).
+  1. The tiny run's teacher is `kg`, deterministic (no refinement rounds): findings -> hidden entity -> relation ->
+     answer, then a scan of the options the tiny model can learn (docs/tiny_runs.md#why-the-chain-ends-with-a-scan).
   2. The check that a chain names the hidden entity (alignment with the KG) is ours.
 
     python distill.py --data train.jsonl --teacher kg --out sft.jsonl

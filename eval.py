@@ -1,14 +1,11 @@
 """eval.py: accuracy of any model on the paper's medical benchmarks (Fleming-R1, arXiv 2509.15279, sec. 4, Table 3).
 
-Reads  --bench NAME=PATH: each benchmark in its public format (benchmarks.py); --model: HF folder(s) or the base URL
-       of an OpenAI-compatible API.
-Writes --out: predictions.jsonl (a row per item and sample: bench, id, sample, output, pred, answer, correct,
-       well_formed), rejects.jsonl (benchmark rows that could not be read, with the reason), results.json and
-       results.md (per benchmark: accuracy, its standard error over items, format rate, by difficulty; the macro
-       average; published numbers given with --paper FILE {"Fleming-R1-7B": {"medqa": 72.1, ...}}), setup.json.
-The model is asked with common.build_messages (reason in <think>, the letter in <answer>). A killed run resumes:
-items in predictions.jsonl (and HTTP calls in --cache-dir) are not redone; a run with other settings (setup.json)
-refuses to reuse the folder.
+Reads  --bench NAME=PATH (public formats: benchmarks.py); --model HF folder(s) or an OpenAI-compatible base URL.
+Writes --out: predictions.jsonl (a row per item and sample: output, pred, answer, correct, well_formed, ...),
+       rejects.jsonl (unreadable benchmark rows, with the reason), results.json / results.md (accuracy ± SE over
+       items, format rate, by difficulty, macro average, published numbers from --paper), setup.json.
+Prompts come from common.build_messages. A killed run resumes (predictions.jsonl, --cache-dir); a run with other
+settings than setup.json's refuses to reuse the folder.
 
 Deliberate departures from the paper:
   1. One deterministic answer rule (common.extract_answer: the last <answer> block, one letter); an unparsable
@@ -16,7 +13,6 @@ Deliberate departures from the paper:
   2. No published number is bundled: Table 3 could not be verified from here (pass --paper FILE).
 
     python eval.py --model runs/grpo2/final --bench medqa=medqa/test.jsonl pubmedqa=pubmedqa/ori_pqal.json --out out/eval
-    python eval.py --model http://localhost:8000/v1 --model-name Fleming-R1-7B --bench jmed=jmed.jsonl --out out/e
     python eval.py --model runs/sft/final runs/grpo2/best --bench jsonl=test.jsonl --out out/sft out/rl2
 """
 import argparse
@@ -27,8 +23,7 @@ from benchmarks import LOADERS, load_benchmark
 from common import Progress, append_jsonl, atomic_write, build_messages, extract_answer, is_well_formed, make_llm, \
     make_local_llm, mean_se, parse_with_preset, read_appended, write_jsonl
 
-# the rows of --paper shown first, in this order (Table 3's results are an image in the paper's public README: copy
-# them into the --paper file rather than trusting a remembered value)
+# --paper rows shown first, in this order (copy Table 3 into the file rather than trusting a remembered number)
 PAPER_MODELS = ("Qwen2.5-7B-Instruct", "Fleming-R1-7B", "Fleming-R1-32B")
 TINY = dict(max_new_tokens=96,  # --tiny: the tiny run's chains end within 96 tokens, as its rollouts do
             batch_size=256)  # prompts per generate call: the 1,200 test items in 5 calls
@@ -62,10 +57,8 @@ def summarize(rows, n):
 
 def evaluate(llm_or_model, records, n=1, temperature=0.0, max_new_tokens=2048, seed=0, bench="bench",
              predictions=None, chunk=256, batch_size=64):
-    """Score `records` and return summarize()'s dict. `llm_or_model` is an LLM callable (common.make_llm) or a
-    (model, tokenizer) pair already loaded in this process (sampled with sampler.generate in batches of
-    `batch_size`). With `predictions` (a JSONL path), rows are appended as they come and items already there are
-    skipped: a killed run resumes. Items go to the model in chunks of `chunk` so progress is saved often."""
+    """Score `records` -> summarize()'s dict. `llm_or_model`: an LLM callable (common.make_llm) or a loaded (model,
+    tokenizer) pair. Rows are appended to `predictions` (JSONL) chunk by chunk; items already there are skipped."""
     llm = make_local_llm(*llm_or_model, batch_size=batch_size) if isinstance(llm_or_model, tuple) else llm_or_model
     done = read_appended(predictions)  # a killed run's rows (its torn last line dropped)
     rows = [r for r in done if r.get("bench") == bench]

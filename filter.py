@@ -1,24 +1,17 @@
 """Build the training pool: format filter, anonymisation, dedup, decontamination, label verification, difficulty
-and mixing (Fleming-R1, arXiv 2509.15279, sec. 3.1 "Reasoning-Oriented Data Strategy").
+and mixing (Fleming-R1, arXiv 2509.15279, sec. 3.1 "Reasoning-Oriented Data Strategy"), in that order.
 
-Reads  synth.py's train.jsonl (--synthetic) and public training sets (--public name=path, in their public formats:
-       benchmarks.py; or `jsonl` for unified records).
-Writes OUT/train.jsonl (the pool: unified records, each with a difficulty), OUT/rejects.jsonl ({"source", "where",
-       "id", "reason", "record"}: what was dropped and why), OUT/review.jsonl (items no verifier trial answered
-       right, with the trials: not dropped silently), OUT/stats.json and stats.md (counts, source x difficulty).
-Stages, in order: load -> format filter -> anonymise -> exact / near duplicates -> decontamination against the
-eval benchmarks -> label verification (k trials) -> difficulty -> mix. Do not --decontaminate synthetic train
-against the synthetic test split: they are disjoint by instance (synth.py), and template wording alone puts ~37%
-of sample-KG items over the n-gram bar.
+Reads  synth.py's train.jsonl (--synthetic) and public training sets (--public name=path: benchmarks.py's formats).
+Writes OUT/train.jsonl (the pool, each record with a difficulty), OUT/rejects.jsonl (what was dropped and why),
+       OUT/review.jsonl (items no verifier trial answered right, with the trials), OUT/stats.json and stats.md.
 
-Difficulty (--difficulty): llm (a judge model, the three definitions in JUDGE, paraphrasing the paper's);
-passrate (a model's pass rate p over k samples: p > 2/3 easy, > 1/3 moderate, else difficult); heuristic (hops x
-rarity, common.difficulty_heuristic). Mixing (--mix): "public=0.6,synthetic=0.4" (fractions: the largest pool the
-scarcest group allows) or counts per source ("medqa=2000,synthetic=5000"), stratified by tier within a group.
+Difficulty (--difficulty): llm (a judge model, JUDGE's definitions after the paper's), passrate (a model's pass rate
+p over k samples: > 2/3 easy, > 1/3 moderate, else difficult) or heuristic (common.difficulty_heuristic). --mix:
+fractions ("public=0.6,synthetic=0.4") or counts per source, stratified by tier within a group. Synthetic train and
+test are disjoint by instance already: decontaminating one against the other flags ~37% on template wording alone.
 
 Deliberate departures from the paper:
-  1. The heuristic tiers, from the KG path's hops and the disease's rarity, stand in for a judge model where no
-     LLM runs: the tiny preset uses them.
+  1. The heuristic tiers (hops x rarity) stand in for a judge model where no LLM runs: the tiny preset.
   2. An item that fails verification goes to review.jsonl instead of being dropped.
 """
 import argparse
@@ -159,10 +152,9 @@ def item_text(rec):
 
 
 def dedup(recs, threshold=0.8, n=5, cap=50):
-    """(kept, [(rec, reason)]): exact duplicates (same normalised question and option set) and near duplicates
-    (Jaccard of token n-gram shingles >= threshold with an earlier kept item). Candidates come from an inverted
-    index over shingles; shingles shared by more than `cap` items (template phrases) are not used to find
-    candidates, only to score them, which keeps it near-linear."""
+    """(kept, [(rec, reason)]): exact duplicates (normalised question and option set) and near duplicates (Jaccard
+    of token n-gram shingles >= threshold with a kept item), found through an inverted index of the shingles shared
+    by at most `cap` items (template phrases only score): near-linear."""
     kept, dropped, exact, index, shingles = [], [], {}, defaultdict(list), []
     for rec in recs:
         key = hashlib.sha1((norm(rec["question"]) + "\x00" + "\x00".join(sorted(map(norm, rec["options"].values()))))
@@ -190,11 +182,9 @@ def dedup(recs, threshold=0.8, n=5, cap=50):
 
 
 def decontaminate(recs, benches, n=13, min_frac=0.2):
-    """(kept, [(rec, reason)], per-benchmark counts): an item is removed when >= min_frac of its question's token
-    n-grams occur in one benchmark's questions (items shorter than n tokens compare as a whole). A fraction, not
-    "any shared n-gram": MedQA-style boilerplate ("... oxygen saturation is 98% on room air. Physical exam is
-    notable for ...") shares 13-grams between unrelated items (<= 0.1 of their n-grams on the real files), while
-    a copy with light edits keeps > 0.5."""
+    """(kept, [(rec, reason)], per-benchmark counts): removed when >= min_frac of its question's token n-grams occur
+    in one benchmark's questions. A fraction, not "any shared n-gram": MedQA boilerplate ("... oxygen saturation is
+    98% on room air ...") shares 13-grams between unrelated items (<= 0.1 of them), a lightly edited copy > 0.5."""
     grams = {name: set().union(*[ngrams(tokens(b["question"]), n) for b in items]) for name, items in benches.items()}
     kept, dropped, per = [], [], Counter({name: 0 for name in benches})
     for rec in recs:

@@ -1,38 +1,34 @@
 """GRPO, the two RL stages of Fleming-R1 (arXiv 2509.15279, sec. 3.3, eq. 1-3): `torchrun grpo.py --stage 1|2`.
 
-Reads  --data pool.jsonl (filter.py's pool: unified records with a difficulty), --init CKPT (HF folder with its
-       tokenizer: the cold start for stage 1, stage 1's best/ for stage 2), --val (validation records: checkpoint
-       selection only), stage 2 also --pool hard_pool.jsonl (mine.py; mined here at step 0 if absent).
-Writes RUN_DIR/metrics.jsonl (a row per step, eval rows too), RUN_DIR/final and RUN_DIR/best (HF folders + tokenizer;
-       best: the best greedy accuracy on --val, never on a test set), RUN_DIR/state (resumable: the same command
-       continues the same run), stage 2: RUN_DIR/mine_STEP/{pass_rates,hard_pool}.jsonl.
-Stage 2 re-mines the hard pool with the current weights by design (the paper's adaptive mining), so this file
-imports mine.py: the one stage file another stage file imports.
+Reads  --data pool.jsonl (filter.py), --init CKPT (HF folder + tokenizer: the cold start, or stage 1's best/ for
+       stage 2), --val records (checkpoint selection only), stage 2 --pool hard_pool.jsonl (mine.py; or mined here).
+Writes RUN_DIR/metrics.jsonl, RUN_DIR/final and RUN_DIR/best (HF folders; best: the best greedy accuracy on --val),
+       RUN_DIR/state (the same command resumes the same run), stage 2: RUN_DIR/mine_STEP/{pass_rates,hard_pool}.jsonl.
+Stage 2 re-mines with the current weights by design (the paper's adaptive mining): this file imports mine.py, the
+one stage file another stage file imports.
 
-The objective. For a prompt x, k completions y_1..y_k are sampled at --temperature (top_p 1, so the log-probs
-below describe the sampling distribution), scored by common.reward (correctness + format, no length term) and
-given group advantages A_i = r_i - mean_j r_j (eq. 2-3). The loss (eq. 1), one update per rollout batch, is
+The objective. For a prompt x, k completions y_i are sampled at --temperature (top_p 1: the log-probs describe the
+sampling distribution), scored by common.reward (correctness + format) and given group advantages A_i = r_i -
+mean_j r_j (eq. 2-3). The loss (eq. 1), one update per rollout batch, over the N completions of the global batch:
     L = -(1/N) * sum_i A_i * sum_t log pi(y_i,t | x, y_i,<t) / loss_norm
-over the N completions of the *global* batch. Variants, all off by default:
+Variants, all off by default:
     --std-norm          A_i / (std_j r_j + eps)                                       DeepSeekMath GRPO
     --kl-coef B         + B * KL(pi || pi_ref) per token, k3 estimator, frozen init    DeepSeekMath GRPO
     --clip-eps E --ppo-epochs U   clipped ratio pi/pi_old, U updates per rollout batch PPO / DeepSeekMath GRPO
     --token-mean        divide by the global count of completion tokens instead       DAPO token-level loss
     --drop-zero-var     groups with all-equal rewards leave the loss and its divisor  DAPO dynamic sampling
-Stage 1: Easy + Moderate items until --max-steps or the plateau test (plateau()). Stage 2: the hard pool
-(mine.py's rules), k raised to 16, prompts drawn uniformly from it, re-mined every --remine-every steps.
+Stage 1: Easy + Moderate items until --max-steps or the plateau test. Stage 2: the hard pool, k = 16.
 
 Deliberate departures from the paper:
-  1. loss_norm is a constant (--loss-norm, default max_new_tokens), not each completion's length, so no length
-     is favoured (Dr. GRPO's observation).
+  1. loss_norm is a constant (--loss-norm, default max_new_tokens), not each completion's length: no length is
+     favoured (Dr. GRPO).
   2. RUN_DIR/best is chosen on a validation split's greedy accuracy; the paper does not say how it picks one.
-  3. The tiny preset turns on the KL to the init (0.1), without which the tiny model's copying erodes, and samples
-     at temperature 0.5, near the greedy path evaluation takes (docs/tiny_runs.md#the-kl-to-the-init,
-     docs/tiny_runs.md#rollouts-at-temperature-05); the tiny run mines once (mine.py), never re-mines.
+  3. The tiny preset turns on the KL to the init (0.1), without which the tiny model's copying erodes, samples at
+     temperature 0.5, near evaluation's greedy path (docs/tiny_runs.md#the-kl-to-the-init,
+     docs/tiny_runs.md#rollouts-at-temperature-05), and never re-mines (mine.py mines once).
 
-Memory, Qwen2.5-7B on 8 x 80 GB with the defaults (FSDP2, bf16 compute, fp32 master weights + AdamW): 15 GB of
-sharded state a GPU; the rollout adds the unsharded bf16 weights (15 GB) and a 6 GB KV cache (64 rows x 1.6k
-tokens), freed before training; a micro-batch of 2 completions needs ~25 GB of activations. Fits with room.
+Memory, Qwen2.5-7B on 8 x 80 GB, the defaults: 15 GB of sharded fp32 state and AdamW a GPU; the rollout adds the
+bf16 weights (15 GB) and a 6 GB KV cache (64 rows x 1.6k tokens); a micro-batch of 2 completions ~25 GB. Fits.
 """
 import argparse
 import os
@@ -48,14 +44,13 @@ import mine
 import model as M
 import sampler
 
-TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); the evidence for each value is in docs/tiny_runs.md
-    prompts=16, micro_batch=32, max_new_tokens=96, save_every=30,
-    lr=1e-4, kl_coef=0.1,  # lr 1e-4 with the KL to the init; without it RL erodes the copying (#the-kl-to-the-init)
-    temperature=0.5,  # rollouts near the greedy path that evaluation takes (#rollouts-at-temperature-05)
-    plateau_window=20, plateau_patience=40,
-    mine_batch=64,  # validation's batch too
-    remine_size=400, mine_n=8, mine_max_zero_share=0.0,  # stage 2 without --pool mines as mine.py --tiny does
-    fsdp_per_block=False,  # a 1.7M-parameter model is one FSDP2 unit (#one-fsdp-unit)
+TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); the evidence behind each value is in docs/tiny_runs.md
+    prompts=16, max_new_tokens=96,  # 16 groups a step of chains that end within 96 tokens (#sizes-and-time)
+    micro_batch=32, fsdp_per_block=False,  # whole groups a forward; a 1.7M-parameter model is one unit (#one-fsdp-unit)
+    lr=1e-4, kl_coef=0.1,  # without the KL to the init, RL erodes the copying the chains rely on (#the-kl-to-the-init)
+    temperature=0.5,  # rollouts near the greedy path evaluation takes (#rollouts-at-temperature-05)
+    save_every=30, plateau_window=20, plateau_patience=40,  # checkpoints and a plateau test within 80 steps
+    remine_size=400, mine_max_zero_share=0.0,  # stage 2 without --pool mines as mine.py --tiny does
     stage1=dict(max_steps=80, eval_every=40),  # sized for the 20-minute run (#sizes-and-time)
     stage2=dict(max_steps=12, eval_every=30, remine_every=0),  # mined once by mine.py (#stage-2-mines-greedy-failures)
 )
@@ -178,10 +173,9 @@ def group_batch(rows, pieces, pad_id, device):
 
 
 def update(policy, opt, rows, adv, keep, args, world, pad_id, ref=None):
-    """Eq. 1: micro-batched forward/backward and optimizer step(s) on this rank's rollouts.
-    rows [(prompt, completion)] in groups of args.k, adv (n,), keep (n,) 0/1 (--drop-zero-var); args: the
-    objective's flags (read only). Every rank holds the same number n of completions, so all ranks run the same
-    number of FSDP collectives.
+    """Eq. 1: micro-batched forward/backward and optimizer step(s) on this rank's rollouts: rows [(prompt,
+    completion)] in groups of args.k (the objective's flags, read only), adv (n,), keep (n,) 0/1 (--drop-zero-var).
+    Every rank holds the same number n of completions, so all ranks run the same FSDP collectives.
 
     Normalisation: the loss of the global batch is sum over all ranks' completions / D, with D = (global count
     of kept completions) * loss_norm, or the global count of kept completion tokens with --token-mean. FSDP2
@@ -197,10 +191,9 @@ def update(policy, opt, rows, adv, keep, args, world, pad_id, ref=None):
     if denom.item() == 0:
         return None
     scale = world / denom.item()
-    # A micro-batch holds whole groups (rows i*k .. i*k+k-1, one prompt), so that each prompt runs once for its
-    # k completions (group_logprobs); a group larger than the micro-batch is cut into pieces of mb rows, each
-    # running its prompt once. Pieces of similar length share a micro-batch. The number of micro-batches
-    # depends on n, k and mb only: the same on every rank.
+    # A micro-batch holds whole groups (rows i*k .. i*k+k-1), each prompt run once for its completions
+    # (group_logprobs); a larger group is cut into pieces of mb rows. Pieces of similar length share a micro-batch;
+    # their number depends on n, k and mb only: the same on every rank.
     k = args.k
     if n % k or any(rows[i][0] != rows[i - i % k][0] for i in range(n)):
         raise ValueError(f"update: {n} rows are not groups of k={k} consecutive rows with one prompt")
@@ -243,13 +236,10 @@ def update(policy, opt, rows, adv, keep, args, world, pad_id, ref=None):
 # ----------------------------------------------------------------------------------------------- stage control
 
 def plateau(rewards, zero_fracs, window, patience, eps, sparsity):
-    """Stage 1's stop test (the paper: train until performance plateaus, signalled by reward sparsity).
-    Fires, and returns the reason, when either
-      reward plateau: the moving average of the step reward over `window` steps has not risen by more than
-        `eps` during the last `patience` steps: max(ma[-patience:]) <= max(ma[:-patience]) + eps;
-      reward sparsity: over the last `window` steps, on average >= `sparsity` of the groups had zero advantage
-        (all k samples right, or all wrong): almost no gradient is left.
-    Returns None otherwise, and always before `window` steps."""
+    """Stage 1's stop test (the paper: train until performance plateaus, signalled by reward sparsity): the reason,
+    or None (always before `window` steps). Reward plateau: the `window`-step moving average of the reward has not
+    risen by more than `eps` in the last `patience` steps. Reward sparsity: over the last `window` steps, on
+    average >= `sparsity` of the groups had zero advantage (all k right, or all wrong): almost no gradient left."""
     if len(rewards) < window:
         return None
     zf = sum(zero_fracs[-window:]) / window
@@ -331,9 +321,8 @@ def advantages(tok, batch, comps, args):
 
 
 def step_metrics(step, rewards, zero, comps, stops, upd, with_kl, times):
-    """The step's metrics, summed over ranks (a collective): reward, accuracy (share of reward 1.0), format
-    rate, zero-advantage group fraction, completion length, truncation rate, loss, entropy, KL, grad norm and
-    the seconds of each part. upd: update()'s dict, or None for a skipped step."""
+    """The step's metrics summed over ranks (a collective): reward, accuracy (share of reward 1.0), format rate,
+    zero-advantage group fraction, length, truncation, loss, entropy, KL, grad norm, seconds. upd: update()'s dict."""
     local = dict(reward=rewards.sum(), right=(rewards == 1).sum(), well_formed=(rewards != -0.5).sum(),
                  zero=zero.sum(), tokens=sum(map(len, comps)), completions=len(comps), groups=len(zero),
                  truncated=sum(not c or c[-1] not in stops for c in comps),
@@ -357,8 +346,8 @@ def step_metrics(step, rewards, zero, comps, stops, upd, with_kl, times):
 # ----------------------------------------------------------------------------------------------- the loop
 
 def load_data(args, world):
-    """-> records (--data), by_id (their ids, and the hard pool's), val records, val_key (what a validation score
-    depends on), review ids, and the pool prompts are drawn from (stage 2 without --pool: None, mined at step 0)."""
+    """-> records, by_id (and the hard pool's), val, val_key (what a val score depends on), review ids, the pool of
+    prompts (stage 2 without --pool: None, mined at step 0)."""
     records = common.read_records(args.data)
     by_id = {r["id"]: r for r in records}
     val = common.read_records(args.val)[:args.val_limit or None] if args.val else []
@@ -378,8 +367,7 @@ def load_data(args, world):
 def train(args, rank, world, device):
     from transformers import AutoTokenizer
     torch.manual_seed(args.seed)
-    # CPU: the loss-scaled gradients (and softmax tails) reach fp32 denormals, which made the backward ~20x slower
-    # in tests/bench_grpo.py; flushing them to zero changes nothing measurable. No effect on CUDA.
+    # CPU: loss-scaled gradients reach fp32 denormals, ~20x slower; flushed to zero (docs/tiny_runs.md#speed)
     torch.set_flush_denormal(True)
     os.makedirs(args.out, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(args.init)

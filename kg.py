@@ -1,8 +1,8 @@
 """kg.py: a medical knowledge graph with provenance from Wikipedia (Fleming-R1, arXiv 2509.15279, sec. 3.1).
 
 Reads  a MediaWiki XML export (--dump, streamed: constant memory per page) or the live Action API (--api).
-Writes OUT/entities.jsonl, OUT/edges.jsonl (each with its page, revision and field), OUT/stats.json,
-       OUT/rejects.jsonl (page + reason); for --api also OUT/api_cache/ (every raw response: a killed crawl resumes).
+Writes OUT/entities.jsonl, OUT/edges.jsonl (with page, revision, field), OUT/stats.json, OUT/rejects.jsonl, and for
+       --api OUT/api_cache/ (every raw response: a killed crawl resumes).
 
 One parser (parse_page, mwparserfromhell) reads both: relations from medical infobox fields (typed by field), from
 wikilinks in article sections (typed by section) and drug classes from the lead ("is a [[beta blocker]]"); entities

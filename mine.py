@@ -1,24 +1,20 @@
-"""Adaptive hard-sample mining for RL stage 2 (Fleming-R1, arXiv 2509.15279, sec. 3.3, stage 2).
+"""Adaptive hard-sample mining for RL stage 2 (Fleming-R1, arXiv 2509.15279, sec. 3.3).
 
-Reads  --model CKPT (HF folder + tokenizer), --data pool.jsonl (filter.py's pool), --review review.jsonl (optional:
-       items filter.py sent to review, never mined).
+Reads  --model CKPT (HF folder + tokenizer), --data pool.jsonl, --review review.jsonl (optional: never mined).
 Writes OUT/pass_rates.jsonl ({"id", "difficulty", "passes", "n", "pass_rate", "greedy_pass"} per item, in --data
-       order), OUT/hard_pool.jsonl (the selected records, highest priority first); prints the pool's composition.
+       order) and OUT/hard_pool.jsonl (highest priority first); prints the pool's composition.
 
-The current model answers every item --samples times (a pass: reward 1.0, well-formed and correct) and once
-greedily; its repeated failures, Difficult multi-step items first, are stage 2's pool. grpo.py re-mines with the
-same functions every --remine-every steps. Selection (select_pool):
-  1. items flagged in the review file are excluded;
-  2. repeated failures: pass rate <= --threshold, and the greedy answer (the one evaluation scores) wrong;
-  3. all-fail items (0 passes: a group with no gradient) make up at most --max-zero-share of the pool;
-  4. --moderate-share of the pool: Moderate items of the learnable band *above* the threshold, lowest first;
-  5. order: difficult, moderate, easy; within a tier, partial failures first; --pool-size keeps the first N.
+The model answers every item --samples times (a pass: reward 1.0) and once greedily; grpo.py re-mines with the same
+functions. select_pool: (1) reviewed items out; (2) repeated failures: pass rate <= --threshold and the greedy
+answer (the one evaluation scores) wrong; (3) all-fail items (no gradient) at most --max-zero-share of the pool;
+(4) --moderate-share of Moderate items above the threshold, lowest first; (5) Difficult, then Moderate, then Easy,
+partial failures first; --pool-size keeps the first N.
 
 Deliberate departures from the paper:
-  1. An item answered right greedily is never pooled, however often its samples fail: mined by samples alone, 42%
-     of a tiny pool were such items and stage 2 gained nothing (docs/tiny_runs.md#stage-2-mines-greedy-failures).
+  1. An item answered right greedily is never pooled: mined by samples alone, 42% of a tiny pool were such items
+     and stage 2 gained nothing (docs/tiny_runs.md#stage-2-mines-greedy-failures).
   2. Rules 3 and 4 keep groups that carry a gradient; the paper names no such shares.
-  3. The tiny preset mines a sample of 400 items at the rollouts' temperature (0.5) and pools no all-fail item.
+  3. The tiny preset mines 400 items at the rollouts' temperature (0.5) and pools no all-fail item.
 
     python mine.py --model runs/stage1/best --data pool.jsonl --out runs/mine    # torchrun for several ranks
 """
@@ -44,11 +40,9 @@ TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); evidence in docs/tiny_ru
 
 
 def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temperature=1.0, seed=0):
-    """Pass rates of `model` on `records`, n samples each, and whether the greedy answer passes -> [{"id",
-    "difficulty", "passes", "n", "pass_rate", "greedy_pass"}] in `records` order, on every rank. Data-parallel:
-    rank r takes records r, r+world, ...; every rank makes the same number of generate calls (a rank out of items
-    repeats its first prompt and discards the result) since an FSDP model gathers its weights collectively in
-    each call."""
+    """Pass rates of `model` on `records` (n samples each) and whether the greedy answer passes -> [{"id",
+    "difficulty", "passes", "n", "pass_rate", "greedy_pass"}] in `records` order, on every rank. Rank r takes records
+    r, r+world, ...; every rank makes the same generate calls (FSDP gathers the weights collectively in each)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     stops = common.eos_ids(tokenizer)
     pad = common.pad_id(tokenizer)

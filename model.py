@@ -76,8 +76,7 @@ class RMSNorm(nn.Module):
         self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
 
     def forward(self, x):
-        # normalise in fp32, cast back *before* the weight multiply (as HF does: bit-level parity in bf16).
-        # F.rms_norm: x * rsqrt(mean(x^2) + eps) in one op instead of five (a tiny decode step is mostly small ops)
+        # in fp32, cast back *before* the weight multiply (as HF does: parity in bf16); F.rms_norm: one op, not five
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
 
 
@@ -376,12 +375,8 @@ CHATML = ("{%- for m in messages %}{{- '<|im_start|>' + m['role'] + '\\n' + m['c
 
 
 def train_tokenizer(texts, out_dir, vocab_size=4096, words=()):
-    """Train a byte-level BPE on an iterable of strings; save an HF tokenizer folder with ChatML specials.
-    `words`: extra strings that always stay one token (added tokens, matched before BPE).
-
-    <|endoftext|> is pad, <|im_end|> is eos; <think> </think> <answer> </answer> are added (non-special)
-    tokens, so they stay single ids and survive decode(skip_special_tokens=True).
-    """
+    """Train a byte-level BPE on strings; save an HF tokenizer folder with ChatML specials (<|endoftext|> pad,
+    <|im_end|> eos). <think> </think> <answer> </answer> and `words` are added tokens: always one id each."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
     tok = Tokenizer(models.BPE())
@@ -465,10 +460,9 @@ def setup_dist():
 
 
 def shard_model(model, mixed_precision=False, per_block=True):
-    """FSDP2. per_block (the real run): fully_shard each block, then the root (embeddings, final norm, lm_head),
-    so that only one block's full weights are held at a time. per_block=False (tiny models): the whole model is
-    one unit, gathered once per forward and kept through the backward: at 1.7M parameters the per-block
-    collectives cost more time than the memory they save. Same values either way. No-op single-process."""
+    """FSDP2. per_block (the real run): each block, then the root, so only one block's full weights are held at a
+    time; else (tiny models) one unit, gathered once a step: the per-block collectives cost more time than the memory
+    they save. Same values either way. No-op in one process."""
     if not _is_dist() or torch.distributed.get_world_size() == 1:
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
@@ -490,11 +484,8 @@ def _rng_state():
 
 
 def save_state(dir, model, optimizer, extra: dict):
-    """Resumable checkpoint: model (an HF folder, loadable by load_model), optimizer, per-rank RNG, extra.
-
-    Optimizer tensors are flattened into optim.safetensors as "state/<param fqn>/<key>"; everything else
-    (param_groups, scalar state, RNG, extra) goes to state.json. No pickle. Collective under FSDP.
-    """
+    """Resumable checkpoint: model (an HF folder), optimizer tensors (optim.safetensors, "state/<param fqn>/<key>"),
+    and param_groups, scalars, per-rank RNG and `extra` in state.json. No pickle. Collective under FSDP."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
     sd = full_state_dict(model)
     osd = get_optimizer_state_dict(model, optimizer,

@@ -1,9 +1,8 @@
 """Batched KV-cache sampler for model.Transformer: rollouts (GRPO groups), teacher/verifier calls, evaluation.
 
-gpt-fast style: a preallocated KV cache, prompts left-padded with per-row positions, one batched prefill (a prefix
-common to all prompts runs once), then one token per step for every unfinished row (finished rows leave the
-batch). Group mode (k samples per prompt, GRPO, Fleming-R1 sec. 3.3) prefills each prompt once and replicates its
-cache k times. Under FSDP2 the weights are all-gathered once per call, not once per decode step.
+gpt-fast style: a preallocated KV cache, left-padded prompts, one batched prefill, then one token a step for every
+unfinished row. Group mode (k samples per prompt: GRPO) prefills each prompt once and replicates its cache k times.
+Under FSDP2 the weights are all-gathered once per call, not once per decode step.
 
     generate(model, [[5, 6, 7], [8]], max_new_tokens=4, eos_ids=[2])
     -> e.g. [[11, 12, 2], [9, 9, 9, 9]]: row 0 stopped at its EOS (kept), row 1 hit max_new_tokens
@@ -100,10 +99,9 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
         out = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=dev)
         live = torch.arange(N, device=dev)  # the original row of each row still in the batch
         done = torch.zeros(N, dtype=torch.bool, device=dev)  # per batch row: has it made its EOS?
-        # ---- decode: one token per live row per step. Rows that finished leave the batch (cache rows dropped)
-        # once they are a quarter of it: real chains end at very different lengths, and a finished row would
-        # otherwise cost a full row of compute until the longest one ends. Every row draws its own uniform
-        # number, from one (N,) draw per step, so no row's tokens depend on when the others finished.
+        # ---- decode: one token per live row per step. Finished rows leave the batch (and the cache) once they are
+        # a quarter of it: chains end at very different lengths. Every row draws its own uniform number from one
+        # (N,) draw per step, so no row's tokens depend on when the others finished.
         for t in range(max_new_tokens):
             u = torch.rand(N, 1, generator=gen, device=dev)[live] if temperature > 0 else None
             tok = sample(logits, temperature, top_p, u)  # (n,)

@@ -1,16 +1,13 @@
 """Supervised fine-tuning: the CoT cold start (Fleming-R1, arXiv 2509.15279, sec. 3.2, "thinking before answering").
 
-Reads  --data sft.jsonl (distill.py's {"messages": [system, user, assistant]} rows, or {"text": ...} rows),
-       --init an HF-format model folder with its tokenizer.
-Writes RUN_DIR/final (HF folder + tokenizer, loadable by transformers), RUN_DIR/state (model, optimizer, step,
-       RNG; rewritten atomically every --save-every), RUN_DIR/metrics.jsonl (loss, val_loss, lr, grad_norm,
-       tokens/s per step), RUN_DIR/rejects.jsonl (chat rows longer than --max-len).
+Reads  --data sft.jsonl (distill.py's {"messages": [...]} rows, or {"text": ...} rows), --init an HF model folder.
+Writes RUN_DIR/final (HF folder + tokenizer), RUN_DIR/state (resumable, rewritten atomically every --save-every),
+       RUN_DIR/metrics.jsonl (loss, val_loss, lr, grad_norm, tokens/s), RUN_DIR/rejects.jsonl (rows over --max-len).
 
-Chat rows: the loss covers the assistant turn only, its closing <|im_end|> included (so the model learns to stop).
-The global batch of step s is a fixed function of (seed, s), split over ranks and micro-batches after sorting by
-length, and the summed token loss is divided by the loss tokens of the whole global batch: 1 or N processes and
-any --micro-batch give the same update, and a killed run resumes from RUN_DIR/state to where an uninterrupted run
-ends. FSDP2 (model.shard_model); bf16 compute on CUDA, fp32 on CPU.
+Chat rows: the loss covers the assistant turn only, its closing <|im_end|> included (the model learns to stop). The
+global batch of step s is a fixed function of (seed, s), split over ranks and micro-batches after sorting by length,
+and the summed token loss is divided by the whole global batch's loss tokens: 1 or N processes, any --micro-batch,
+give the same update, and a killed run resumes to where an uninterrupted one ends. FSDP2 (model.shard_model).
 
 Deliberate departures from the paper:
   1. {"text"} rows train every token (in --max-len windows): the tiny run pretrains its Base with this file.
@@ -19,7 +16,6 @@ Deliberate departures from the paper:
      under-trained (docs/tiny_runs.md#the-cold-start-is-under-trained).
 
     torchrun --standalone --nproc_per_node 8 sft.py --data sft.jsonl --init Qwen2.5-7B --out runs/sft
-    python sft.py --tiny --data sft.jsonl --init tiny_base --out runs/sft        # one process
 """
 import argparse
 import math
@@ -37,8 +33,9 @@ from common import MetricsLog, Progress, common_prefix, pad_id, parse_with_prese
 # sft.py trains two stages of the tiny run, so --tiny names one: cold (the default: this file's stage, the cold start)
 # or base (pretraining the stand-in for a pretrained model on tiny.py base's corpus). Evidence: docs/tiny_runs.md
 TINY = dict(
-    micro_batch=16, max_len=512, warmup=0.05, val_frac=0.05, eval_every=200, save_every=100,
-    fsdp_per_block=False,  # a 1.7M-parameter model is one FSDP2 unit (#one-fsdp-unit)
+    micro_batch=16, fsdp_per_block=False,  # 32 rows were slower (#the-base); one FSDP2 unit (#one-fsdp-unit)
+    max_len=512, warmup=0.05,  # the tiny run's rows are far shorter; a 1.7M-parameter model warms up fast
+    val_frac=0.05, eval_every=200, save_every=100,  # a validation loss at the end, few passes over it (#speed)
     cold=dict(steps=560, batch_size=16, lr=1e-3),  # 1.5 epochs of the chains: the 20-minute budget (#sizes-and-time)
     base=dict(epochs=1, batch_size=64, lr=2e-3),  # one pass over the pretraining corpus (#the-base)
 )
@@ -128,8 +125,7 @@ def encode(tokenizer, row, where, specials):
     full_text = tokenizer.apply_chat_template(msgs, tokenize=False)
     if not full_text.startswith(prompt_text):
         raise ValueError(f"{where}: the chat template renders the prompt differently inside the full conversation")
-    # the prompt exactly as common.prompt_ids gives it at inference, then the reply tokenized on its own, as the
-    # model generates it after the prompt
+    # the prompt as common.prompt_ids gives it at inference, then the reply tokenized alone, as the model writes it
     prompt = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
     reply = tokenizer(full_text[len(prompt_text):], add_special_tokens=False)["input_ids"]
     ends = [i for i, t in enumerate(reply) if t == eos]
@@ -176,13 +172,11 @@ def token_loss_sum(model, data, idx, pad_id, device, amp, min_shared=16):
         with amp:
             return model(x).sum() * 0.0, 0
     seqs, starts = [data[i][0] for i in idx], [data[i][1] for i in idx]
-    # the prefix all rows share; it must carry no loss and leave every row a token (a single row, the usual
-    # real-run micro-batch, skips the scan)
+    # the prefix all rows share, with no loss in it and a token left to every row (a single row skips the scan)
     P = common_prefix(seqs, min(min(starts), min(map(len, seqs)) - 1)) if len(seqs) > 1 else 0
     with amp:
-        if P >= min_shared:  # chat rows open with one system prompt: run it once for all rows
-            # (model.group_logprobs, as GRPO runs a group's prompt; the same log-probs and gradients). A few shared
-            # tokens, e.g. a bare chat template's opening, are not worth the second pass
+        if P >= min_shared:  # chat rows open with one system prompt: run it once for all rows, as GRPO runs a
+            # group's prompt (group_logprobs: the same log-probs and gradients); a few shared tokens are not worth it
             comps, tgt = pad_batch([s[P - 1:] for s in seqs], [max(st - P + 1, 1) for st in starts], pad_id, device)
             prompt = torch.tensor([seqs[0][:P]], device=device)
             logp, _ = model.group_logprobs(prompt, torch.ones_like(prompt), comps[:, 1:], tgt[:, :-1], len(seqs),

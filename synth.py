@@ -1,33 +1,23 @@
 """KG-guided question synthesis (Fleming-R1, arXiv 2509.15279, sec. 3.1 "Reasoning-Oriented Data Strategy").
 
 Reads  kg.py's KG_DIR/entities.jsonl + edges.jsonl.
-Writes OUT/train.jsonl, OUT/test.jsonl, OUT/val.jsonl (--val-n): unified records, source "synthetic", options =
-       KG entity names; meta: family, hops, path (name chain), given, hidden, comorbidity, answer_name, answer_type,
-       correct (every answer the KG accepts), provenance (page, revid, field of each edge), rarity; OUT/stats.json.
+Writes OUT/{train,test,val}.jsonl (unified records, source "synthetic", options = KG entity names; meta: family,
+       hops, path, given, hidden, answer_name, correct (every answer the KG accepts), provenance, rarity) and
+       OUT/stats.json.
 
-A question is a typed path through the KG with part of it masked: the given findings (2-4 symptoms of a disease,
-sometimes one risk factor) are stated; the disease is asked (diagnosis, 1 hop) or kept hidden while a fact one or
-two hops further is asked:
-    diagnosis      findings -> disease                                        1 hop
-    test           findings -> [disease] -diagnosed_by-> test                 2 hops
-    treatment      findings -> [disease] -treated_with/treated_by-> drug       2 hops
-    complication   findings -> [disease] -has_complication-> condition        2 hops
-    contraindication findings -> [disease] <-contraindicated_in- drug          2 hops
-    drug_class     findings -> [disease] -treated_with-> [drug] -drug_class-> class      3 hops
-    mechanism      findings -> [disease] -treated_with-> [drug] -mechanism-> mechanism  3 hops
-    comorbidity    findings + known condition C -> [disease] -treated_with-> drug -contraindicated_in-> C  3 hops
-                   (no option may be a drug contraindicated in C or in the disease but the one linked to both)
-Soundness: no other disease in the KG has all the given findings; an item's correct set is everything the KG says
-answers it, and no distractor is in it. Distractors have the answer's type and come first from competing
-hypotheses (diseases sharing some of the findings, and their tests, drugs, ...: the paper's "relation-preserving
-perturbation"). Sampling favours rare entities (the paper's "less common diseases and drugs"): a family with
-probability proportional to hop_weight**(hops-1), then a (disease, answer) with weight prod 1/(1+inlinks)**alpha;
-each draw uses one unused given-set. Instances (family, given set) are unique, so no two splits share one.
+A question is a typed KG path with part of it masked: 2-4 findings of a disease (sometimes one risk factor) are
+given; the disease is asked (diagnosis, 1 hop) or hidden while a fact one or two hops further is asked: its test,
+treatment, complication or contraindicated drug (2 hops), a treating drug's class or mechanism, or the treating drug
+contraindicated by a known condition (comorbidity, 3 hops). No other disease has all the given findings; no
+distractor is in the item's correct set; distractors come first from competing hypotheses (the paper's
+"relation-preserving perturbation"). Rare entities are favoured (the paper's "less common diseases and drugs"): a
+family with probability hop_weight**(hops-1), then a candidate with weight prod 1/(1+inlinks)**alpha. Instances
+(family, given set) are unique, so no two splits share one.
 
 Deliberate departures from the paper:
-  1. The questions are templates (a few phrasings per family), not an LLM's vignettes; --llm rewrites them, and a
-     rewrite that drops a finding or names the answer or the hidden disease is rejected.
-  2. Every split gets difficulty tiers from hops x rarity (common.difficulty_heuristic), one cut for all splits.
+  1. The questions are templates, not an LLM's vignettes; --llm rewrites them, keeping only rewrites that keep every
+     finding and name neither the answer nor the hidden disease.
+  2. Every split gets tiers from hops x rarity (common.difficulty_heuristic), with one cut for all splits.
   3. A validation split (--val-n), disjoint from train and test, for choosing RL checkpoints.
 """
 import argparse

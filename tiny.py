@@ -1,16 +1,14 @@
-"""tiny.py: the pieces only the tiny (CPU) run needs around the stage scripts (run_tiny.sh). Not a stage of the paper.
+"""tiny.py: what only the tiny (CPU) run needs around the stage scripts (run_tiny.sh); not a stage of the paper.
 
-1. `base`: the stand-in for the pretrained instruct model the paper's recipe starts from (Qwen2.5 is pretrained and
-   instruction-tuned before Fleming-R1 touches it). Reads the sample dump, the KG (kg.py) and the pool (filter.py);
-   writes OUT/tokenizer (byte-level BPE, ChatML, every KG entity name one token), OUT/init (a random Qwen2-shaped
-   model) and OUT/pretrain.jsonl for `sft.py --tiny base`: the articles and every KG edge as plain text (the
-   knowledge a pretrained model has), option-scan drills ("So the answer is Heparin. A. Aspirin no. B. Heparin
-   yes."), and format practice that needs no medicine ("Which option reads 'X'?"). Base then has the facts and the
-   format but was never taught to reason from findings to an answer: that is what the cold start adds (sec. 3.2).
-2. `report`: the paper's Table 4 in miniature: accuracy of Base, + CoT cold start, + RL stage 1, + RL stage 2 on
-   the held-out test set, by difficulty, mean over seeds, each gain the mean of paired per-question differences
-   with its standard error (Markdown + JSON, a PNG of the RL curves), and where the errors are: how often the chain
-   concluded the gold name, how often the letter was right when it did and when it did not, the scan's verdicts.
+1. `base`: the stand-in for the pretrained instruct model the recipe starts from. Reads the sample dump, the KG and
+   the pool; writes OUT/tokenizer (byte-level BPE, ChatML, every KG entity name one token), OUT/init (a random
+   Qwen2-shaped model) and OUT/pretrain.jsonl for `sft.py --tiny base`: the articles and every KG edge as text (a
+   pretrained model's knowledge), option-scan drills ("So the answer is Heparin. A. Aspirin no. B. Heparin yes.")
+   and format practice with no medicine in it. Base has the facts and the format, not the reasoning the cold start
+   adds (sec. 3.2).
+2. `report`: Table 4 in miniature: Base, + CoT cold start, + RL stage 1, + RL stage 2 on the held-out test set, by
+   difficulty, mean over seeds, each gain a mean of paired per-question differences ± SE (Markdown, JSON, a PNG of
+   the RL curves), and where the errors are: the chain's conclusion against the letter, the scan's verdicts.
 
   python tiny.py base --dump data/sample_wiki.xml --kg RUN/kg --pool RUN/pool/train.jsonl --out RUN/base_init
   python tiny.py report --run RUN --seeds 0 1 2
@@ -89,12 +87,11 @@ def base(a):
     # the chats as the template renders them (role names included) and the training questions' wording
     tok_corpus = texts + ["\n".join(f"{m['role']}\n{m['content']}" for m in r["messages"]) for r in chats] + [
         r["question"] + "\n" + options_text(r["options"]) for r in pool]
-    # every KG entity name (with its leading space, capitalised and mid-sentence, spelt as the chains spell it) is
-    # one token, and so are "A." .. "E.": a tiny model finds one symbol among the options far sooner than a span
+    # every KG entity name (leading space; capitalised and as the chains spell it mid-sentence) and "A." .. "E." are
+    # one token each: a tiny model finds one symbol among the options far sooner than a span
     names = {e["name"] for e in read_jsonl(os.path.join(a.kg, "entities.jsonl")) if len(e["name"]) >= 4}
     words = [f"{x}." for x in "ABCDE"] + sorted({" " + v for n in names for v in (n, plain(n, keep_suffix=True))})
-    # the system prompt stays many BPE tokens: the tiny model copies the tags from its example "<answer>C</answer>"
-    # (docs/tiny_runs.md#the-system-prompt-stays-text)
+    # the system prompt stays text: the model copies its tags from it (docs/tiny_runs.md#the-system-prompt-stays-text)
     tok = train_tokenizer(tok_corpus, os.path.join(a.out, "tokenizer"), vocab_size=a.vocab, words=words)
     # RoPE base 1e4, not Qwen's 1e6: 32-dim heads over short contexts need fast-rotating frequencies to copy
     init_model(os.path.join(a.out, "init"), len(tok), seed=a.seed, tokenizer=tok, hidden_size=a.dim,
@@ -210,9 +207,8 @@ def chain_right(output, record):
 
 def chain_breakdown(rows):
     """rows of (tier, chain reached the gold name, letter right) -> {tier and "all": {n, chain, letter_if_chain,
-    letter_if_not, right_with_wrong_chain}} in % (None where no row qualifies). The answer-only reward (eq. 1)
-    teaches reasoning only where the letter follows the chain; a letter right after a wrong chain is a guess, and
-    with 4 options a scan that ignores the chain is right 25% of the time."""
+    letter_if_not, right_with_wrong_chain}} in % (None: no row). The answer-only reward (eq. 1) teaches reasoning
+    only where the letter follows the chain; a right letter after a wrong chain is a guess."""
     pct = lambda xs: round(100 * sum(xs) / len(xs), 1) if xs else None
     out = {}
     tiers = {t for t, _, _ in rows}
@@ -227,9 +223,8 @@ def chain_breakdown(rows):
 def scan_verdicts(rows):
     """rows of (model output, the question's options) -> the scan's lines ("B. Heparin no.") by letter: {letter:
     {"misnamed": [n lines, % whose name is not that letter's option], "match": [n, % yes], "other": [n, % yes]}}.
-    The verdicts count rightly named lines only, split by whether the option is the chain's conclusion. A scan that
-    works names every option right and says yes on every match and no elsewhere; one that follows the position says
-    yes at the rate a scan that stops at the match has there (A 1/4, B 1/3, C 1/2, D 1)."""
+    Verdicts count on rightly named lines only, by whether the option is the conclusion. A working scan: 0 misnamed,
+    yes on every match, no elsewhere; a positional one says yes at A 1/4, B 1/3, C 1/2, D 1 of its lines."""
     tally = {}
     for text, options in rows:
         for m in CONCLUSION.finditer(text):  # a model may conclude and scan more than once

@@ -1,18 +1,14 @@
-"""Which option lookup can the tiny model learn? A diagnostic behind the shape of the tiny run's chains (nothing is
-asserted; the evidence: docs/tiny_runs.md#why-the-chain-ends-with-a-scan).
-
-Trains the tiny Qwen2 shape (4 layers, width 128, 4 heads, 2 kv heads, RoPE 1e4) from random init on a synthetic
-token-level task and prints the accuracy of the looked-up token every 100 steps. Each row is an option list
-"\\n A. x1 \\n B. x2 \\n C. x3 \\n D. x4" of names drawn from --names distinct ids, then 4 lookups whose option is drawn
-*with replacement* (so no lookup can be answered by elimination):
+"""Which option lookup can the tiny model learn? The diagnostic behind the shape of the tiny run's chains
+(docs/tiny_runs.md#why-the-chain-ends-with-a-scan). Trains the tiny Qwen2 shape from random init on option lists
+"\\n A. x1 \\n B. x2 \\n C. x3 \\n D. x4" of names drawn from --names ids, then 4 lookups of options drawn with
+replacement (none answerable by elimination), and prints the looked-up token's accuracy every 100 steps:
 
   letter-to-name   "\\n C." -> x3        what followed this token in the list (an induction head)
   name-to-letter   "\\n x3 : _" -> C.    what preceded this name (the chains once ended "Paracetamol: C.")
   name-then-letter "\\n x3" -> C.        the same, the letter right after the name
   scan             "\\n x3 \\n A. x1 no \\n B. x2 no \\n C. x3 yes \\n D. x4 no \\n answer" -> C.
-                   (the verdicts are trained too; the letter of the "yes" line is what is scored;
-                   --stop-at-match ends the scan at the "yes" line, as the chains do; --paired restates the
-                   answer's name on every line, "\\n C. x3 : x_answer yes", so the two names are side by side)
+                   (scored: the verdicts and the "yes" line's letter; --stop-at-match ends at the "yes" line, as
+                   the chains do; --paired restates the answer's name on every line: "\\n C. x3 : x_answer yes")
 
     python dev/bench_lookup.py --direction letter-to-name --names 2800 --steps 400
 """

@@ -1,8 +1,6 @@
-"""Where the tiny model's answers go wrong (a diagnostic, not part of the run; the evidence it gave:
-docs/tiny_runs.md#the-letter-does-not-depend-on-the-chain): a model's greedy and sampled answers (GRPO's rollouts)
-on any records, by tier, as tiny.py report breaks down its test answers; within each group of rollouts, how much
-more often a right chain is rewarded than a wrong one; and whether the letter follows the chain at all: the greedy
-chains again, their concluded name replaced by a wrong option.
+"""Where a tiny model's answers go wrong (docs/tiny_runs.md#the-letter-does-not-depend-on-the-chain): its greedy and
+sampled answers (GRPO's rollouts) by tier, as tiny.py report breaks down test answers; how much more often a right
+chain is rewarded than a wrong one within a group; whether the letter follows the chain (its conclusion swapped).
 
     python dev/chains.py --model RUN/seed0/rl1/best --data RUN/pool/train.jsonl --k 16 --temperature 1.0
 """
@@ -22,10 +20,8 @@ from tiny import CONCLUSION, breakdown_md, chain_breakdown, chain_right  # noqa:
 
 
 def force_conclusion(output, record, rng):
-    """A counterfactual of the model's own answer: `output` up to the end of its conclusion, with the concluded name
-    replaced everywhere by a wrong option's, drawn by `rng` -> (that prefix, the wrong option's letter), or None when
-    the output concludes nothing. A scan that reads the chain answers that letter; one that ignores it answers what
-    it would have anyway."""
+    """A counterfactual of the model's own answer: `output` up to its conclusion, the concluded name replaced
+    everywhere by a wrong option's (drawn by `rng`) -> (that prefix, the wrong letter); None without a conclusion."""
     m = CONCLUSION.search(output)
     if m is None:
         return None
@@ -35,10 +31,9 @@ def force_conclusion(output, record, rng):
 
 
 def group_gap(groups):
-    """groups: one list of (chain reached the gold name, rewarded) per prompt's k rollouts -> {groups, varied: % of
-    groups whose chains disagree, right / wrong: % rewarded among their chain-right / chain-wrong rollouts}. GRPO's
-    advantage (eq. 2) compares rollouts of one group only, so right - wrong is all the reward says about the chain:
-    where it is near 0, RL can teach the scan but not the reasoning."""
+    """groups: per prompt, its rollouts' (chain reached the gold name, rewarded) -> {groups, varied: % of groups
+    whose chains disagree, right / wrong: % rewarded among their chain-right / -wrong rollouts}. GRPO's advantage
+    (eq. 2) compares within a group: right - wrong is all the reward says about the chain."""
     varied = [g for g in groups if len({c for c, _ in g}) == 2]
     pct = lambda xs: round(100 * sum(xs) / len(xs), 1) if xs else None
     return dict(groups=len(groups), varied=round(100 * len(varied) / len(groups), 1) if groups else None,
