@@ -46,7 +46,7 @@ import sampler
 
 TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); the evidence behind each value is in docs/tiny_runs.md
     prompts=16, max_new_tokens=96,  # 16 groups a step of chains that end within 96 tokens (#sizes-and-time)
-    micro_batch=32, fsdp_per_block=False,  # whole groups a forward; a 1.7M-parameter model is one unit (#one-fsdp-unit)
+    micro_batch=32, fsdp_per_block=False,  # whole groups a forward; a tiny model is one FSDP2 unit (#one-fsdp-unit)
     lr=1e-4, kl_coef=0.1,  # without the KL to the init, RL erodes the copying the chains rely on (#the-kl-to-the-init)
     temperature=0.5,  # rollouts near the greedy path evaluation takes (#rollouts-at-temperature-05)
     save_every=30, plateau_window=20, plateau_patience=40,  # checkpoints and a plateau test within 80 steps

@@ -19,9 +19,8 @@ RUN=${RUN:-runs/tiny}
 SEEDS=${SEEDS:-"0 1 2"}
 TORCHRUN="torchrun --standalone --nproc_per_node 2"
 EVAL="env OMP_NUM_THREADS=2 python eval.py"  # one process alone: both cores (the same predictions as one thread)
-# every size of the tiny run is in its stage's TINY preset (--tiny); SMOKE=1 only makes them a few steps each, which
-# checks the plumbing and every artifact, not the numbers (an untrained model never stops early: every generation
-# is cut short too)
+# every size of the tiny run is in the stages' TINY presets (--tiny) and tiny.py's defaults; SMOKE=1 makes them a
+# few steps each: it checks the plumbing and every artifact, not the numbers (an untrained model never stops early)
 SYNTH=""; BASE=""; PRE=""; SFT=""; RL=""; MINE=""; TOK=""
 if [ -n "${SMOKE:-}" ]; then
   SYNTH="--n 600 --test-n 100 --val-n 40"; BASE="--drills 2000"; PRE="--steps 4"; SFT="--steps 4"

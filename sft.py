@@ -34,7 +34,7 @@ from common import MetricsLog, Progress, common_prefix, pad_id, parse_with_prese
 # or base (pretraining the stand-in for a pretrained model on tiny.py base's corpus). Evidence: docs/tiny_runs.md
 TINY = dict(
     micro_batch=16, fsdp_per_block=False,  # 32 rows were slower (#the-base); one FSDP2 unit (#one-fsdp-unit)
-    max_len=512, warmup=0.05,  # the tiny run's rows are far shorter; a 1.7M-parameter model warms up fast
+    max_len=512, warmup=0.05,  # the tiny run's rows are far shorter; a tiny model warms up fast
     val_frac=0.05, eval_every=200, save_every=100,  # a validation loss at the end, few passes over it (#speed)
     cold=dict(steps=560, batch_size=16, lr=1e-3),  # 1.5 epochs of the chains: the 20-minute budget (#sizes-and-time)
     base=dict(epochs=1, batch_size=64, lr=2e-3),  # one pass over the pretraining corpus (#the-base)
