@@ -18,16 +18,22 @@ The math (one row i; z = h_i W^T / T are the tempered logits, y = targets[i]):
     logits).                                                   Saved for backward: lse and entropy (2N floats).
   Backward, given g = dL/dlogp and e = dL/dentropy, recompute each tile z, p = exp(z - lse), and
     dL/dz_j = g * (1[j = y] - p_j) - e * p_j * (z_j - E_p[z])       (E_p[z] = lse - entropy)
-    grad_hidden  += (dL/dz) W_block / T          grad_weight[block] += (dL/dz)^T h / T
-  Cost: 4 matmuls of N x V x D (forward 1, backward recompute 1 + 2) against the naive 3, in exchange for
-  memory that does not grow with N x V.
+    grad_hidden = (dL/dz) W / T          grad_weight = (dL/dz)^T h / T      (sums over vocab blocks / row blocks)
+  Cost, in matmuls of N x V x D (the naive way does 3), for memory that does not grow with N x V: the PyTorch
+  path 4 (forward 1, backward recompute 1 + 2); the Triton path 3 + 2R, R = cdiv(D, block_do) (see below):
+  7 at D = 896, 17 at D = 3584 with block_do = 512.
 
 Two implementations of this one algorithm:
-  * `_fwd_kernel` / `_bwd_kernel` (Triton): the forward runs one program per block of rows and loops over
-    vocab blocks; the backward runs one program per (row block, vocab block) tile and adds its contributions
-    into fp32 grad_hidden / grad_weight with atomic adds (so on a GPU the summation order, hence the last bits,
-    is not deterministic). Tiles are bf16 or fp32 in, fp32 accumulate; fp32 dots use full IEEE precision.
-    Only run here under the interpreter (CI has no GPU); GPU speed is not measured.
+  * Triton. `_fwd_kernel`: one program per (row block, vocab split), so that small N still fills the GPU; the
+    splits' (m, s, t, z_y) (4 x splits x N floats) are merged in PyTorch. Backward without atomics: every
+    gradient element is summed by one program in a fixed order and stored once, in the input dtype, so it is
+    deterministic on a GPU too. `_dh_kernel`: one program per (row block, D block) loops over vocab blocks;
+    `_dw_kernel`: one per (vocab block, D block) loops over row blocks. A register accumulator cannot hold a
+    whole row of D = 896..3584, so each of the R D blocks recomputes its logits tiles: the price of having no
+    atomic adds (one kernel per (row, vocab) tile does 4 matmuls but ~52 GB of contended fp32 atomic adds at
+    N = 4096, D = 896: each grad_hidden element is hit by V / 128 = 1,187 tiles). Tiles are bf16 or fp32 in, fp32
+    accumulate; fp32 dots use full IEEE precision; TRITON_BLOCKS are sized for bf16 (fp32 inputs spill).
+    Only run here under the interpreter (CI has no GPU); GPU speed is not measured: tests/bench_logprob.py --cuda.
   * `_torch_fwd` / `_torch_bwd` (PyTorch): the same streaming forward with big (chunk_n x chunk_v) tiles
     written into one reused buffer, 1/T folded into h; the backward builds -dL/dz of a tile in place and
     feeds it to two addmm calls. The CPU path, and the tests' second oracle besides the naive fp64 formula.
@@ -42,22 +48,31 @@ import triton.language as tl
 
 IGNORE = -100
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # triton reads it at import time, so must we
-TRITON_BLOCKS = dict(block_n=64, block_v=128, block_d=64)  # GPU defaults (no autotune: keep it auditable)
+# GPU sizes, fixed (no autotune: auditable), checked to compile for sm_90 in bf16 without register spills (slow
+# test): forward (block_n x block_v) logits tiles; every logits tile steps through D by block_d; the backward
+# programs accumulate a (block_m x block_do) fp32 tile of dh or dW over vocab or rows in steps of block_k
+TRITON_BLOCKS = dict(block_n=64, block_v=128, block_d=32, block_m=32, block_k=64, block_do=512, num_warps=8)
 TORCH_CHUNKS = dict(chunk_n=4096, chunk_v=4096)  # CPU: 64 MB fp32 tiles; see tests/bench_logprob.py
 
 
 # ----------------------------------------------------------------------------- Triton
 @triton.jit
-def _logits_tile(H, W, rows, cols, N, V, D, inv_temp,
+def _tile_ptrs(X, i0, n, D, d0, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Pointers to X[i0 : i0 + BLOCK, d0 : d0 + BLOCK_D] of a row-major (n, D) X, and the in-bounds mask."""
+    i, ds = i0 + tl.arange(0, BLOCK)[:, None], d0 + tl.arange(0, BLOCK_D)[None, :]
+    return X + i.to(tl.int64) * D + ds, (i < n) & (ds < D)  # int64: n * D may pass 2^31
+
+
+@triton.jit
+def _logits_tile(H, W, r0, c0, N, V, D, inv_temp,
                  BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
                  UPCAST: tl.constexpr, PREC: tl.constexpr):
-    """(BLOCK_N, BLOCK_V) fp32 tile of (H[rows] @ W[cols].T) * inv_temp; out-of-range entries are 0."""
+    """(BLOCK_N, BLOCK_V) fp32 tile of (H[r0:] @ W[c0:].T) * inv_temp; out-of-range entries are 0."""
     acc = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
-    ro, co = rows.to(tl.int64)[:, None] * D, cols.to(tl.int64)[:, None] * D  # int64: N * D may pass 2^31
     for d0 in range(0, D, BLOCK_D):
-        ds = d0 + tl.arange(0, BLOCK_D)
-        h = tl.load(H + ro + ds[None, :], mask=(rows[:, None] < N) & (ds[None, :] < D), other=0.0)
-        w = tl.load(W + co + ds[None, :], mask=(cols[:, None] < V) & (ds[None, :] < D), other=0.0)
+        hp, hm = _tile_ptrs(H, r0, N, D, d0, BLOCK_N, BLOCK_D)
+        wp, wm = _tile_ptrs(W, c0, V, D, d0, BLOCK_V, BLOCK_D)
+        h, w = tl.load(hp, mask=hm, other=0.0), tl.load(wp, mask=wm, other=0.0)
         if UPCAST:  # the interpreter's tl.dot returns garbage on bf16
             h, w = h.to(tl.float32), w.to(tl.float32)
         acc = tl.dot(h, tl.trans(w), acc, input_precision=PREC)
@@ -65,19 +80,22 @@ def _logits_tile(H, W, rows, cols, N, V, D, inv_temp,
 
 
 @triton.jit
-def _fwd_kernel(H, W, T, LOGP, LSE, ENT, N, V, D, inv_temp,
+def _fwd_kernel(H, W, T, PART, N, V, D, inv_temp, V_SPLIT,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
                 UPCAST: tl.constexpr, PREC: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    """Program (row block, vocab split): the online log-sum-exp over columns [v_lo, v_lo + V_SPLIT), written to
+    PART[:, split, rows] = (m, s, t, z at the target or 0); _TritonLogprob.forward merges the splits."""
+    r0, v_lo = tl.program_id(0) * BLOCK_N, tl.program_id(1) * V_SPLIT
+    rows = r0 + tl.arange(0, BLOCK_N)
     tgt = tl.load(T + rows, mask=rows < N, other=-100)
     m = tl.full([BLOCK_N], -1e30, dtype=tl.float32)  # running max (finite, so that (m - m') * 0 = 0)
     s = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum exp(z - m)
     t = tl.zeros([BLOCK_N], dtype=tl.float32)  # sum exp(z - m) * (z - m)
     zy = tl.zeros([BLOCK_N], dtype=tl.float32)  # z at the target
-    for v0 in range(0, V, BLOCK_V):
-        cols = v0 + tl.arange(0, BLOCK_V)
+    for c0 in range(v_lo, tl.minimum(v_lo + V_SPLIT, V), BLOCK_V):
+        cols = c0 + tl.arange(0, BLOCK_V)
         inv = cols[None, :] < V
-        z = _logits_tile(H, W, rows, cols, N, V, D, inv_temp, BLOCK_N, BLOCK_V, BLOCK_D, UPCAST, PREC)
+        z = _logits_tile(H, W, r0, c0, N, V, D, inv_temp, BLOCK_N, BLOCK_V, BLOCK_D, UPCAST, PREC)
         m_new = tl.maximum(m, tl.max(tl.where(inv, z, float("-inf")), 1))
         alpha = tl.exp(m - m_new)
         u = z - m_new[:, None]
@@ -86,25 +104,25 @@ def _fwd_kernel(H, W, T, LOGP, LSE, ENT, N, V, D, inv_temp,
         s = s * alpha + tl.sum(e, 1)
         zy += tl.sum(tl.where(cols[None, :] == tgt[:, None], z, 0.0), 1)
         m = m_new
-    lse = m + tl.log(s)
-    keep = tgt != -100
-    tl.store(LSE + rows, lse, mask=rows < N)
-    tl.store(LOGP + rows, tl.where(keep, zy - lse, 0.0), mask=rows < N)
-    tl.store(ENT + rows, tl.where(keep, tl.log(s) - t / s, 0.0), mask=rows < N)
+    out, plane, ok = PART + tl.program_id(1) * N + rows, tl.num_programs(1) * N, rows < N  # PART: (4, splits, N)
+    tl.store(out, m, mask=ok)
+    tl.store(out + plane, s, mask=ok)
+    tl.store(out + 2 * plane, t, mask=ok)
+    tl.store(out + 3 * plane, zy, mask=ok)
 
 
 @triton.jit
-def _bwd_kernel(H, W, T, LSE, ENT, G, GE, DH, DW, N, V, D, inv_temp,
-                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-                UPCAST: tl.constexpr, PREC: tl.constexpr, HAS_ENT: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+def _dz_tile(H, W, T, LSE, ENT, G, GE, r0, c0, N, V, D, inv_temp,
+             BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
+             UPCAST: tl.constexpr, PREC: tl.constexpr, HAS_ENT: tl.constexpr):
+    """(BLOCK_N, BLOCK_V) tile of dL/dz / T at rows r0:, columns c0:, from the recomputed logits; 0 outside."""
+    rows, cols = r0 + tl.arange(0, BLOCK_N), c0 + tl.arange(0, BLOCK_V)
     rmask = rows < N
     tgt = tl.load(T + rows, mask=rmask, other=-100)
     keep = tgt != -100
     lse = tl.load(LSE + rows, mask=rmask, other=0.0)
     g = tl.where(keep, tl.load(G + rows, mask=rmask, other=0.0), 0.0)
-    z = _logits_tile(H, W, rows, cols, N, V, D, inv_temp, BLOCK_N, BLOCK_V, BLOCK_D, UPCAST, PREC)
+    z = _logits_tile(H, W, r0, c0, N, V, D, inv_temp, BLOCK_N, BLOCK_V, BLOCK_D, UPCAST, PREC)
     p = tl.where(cols[None, :] < V, tl.exp(z - lse[:, None]), 0.0)
     dz = tl.where(cols[None, :] == tgt[:, None], g[:, None], 0.0) - p * g[:, None]
     if HAS_ENT:
@@ -112,36 +130,69 @@ def _bwd_kernel(H, W, T, LSE, ENT, G, GE, DH, DW, N, V, D, inv_temp,
         ez = lse - tl.load(ENT + rows, mask=rmask, other=0.0)  # E_p[z]
         dz -= ge[:, None] * p * (z - ez[:, None])
     dz = dz * inv_temp
-    if not UPCAST:
-        dz = dz.to(H.dtype.element_ty)  # tensor-core inputs match; accumulation stays fp32
-    ro, co = rows.to(tl.int64)[:, None] * D, cols.to(tl.int64)[:, None] * D
-    for d0 in range(0, D, BLOCK_D):
-        ds = d0 + tl.arange(0, BLOCK_D)
-        hm = rmask[:, None] & (ds[None, :] < D)
-        wm = (cols[:, None] < V) & (ds[None, :] < D)
-        h = tl.load(H + ro + ds[None, :], mask=hm, other=0.0)
-        w = tl.load(W + co + ds[None, :], mask=wm, other=0.0)
-        if UPCAST:
-            h, w = h.to(tl.float32), w.to(tl.float32)
-        tl.atomic_add(DH + ro + ds[None, :], tl.dot(dz, w, input_precision=PREC), mask=hm)
-        tl.atomic_add(DW + co + ds[None, :], tl.dot(tl.trans(dz), h, input_precision=PREC), mask=wm)
+    return dz if UPCAST else dz.to(H.dtype.element_ty)  # tensor-core inputs match; accumulation stays fp32
 
 
-def _meta(h, block_n, block_v, block_d):
+@triton.jit
+def _dh_kernel(H, W, T, LSE, ENT, G, GE, DH, N, V, D, inv_temp,
+               BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
+               UPCAST: tl.constexpr, PREC: tl.constexpr, HAS_ENT: tl.constexpr):
+    """Program (row block, D block): DH[rows, ds] = sum over all vocab blocks of dz @ W[cols, ds], stored once."""
+    r0, d0 = tl.program_id(0) * BLOCK_N, tl.program_id(1) * BLOCK_DO
+    acc = tl.zeros([BLOCK_N, BLOCK_DO], dtype=tl.float32)
+    for c0 in range(0, V, BLOCK_V):
+        dz = _dz_tile(H, W, T, LSE, ENT, G, GE, r0, c0, N, V, D, inv_temp,
+                      BLOCK_N, BLOCK_V, BLOCK_D, UPCAST, PREC, HAS_ENT)
+        wp, wm = _tile_ptrs(W, c0, V, D, d0, BLOCK_V, BLOCK_DO)
+        acc = tl.dot(dz, tl.load(wp, mask=wm, other=0.0).to(dz.dtype), acc, input_precision=PREC)
+    dp, dm = _tile_ptrs(DH, r0, N, D, d0, BLOCK_N, BLOCK_DO)
+    tl.store(dp, acc.to(DH.dtype.element_ty), mask=dm)
+
+
+@triton.jit
+def _dw_kernel(H, W, T, LSE, ENT, G, GE, DW, N, V, D, inv_temp,
+               BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
+               UPCAST: tl.constexpr, PREC: tl.constexpr, HAS_ENT: tl.constexpr):
+    """Program (vocab block, D block): DW[cols, ds] = sum over all row blocks of dz^T @ H[rows, ds], stored once."""
+    c0, d0 = tl.program_id(0) * BLOCK_V, tl.program_id(1) * BLOCK_DO
+    acc = tl.zeros([BLOCK_V, BLOCK_DO], dtype=tl.float32)
+    for r0 in range(0, N, BLOCK_N):
+        dz = _dz_tile(H, W, T, LSE, ENT, G, GE, r0, c0, N, V, D, inv_temp,
+                      BLOCK_N, BLOCK_V, BLOCK_D, UPCAST, PREC, HAS_ENT)
+        hp, hm = _tile_ptrs(H, r0, N, D, d0, BLOCK_N, BLOCK_DO)
+        acc = tl.dot(tl.trans(dz), tl.load(hp, mask=hm, other=0.0).to(dz.dtype), acc, input_precision=PREC)
+    dp, dm = _tile_ptrs(DW, c0, V, D, d0, BLOCK_V, BLOCK_DO)
+    tl.store(dp, acc.to(DW.dtype.element_ty), mask=dm)
+
+
+def _launch(kernel, grid, h, *args, rows, cols, s, **meta):
+    """kernel[grid] with (rows x cols) logits tiles and the shared compile-time options."""
     prec = "ieee" if h.dtype == torch.float32 else "tf32"  # tf32 is ignored for bf16/fp16 inputs
-    return dict(BLOCK_N=block_n, BLOCK_V=block_v, BLOCK_D=block_d, UPCAST=INTERPRET, PREC=prec)
+    kernel[grid](h, *args, BLOCK_N=rows, BLOCK_V=cols, BLOCK_D=s["block_d"], UPCAST=INTERPRET, PREC=prec,
+                 num_warps=s["num_warps"], **meta)
 
 
 class _TritonLogprob(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, w, t, temperature, block_n, block_v, block_d):
+    def forward(ctx, h, w, t, temperature, s):
         h, w, t = h.contiguous(), w.contiguous(), t.contiguous()
-        (N, D), V = h.shape, w.shape[0]
-        logp, lse, ent = (torch.empty(N, device=h.device, dtype=torch.float32) for _ in range(3))
-        meta = _meta(h, block_n, block_v, block_d)
-        _fwd_kernel[(triton.cdiv(N, block_n),)](h, w, t, logp, lse, ent, N, V, D, 1.0 / temperature, **meta)
+        (N, D), V, bn, bv = h.shape, w.shape[0], s["block_n"], s["block_v"]
+        # one program per row block leaves most SMs idle at small N: split the vocab too, to ~4 programs per SM
+        sms = torch.cuda.get_device_properties(h.device).multi_processor_count if h.is_cuda else 2  # 2: tests split
+        per = triton.cdiv(triton.cdiv(V, bv), triton.cdiv(4 * sms, triton.cdiv(max(N, 1), bn)))  # vocab blocks
+        splits = triton.cdiv(V, per * bv)
+        part = torch.empty(4, splits, N, device=h.device, dtype=torch.float32)
+        _launch(_fwd_kernel, (triton.cdiv(N, bn), splits), h, w, t, part, N, V, D, 1 / temperature, per * bv,
+                rows=bn, cols=bv, s=s)
+        m, sz, tz, zy = part  # (splits, N) each: merge the splits' sums at their common max, as the kernel does
+        mx = m.amax(0)
+        a = torch.exp(m - mx)
+        sz, tz = (a * sz).sum(0), (a * (tz + (m - mx) * sz)).sum(0)
+        lse, keep = mx + sz.log(), t != IGNORE
+        logp = torch.where(keep, zy.sum(0) - lse, 0)
+        ent = torch.where(keep, sz.log() - tz / sz, 0)
         ctx.save_for_backward(h, w, t, lse, ent)
-        ctx.args = (temperature, block_n, block_v, block_d)
+        ctx.args = (temperature, s)
         ctx.mark_non_differentiable(lse)
         ctx.set_materialize_grads(False)  # unused outputs arrive as None: skip their terms
         return logp, ent, lse
@@ -149,17 +200,19 @@ class _TritonLogprob(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g, ge, _):
         h, w, t, lse, ent = ctx.saved_tensors
-        temperature, block_n, block_v, block_d = ctx.args
-        (N, D), V = h.shape, w.shape[0]
-        dh = torch.zeros(N, D, device=h.device, dtype=torch.float32)
-        dw = torch.zeros(V, D, device=h.device, dtype=torch.float32)
+        temperature, s = ctx.args
+        (N, D), V, bm, bk, bdo = h.shape, w.shape[0], s["block_m"], s["block_k"], s["block_do"]
+        dh, dw = torch.empty_like(h), torch.empty_like(w)  # each element is stored once, by one program
         has_ent = ge is not None
         g = torch.zeros_like(lse) if g is None else g.float().contiguous()
         ge = ge.float().contiguous() if has_ent else g  # dummy pointer when unused
-        grid = (triton.cdiv(N, block_n), triton.cdiv(V, block_v))
-        _bwd_kernel[grid](h, w, t, lse, ent, g, ge, dh, dw, N, V, D, 1.0 / temperature,
-                          HAS_ENT=has_ent, **_meta(h, block_n, block_v, block_d))
-        return dh.to(h.dtype), dw.to(w.dtype), None, None, None, None, None
+        args = (h, w, t, lse, ent, g, ge)
+        meta = dict(BLOCK_DO=bdo, HAS_ENT=has_ent, s=s)
+        _launch(_dh_kernel, (triton.cdiv(N, bm), triton.cdiv(D, bdo)), *args, dh, N, V, D, 1 / temperature,
+                rows=bm, cols=bk, **meta)
+        _launch(_dw_kernel, (triton.cdiv(V, bm), triton.cdiv(D, bdo)), *args, dw, N, V, D, 1 / temperature,
+                rows=bk, cols=bm, **meta)
+        return dh, dw, None, None, None
 
 
 # ----------------------------------------------------------------------------- PyTorch
@@ -290,7 +343,7 @@ def token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=Fals
     if backend == "triton":
         if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"token_logprobs: the Triton path takes fp32/bf16/fp16, got {hidden.dtype}")
-        logp, ent, _ = _TritonLogprob.apply(hidden, weight, targets, float(temperature), *sizes.values())
+        logp, ent, _ = _TritonLogprob.apply(hidden, weight, targets, float(temperature), sizes)
     else:
         logp, ent = _TorchLogprob.apply(hidden, weight, targets, float(temperature), return_entropy, *sizes.values())
     return (logp, ent) if return_entropy else logp
