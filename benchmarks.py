@@ -89,12 +89,13 @@ def load_medmcqa(i, r, name, zero_based=False):
 
 
 def load_medxpertqa(i, r, name):
-    if isinstance(r["options"], list):  # official eval-input layout: [{letter, content}], label ["X"]
-        stem = r["question"][:r["question"].rfind("Answer Choices:")] if "Answer Choices:" in r["question"] \
-            else r["question"]
-        opts = {o["letter"]: o["content"] for o in r["options"]}
-    else:
-        stem, opts = r["question"], r["options"]
+    opts = r["options"]  # HF Text/test.jsonl: {A: ..}, label "X"; eval input: [{letter, content}], label ["X"]
+    opts = opts if isinstance(opts, dict) else {o["letter"]: o["content"] for o in opts}
+    stem = r["question"]
+    if "Answer Choices:" in stem:  # either layout may end the question with the options again: keep the stem
+        stem, listed = _split_choices(stem)
+        if listed != [v.strip() for v in opts.values()]:
+            raise Reject("the question's 'Answer Choices' block differs from its options")
     return _rec(name, r.get("id", i), stem, opts, _one_letter(r["label"]), task=r.get("medical_task"),
                 body_system=r.get("body_system"), question_type=r.get("question_type"))
 

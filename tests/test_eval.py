@@ -80,6 +80,25 @@ def test_loaders_map_the_gold_answer_to_the_right_option_text():
 
 
 @needs_bench
+def test_medxpertqa_hf_layout_drops_the_answer_choices_block(tmp_path):
+    """HF Text/test.jsonl: options a dict, label "X", the question still ending with "Answer Choices: (A) ...".
+    That file is not here: rebuilt from the official eval-input rows (the same text), its items must load exactly as
+    the copies whose block was already stripped (MedReason's MedXpertQA_test.jsonl): the options listed once."""
+    raw = [json.loads(l) for l in open(B("medxpertqa", "medxpertqa_sampled_text_input.jsonl"))]
+    hf = [{**r, "options": {o["letter"]: o["content"] for o in r["options"]}, "label": r["label"][0]} for r in raw]
+    bad = {**hf[0], "id": "x", "options": {**hf[0]["options"], "A": "something else"}}
+    write_jsonl(str(tmp_path / "test.jsonl"), hf + [bad])
+    rej = []
+    recs = load_benchmark("medxpertqa", str(tmp_path / "test.jsonl"), rej)
+    assert len(recs) == 244 and [x["reason"] for x in rej] == [
+        "the question's 'Answer Choices' block differs from its options"]
+    stripped = {r["id"]: r for r in load_benchmark("medxpertqa", B("medxpertqa", "MedXpertQA_test.jsonl"))}
+    same = [r for r in recs if r["id"] in stripped]
+    assert len(same) == 133 and all(r == stripped[r["id"]] for r in same)
+    assert all("Answer Choices" not in r["question"] for r in recs)
+
+
+@needs_bench
 def test_cmexam_rejects_multi_answer_rows_with_a_reason():
     rows = list(csv.DictReader(open(B("cmexam", "val.csv"), encoding="utf-8")))
     rej = []
