@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from common import eos_ids
 from kernels.logprob import token_logprobs
 
 IGNORE = -100  # the target of a position that predicts nothing (prompt tokens, pads)
@@ -351,8 +352,16 @@ def _atomic_dir(path, write):
 
 def _write_hf(d, model, sd, tokenizer):
     dtype = str(next(iter(sd.values())).dtype).removeprefix("torch.")
+    gen = {}  # the ids transformers' / vLLM's generate() stop on (else it runs to max_new_tokens) and pad with
+    if tokenizer is not None:  # both ChatML ends, as in Qwen's generation_config.json and our sampler
+        gen = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids(tokenizer),
+                   pad_token_id=tokenizer.pad_token_id)
+        gen = {k: v for k, v in gen.items() if v not in (None, [])}
     with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump({**model.config.to_hf(), "dtype": dtype}, f, indent=2)
+        json.dump({**model.config.to_hf(), "dtype": dtype, **gen}, f, indent=2)
+    if gen:
+        with open(os.path.join(d, "generation_config.json"), "w") as f:
+            json.dump(gen, f, indent=2)
     save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(d, "model.safetensors"),
               metadata={"format": "pt"})
     if tokenizer is not None:
@@ -360,7 +369,8 @@ def _write_hf(d, model, sd, tokenizer):
 
 
 def save_model(model, path, tokenizer=None):
-    """Write an HF folder (config.json + model.safetensors [+ tokenizer]). Every rank calls it; rank 0 writes."""
+    """Write an HF folder (config.json + model.safetensors [+ tokenizer, generation_config.json]). Every rank calls
+    it; rank 0 writes."""
     sd = full_state_dict(model)
     if _rank() == 0:
         _atomic_dir(path, lambda d: _write_hf(d, model, sd, tokenizer))

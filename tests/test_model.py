@@ -204,3 +204,28 @@ def test_save_state_load_state_single_process(tmp_path):
         mm(ids).logsumexp(-1).mean().backward()
         oo.step()
     assert all(torch.equal(a, b) for a, b in zip(m.parameters(), m2.parameters()))
+
+
+def test_saved_model_stops_at_im_end_in_transformers_generate(tmp_path):
+    """config.json and generation_config.json carry the ChatML end ids: transformers' generate() stops after the
+    answer instead of running to max_new_tokens (a model trained to answer "fever" then <|im_end|>)."""
+    from common import chat_ids
+    from model import init_model, train_tokenizer
+    tok = train_tokenizer(["the patient with fever and cough"] * 20, str(tmp_path / "tok"), vocab_size=300)
+    m = init_model(str(tmp_path / "init"), len(tok), tokenizer=tok, hidden_size=32, intermediate_size=64)
+    prompt = chat_ids(tok, [{"role": "user", "content": "the patient with"}])
+    answer = tok("fever")["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+    ids = torch.tensor([prompt + answer])
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(m(ids[:, :-1])[0, len(prompt) - 1:], ids[0, len(prompt):])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    save_model(m, str(tmp_path / "m"), tok)
+    assert json.loads((tmp_path / "m" / "generation_config.json").read_text())["eos_token_id"] == [
+        tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).eval()
+    out = hf.generate(ids[:, :len(prompt)], attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                      max_new_tokens=20, do_sample=False)
+    assert out[0, len(prompt):].tolist() == answer
