@@ -21,6 +21,7 @@ import re
 import sys
 import threading
 import time
+import unicodedata
 import xml.etree.ElementTree as ET
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTU"  # JMED has 21 options, A..U
@@ -125,6 +126,19 @@ def read_records(path):
             raise ValueError(f"{path}:{i}: {problem}")
         recs.append(rec)
     return recs
+
+
+def norm_text(text):
+    """NFKC, whitespace runs as one space, lower case: the form in which two texts count as the same."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().lower()
+
+
+def item_keys(rec):
+    """Two records are one item when they share a key: the option set with the normalised question, or with the id.
+    Neither question nor id alone: generic stems recur with other options (48 in CareQA, "Indicate the correct
+    answer:"), and loaders without ids number rows (MedQA train and test both have medqa-17)."""
+    opts = frozenset(map(norm_text, rec["options"].values()))
+    return (opts, norm_text(rec["question"])), (opts, "id", rec["id"])
 
 # ----------------------------------------------------------------------------------------------------------
 # the prompt

@@ -1,4 +1,4 @@
-"""Build the training pool: format filter, anonymisation, dedup, decontamination, label verification, difficulty
+"""Build the training pool: format filter, decontamination, anonymisation, dedup, label verification, difficulty
 and mixing (Fleming-R1, arXiv 2509.15279, sec. 3.1 "Reasoning-Oriented Data Strategy"), in that order.
 
 Reads  synth.py's train.jsonl (--synthetic) and public training sets (--public name=path: benchmarks.py's formats).
@@ -9,6 +9,9 @@ Difficulty (--difficulty): llm (a judge model, JUDGE's definitions after the pap
 p over k samples: > 2/3 easy, > 1/3 moderate, else difficult) or heuristic (common.difficulty_heuristic). --mix:
 fractions ("public=0.6,synthetic=0.4") or counts per source, stratified by tier within a group. Synthetic train and
 test are disjoint by instance already: decontaminating one against the other flags ~37% on template wording alone.
+With --public, --decontaminate (every benchmark eval.py will score) is required, or an explicit --no-decontaminate:
+public training sets are where evaluation items hide, and a forgotten flag must stop the run, not leak silently.
+A flag rather than an eval manifest: no new file format, and the command shows what the pool was checked against.
 
 Deliberate departures from the paper:
   1. The heuristic tiers (hops x rarity) stand in for a judge model where no LLM runs: the tiny preset.
@@ -20,12 +23,11 @@ import json
 import os
 import random
 import re
-import unicodedata
 from collections import Counter, defaultdict
 
 from benchmarks import load_benchmark
 from common import (DIFFICULTIES, Progress, atomic_write, build_messages, check_record, difficulty_heuristic,
-                    extract_answer, iter_jsonl, make_llm, parse_with_preset, write_jsonl)
+                    extract_answer, item_keys, iter_jsonl, make_llm, norm_text, parse_with_preset, write_jsonl)
 
 TINY = dict(difficulty="heuristic")  # --tiny: the tiny CPU run has no LLM judge: tiers from hops x rarity
 
@@ -69,10 +71,6 @@ TAG = re.compile(r"<(/?)([a-zA-Z][a-zA-Z0-9]*)\b[^<>]*?(/?)>")
 VOID = {"br", "hr", "img", "wbr", "input", "meta", "link"}
 
 
-def norm(text):
-    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text)).strip().lower()
-
-
 def unbalanced(text):
     depth = Counter()
     for close, tag, selfclose in TAG.findall(text):
@@ -94,7 +92,7 @@ def check_format(rec):
         return "too_few_options"
     if any(not isinstance(v, str) or not v.strip() for v in opts.values()):
         return "empty_option"
-    if len({norm(v) for v in opts.values()}) < len(opts):
+    if len({norm_text(v) for v in opts.values()}) < len(opts):
         return "duplicate_options"
     if isinstance(ans, list) and len(ans) == 1:
         ans = rec["answer"] = ans[0]
@@ -140,7 +138,7 @@ def anonymise(text):
 
 def tokens(text):
     """Words, and single CJK characters (Chinese has no spaces), of normalised text."""
-    return re.findall(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W_\u3400-\u9fff\uf900-\ufaff]+", norm(text))
+    return re.findall(r"[\u3400-\u9fff\uf900-\ufaff]|[^\W_\u3400-\u9fff\uf900-\ufaff]+", norm_text(text))
 
 
 def ngrams(toks, n):
@@ -157,8 +155,8 @@ def dedup(recs, threshold=0.8, n=5, cap=50):
     by at most `cap` items (template phrases only score): near-linear."""
     kept, dropped, exact, index, shingles = [], [], {}, defaultdict(list), []
     for rec in recs:
-        key = hashlib.sha1((norm(rec["question"]) + "\x00" + "\x00".join(sorted(map(norm, rec["options"].values()))))
-                           .encode()).hexdigest()
+        key = "\x00".join([norm_text(rec["question"])] + sorted(map(norm_text, rec["options"].values())))
+        key = hashlib.sha1(key.encode()).hexdigest()
         if key in exact:
             dropped.append((rec, f"duplicate of {exact[key]}"))
             continue
@@ -184,15 +182,19 @@ def dedup(recs, threshold=0.8, n=5, cap=50):
 def decontaminate(recs, benches, n=13, min_frac=0.2):
     """(kept, [(rec, reason)], per-benchmark counts): removed when >= min_frac of its question's token n-grams occur
     in one benchmark's questions. A fraction, not "any shared n-gram": MedQA boilerplate ("... oxygen saturation is
-    98% on room air ...") shares 13-grams between unrelated items (<= 0.1 of them), a lightly edited copy > 0.5."""
+    98% on room air ...") shares 13-grams between unrelated items (<= 0.1 of them), a lightly edited copy > 0.5.
+    A benchmark item itself (common.item_keys: its options with its question or id) goes whatever n and min_frac."""
     grams = {name: set().union(*[ngrams(tokens(b["question"]), n) for b in items]) for name, items in benches.items()}
+    same = {k: name for name, items in benches.items() for b in items for k in item_keys(b)}
     kept, dropped, per = [], [], Counter({name: 0 for name in benches})
     for rec in recs:
         own = ngrams(tokens(rec["question"]), n)
         frac, hit = max(((len(own & g) / max(1, len(own)), name) for name, g in grams.items()), default=(0, None))
-        if frac >= min_frac:
-            per[hit] += 1
-            dropped.append((rec, f"contaminated: {frac:.0%} of its {n}-grams are in {hit}"))
+        copy = next((same[k] for k in item_keys(rec) if k in same), None)
+        if copy or frac >= min_frac:
+            per[copy or hit] += 1
+            dropped.append((rec, f"contaminated: an item of {copy}" if copy else
+                            f"contaminated: {frac:.0%} of its {n}-grams are in {hit}"))
         else:
             kept.append(rec)
     return kept, dropped, dict(per)
@@ -316,6 +318,11 @@ def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=
                 reject(r, why, where=r.get("meta", {}).get("origin") if isinstance(r, dict) else None)
             else:
                 recs.append(r)
+    # before anonymisation, which would hide a verbatim copy of a benchmark item from the exact match
+    bench_recs = {name: load_source(name, path)[0] for name, path in benches}
+    recs, dropped, stats["decontaminated"] = decontaminate(recs, bench_recs, ngram, contam_frac)
+    for r, why in dropped:
+        reject(r, why)
     anon = Counter()
     for r in recs:  # the question only: an option that is a date or a name is the answer, not personal data
         r["question"], found = anonymise(r["question"])
@@ -325,12 +332,6 @@ def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=
             anon["items"] += 1
     stats["anonymised"] = dict(anon)
     recs, dropped = dedup(recs, near_threshold)
-    for r, why in dropped:
-        reject(r, why)
-    bench_recs = {}
-    for name, path in benches:
-        bench_recs[name] = load_source(name, path)[0]
-    recs, dropped, stats["decontaminated"] = decontaminate(recs, bench_recs, ngram, contam_frac)
     for r, why in dropped:
         reject(r, why)
     review = []
@@ -380,7 +381,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--synthetic", action="append", default=[], help="synth.py train.jsonl (repeatable)")
     p.add_argument("--public", nargs="*", default=[], help="name=path, name as in eval.py (medqa, cmexam, ...)")
-    p.add_argument("--decontaminate", nargs="*", default=[], help="name=path of evaluation benchmarks")
+    p.add_argument("--decontaminate", nargs="*", default=[], help="name=path of every evaluation benchmark")
+    p.add_argument("--no-decontaminate", action="store_true", help="allow --public without --decontaminate")
     p.add_argument("--out", required=True)
     p.add_argument("--verify", default=None, help="verifier: OpenAI-compatible base URL or model folder")
     p.add_argument("--judge", default=None, help="difficulty model (llm judge or pass-rate); default: --verify")
@@ -398,6 +400,10 @@ def main(argv=None):
     sources = [("synthetic", s) for s in a.synthetic] + pairs(a.public, "--public")
     if not sources:
         p.error("give --synthetic and/or --public")
+    if a.public and not a.decontaminate and not a.no_decontaminate:
+        p.error("--public training sets can hold the very items eval.py scores (PubMedQA's 1,000 labelled ones are "
+                "both): name every benchmark you will evaluate on with --decontaminate name=path (as for eval.py "
+                "--bench), or pass --no-decontaminate to keep them unchecked")
     run(sources, a.out, pairs(a.decontaminate, "--decontaminate"), a.verify, a.difficulty,
         parse_mix(a.mix) if a.mix else None, a.k, a.seed, a.near_threshold, a.ngram, a.rare_quantile, a.llm_model,
         a.contam_frac, a.judge, a.max_tokens)

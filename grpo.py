@@ -63,7 +63,7 @@ def get_args(argv=None):
     a("--data", required=True, help="filter.py pool: unified records with difficulty")
     a("--init", required=True, help="HF folder with tokenizer to start from")
     a("--out", required=True, help="RUN_DIR")
-    a("--val", help="validation records; greedy accuracy on them selects RUN_DIR/best")
+    a("--val", help="validation records, none of them in --data; greedy accuracy on them selects RUN_DIR/best")
     a("--pool", help="stage 2: hard_pool.jsonl from mine.py (default: mine it at step 0)")
     a("--review", help="filter.py review.jsonl: flagged items are never mined")
     a("--seed", type=int, default=0)
@@ -352,6 +352,11 @@ def load_data(args, world):
     by_id = {r["id"]: r for r in records}
     val = common.read_records(args.val)[:args.val_limit or None] if args.val else []
     val_key = f"{os.path.abspath(args.val or '')}:{len(val)}:{args.max_new_tokens}"
+    keys = {k for r in records for k in common.item_keys(r)}
+    leak = [v["id"] for v in val if any(k in keys for k in common.item_keys(v))]
+    if leak:  # best/ would be chosen on items the policy trains on
+        raise SystemExit(f"--val {args.val}: {len(leak)} of its {len(val)} records are items of the training pool "
+                         f"--data {args.data} (same options, and question or id), e.g. {', '.join(leak[:5])}")
     if args.prompts % world:
         raise SystemExit(f"--prompts {args.prompts} must be a multiple of the world size {world}")
     if args.stage == 1:

@@ -120,6 +120,46 @@ def test_decontamination_counts_per_benchmark():
     assert per == {"medqa": 5, "pubmedqa": 0} and len(kept) == len(train)  # shared boilerplate is not a leak
 
 
+def test_decontamination_always_drops_benchmark_items():
+    """Whatever n and min_frac (here: off): an item of a benchmark goes, a copy under another id or its id with
+    its options; the same id with other options (row-numbered ids) and a generic stem with other options stay."""
+    bench = [rec(i, q="Indicate the correct answer about drug %d.", source="medqa") for i in range(5)]
+    train = [dict(bench[0], id="copy", question="  INDICATE the correct\nanswer about drug 0. "),
+             dict(bench[1], question="Indicate, edited, the answer about drug 1."),
+             dict(bench[2], options={"A": "x", "B": "y"}), dict(bench[3], id="x", options={"A": "x", "B": "y"})]
+    kept, dropped, per = F.decontaminate(train, {"medqa": bench}, min_frac=1.1)
+    assert [r["id"] for r, _ in dropped] == ["copy", "r1"] and per == {"medqa": 2}
+    assert [r["id"] for r in kept] == ["r2", "x"] and dropped[0][1] == "contaminated: an item of medqa"
+
+
+def test_decontamination_sees_the_text_before_anonymisation(tmp_path):
+    item = rec(1, q="Seen on March 3, 2021 with drug %d: which?")
+    write(tmp_path / "eval.jsonl", [item])
+    write(tmp_path / "pub.jsonl", [dict(item, id="copy"), rec(2)])
+    stats = F.run([("jsonl", str(tmp_path / "pub.jsonl"))], str(tmp_path / "out"),
+                  [("jsonl", str(tmp_path / "eval.jsonl"))], difficulty="heuristic", contam_frac=1.1)
+    assert stats["decontaminated"] == {"jsonl": 1} and stats["pool"] == 1
+
+
+@needs_bench
+def test_cli_refuses_public_sets_without_decontamination(tmp_path):
+    """Issue 35's leak: PubMedQA's 1,000 labelled items as training data while eval.py scores them. Without
+    --decontaminate (or an explicit --no-decontaminate) filter.py stops; with the official 500-item test split
+    named, exactly those 500 leave the pool."""
+    pqal = os.path.join(BENCH, "pubmedqa", "ori_pqal.json")
+    cmd = [sys.executable, "filter.py", "--public", f"pubmedqa={pqal}", "--out", str(tmp_path / "out"), "--tiny"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "name every benchmark you will evaluate on with --decontaminate" in r.stderr
+    assert "--no-decontaminate" in r.stderr and not (tmp_path / "out").exists()
+    r = subprocess.run(cmd + ["--decontaminate", f"pubmedqa500={pqal}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    test = set(json.load(open(os.path.join(BENCH, "pubmedqa", "test_ground_truth.json"))))
+    rej = {x["id"].removeprefix("pubmedqa-"): x["reason"] for x in read_jsonl(tmp_path / "out" / "rejects.jsonl")}
+    assert test <= set(rej) and [*rej.values()].count("contaminated: an item of pubmedqa500") == 497  # 3: markup
+    assert not {r["id"].removeprefix("pubmedqa-") for r in read_records(tmp_path / "out" / "train.jsonl")} & test
+
+
 @pytest.mark.parametrize("text,kinds", [
     ("Mr. John Smith, 45-year-old, was seen on March 3, 2021.", {"name": 1, "date": 1}),
     ("Contact jane.doe@example.org or (555) 123-4567.", {"email": 1, "phone": 1}),
@@ -244,8 +284,8 @@ def test_cli_tiny(tmp_path):
     rows[-1]["id"] = "dup"
     write(tmp_path / "syn.jsonl", rows)
     r = subprocess.run([sys.executable, "filter.py", "--synthetic", str(tmp_path / "syn.jsonl"), "--public",
-                        f"medqa={MEDQA_TRAIN}", "--out", str(tmp_path / "out"), "--tiny", "--mix",
-                        "public=0.5,synthetic=0.5"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+                        f"medqa={MEDQA_TRAIN}", "--no-decontaminate", "--out", str(tmp_path / "out"), "--tiny",
+                        "--mix", "public=0.5,synthetic=0.5"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     pool = read_records(tmp_path / "out" / "train.jsonl")
     assert Counter(p["source"] for p in pool) == {"medqa": 30, "synthetic": 30}

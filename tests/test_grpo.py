@@ -4,6 +4,7 @@ kill-and-resume. Run as a script (under torchrun) it is the distributed worker o
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -124,6 +125,25 @@ def test_plateau_rules():
     flat = rising[:4] + [0.3] * 8  # the moving average stops improving after step 5
     assert grpo.plateau(flat, [0.0] * 12, w, pat, 0.01, 0.9).startswith("reward plateau")
     assert grpo.plateau(flat[:9], [0.0] * 9, w, pat, 0.01, 0.9) is None  # still rising within `patience`
+
+
+def test_val_overlapping_the_pool_is_refused(tmp_path):
+    """--val must hold no item of --data: not a copy under another id, nor the same id with the same options. The
+    same question with other options is another item (3 such stems here), as is the same id with other options."""
+    recs, val = make_records(20), make_records(12, seed=1)
+    for r in val:
+        r["id"] = "v" + r["id"]
+    assert sum(v["question"] in {r["question"] for r in recs} for v in val) == 3
+    leak = [dict(recs[3], id="copy"), dict(val[0], id="q5", options=recs[5]["options"])]
+    common.write_jsonl(tmp_path / "data.jsonl", recs)
+    common.write_jsonl(tmp_path / "val.jsonl", val + [dict(val[1], id="q7")])
+    args = grpo.get_args(["--stage", "1", "--data", str(tmp_path / "data.jsonl"), "--val", str(tmp_path / "val.jsonl"),
+                          "--init", "x", "--out", "y", "--prompts", "4"])
+    assert len(grpo.load_data(args, 1)[2]) == 13
+    common.write_jsonl(tmp_path / "val.jsonl", val + leak)
+    msg = f"--val {tmp_path}/val.jsonl: 2 of its 14 records are items of the training pool --data {tmp_path}/data.jsonl"
+    with pytest.raises(SystemExit, match=re.escape(msg) + ".*e.g. copy, q5"):
+        grpo.load_data(args, 1)
 
 
 def tiny_model(seed=0):
