@@ -19,26 +19,25 @@ The math (one row i; z = h_i W^T / T are the tempered logits, y = targets[i]):
   Backward, given g = dL/dlogp and e = dL/dentropy, recompute each tile z, p = exp(z - lse), and
     dL/dz_j = g * (1[j = y] - p_j) - e * p_j * (z_j - E_p[z])       (E_p[z] = lse - entropy)
     grad_hidden = (dL/dz) W / T          grad_weight = (dL/dz)^T h / T      (sums over vocab blocks / row blocks)
-  Cost, in matmuls of N x V x D (the naive way does 3), for memory that does not grow with N x V: the PyTorch
-  path 4 (forward 1, backward recompute 1 + 2); the Triton path 3 + 2R, R = cdiv(D, block_do) (see below):
-  7 at D = 896, 17 at D = 3584 with block_do = 512.
+  Cost, in matmuls of N x V x D (the naive way does 3): 4 (forward 1; backward: recompute 1, then 1 each for
+  grad_hidden and grad_weight), for extra memory that does not grow with N x V.
 
-Two implementations of this one algorithm:
-  * Triton. `_fwd_kernel`: one program per (row block, vocab split), so that small N still fills the GPU; the
-    splits' (m, s, t, z_y) (4 x splits x N floats) are merged in PyTorch. Backward without atomics: every
-    gradient element is summed by one program in a fixed order and stored once, in the input dtype, so it is
-    deterministic on a GPU too. `_dh_kernel`: one program per (row block, D block) loops over vocab blocks;
-    `_dw_kernel`: one per (vocab block, D block) loops over row blocks. A register accumulator cannot hold a
-    whole row of D = 896..3584, so each of the R D blocks recomputes its logits tiles: the price of having no
-    atomic adds (one kernel per (row, vocab) tile does 4 matmuls but ~52 GB of contended fp32 atomic adds at
-    N = 4096, D = 896: each grad_hidden element is hit by V / 128 = 1,187 tiles). Tiles are bf16 or fp32 in, fp32
-    accumulate; fp32 dots use full IEEE precision; TRITON_BLOCKS are sized for bf16 (fp32 inputs spill).
-    Only run here under the interpreter (CI has no GPU); GPU speed is not measured: tests/bench_logprob.py --cuda.
-  * `_torch_fwd` / `_torch_bwd` (PyTorch): the same streaming forward with big (chunk_n x chunk_v) tiles
-    written into one reused buffer, 1/T folded into h; the backward builds -dL/dz of a tile in place and
-    feeds it to two addmm calls. The CPU path, and the tests' second oracle besides the naive fp64 formula.
+Two forwards of this one algorithm, one backward:
+  * Triton `_fwd_kernel`: one program per (row block, vocab split), so that small N still fills the GPU; the
+    splits' (m, s, t, z_y) (4 x splits x N floats) are merged in PyTorch. Tiles are bf16 or fp32 in, fp32
+    accumulate; fp32 dots use full IEEE precision; TRITON_BLOCKS are sized for bf16 (fp32 inputs spill). Only run
+    here under the interpreter (CI has no GPU); GPU speed is not measured: tests/bench_logprob.py --cuda.
+  * `_torch_fwd` (PyTorch): the same streaming forward with big (chunk_n x chunk_v) tiles written into one reused
+    buffer, 1/T folded into h. The CPU path, and the tests' second oracle besides the naive fp64 formula.
+  * `_torch_bwd`, the backward of both: each (chunk_n x chunk_v) logits tile is recomputed by one matmul, turned
+    into -dL/dz in place and fed to two addmm calls (cuBLAS on a GPU), in fp32 on upcast inputs (on a GPU at the
+    fp32 rate, or TF32 if torch.backends.cuda.matmul.allow_tf32). Memory: one fp32 tile (two with the entropy;
+    256 MB each at the GPU's 8192 x 8192) and fp32 gradient accumulators (V x D: 2.2 GB at Qwen2.5-7B). Every
+    sum runs in a fixed order without atomic adds: deterministic. Not Triton: registers cannot hold a row of
+    D = 896..3584, so a kernel without atomics recomputes each tile once per D block (17 matmuls at D = 3584 in
+    512-wide blocks), and one with atomics has ~1,200 vocab tiles adding into each grad_hidden element.
     Measured (tests/bench_logprob.py, N=4096 D=896 V=151936 fp32, 2 CPU cores): see the README.
-Dispatch: CUDA -> Triton; CPU -> PyTorch, or Triton under TRITON_INTERPRET=1 (how CI exercises the kernel).
+Dispatch (the forward): CUDA -> Triton; CPU -> PyTorch, or Triton under TRITON_INTERPRET=1 (how CI exercises it).
 """
 import os
 
@@ -48,10 +47,10 @@ import triton.language as tl
 
 IGNORE = -100
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # triton reads it at import time, so must we
-# GPU sizes, fixed (no autotune: auditable), checked to compile for sm_90 in bf16 without register spills (slow
-# test): forward (block_n x block_v) logits tiles; every logits tile steps through D by block_d; the backward
-# programs accumulate a (block_m x block_do) fp32 tile of dh or dW over vocab or rows in steps of block_k
-TRITON_BLOCKS = dict(block_n=64, block_v=128, block_d=32, block_m=32, block_k=64, block_do=512, num_warps=8)
+# GPU sizes, fixed (no autotune: auditable): forward (block_n x block_v) logits tiles, each stepping through D by
+# block_d, checked to compile for sm_90 in bf16 without register spills (slow test); backward (_torch_bwd):
+# (chunk_n x chunk_v) fp32 tiles of 256 MB: few, large cuBLAS calls, small next to a GPU's memory
+TRITON_BLOCKS = dict(block_n=64, block_v=128, block_d=32, num_warps=8, chunk_n=8192, chunk_v=8192)
 TORCH_CHUNKS = dict(chunk_n=4096, chunk_v=4096)  # CPU: 64 MB fp32 tiles; see tests/bench_logprob.py
 
 
@@ -111,67 +110,6 @@ def _fwd_kernel(H, W, T, PART, N, V, D, inv_temp, V_SPLIT,
     tl.store(out + 3 * plane, zy, mask=ok)
 
 
-@triton.jit
-def _dz_tile(H, W, T, LSE, ENT, G, GE, r0, c0, N, V, D, inv_temp,
-             BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
-             UPCAST: tl.constexpr, PREC: tl.constexpr, HAS_ENT: tl.constexpr):
-    """(BLOCK_N, BLOCK_V) tile of dL/dz / T at rows r0:, columns c0:, from the recomputed logits; 0 outside."""
-    rows, cols = r0 + tl.arange(0, BLOCK_N), c0 + tl.arange(0, BLOCK_V)
-    rmask = rows < N
-    tgt = tl.load(T + rows, mask=rmask, other=-100)
-    keep = tgt != -100
-    lse = tl.load(LSE + rows, mask=rmask, other=0.0)
-    g = tl.where(keep, tl.load(G + rows, mask=rmask, other=0.0), 0.0)
-    z = _logits_tile(H, W, r0, c0, N, V, D, inv_temp, BLOCK_N, BLOCK_V, BLOCK_D, UPCAST, PREC)
-    p = tl.where(cols[None, :] < V, tl.exp(z - lse[:, None]), 0.0)
-    dz = tl.where(cols[None, :] == tgt[:, None], g[:, None], 0.0) - p * g[:, None]
-    if HAS_ENT:
-        ge = tl.where(keep, tl.load(GE + rows, mask=rmask, other=0.0), 0.0)
-        ez = lse - tl.load(ENT + rows, mask=rmask, other=0.0)  # E_p[z]
-        dz -= ge[:, None] * p * (z - ez[:, None])
-    dz = dz * inv_temp
-    return dz if UPCAST else dz.to(H.dtype.element_ty)  # tensor-core inputs match; accumulation stays fp32
-
-
-@triton.jit
-def _dh_kernel(H, W, T, LSE, ENT, G, GE, DH, N, V, D, inv_temp,
-               BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
-               UPCAST: tl.constexpr, PREC: tl.constexpr, HAS_ENT: tl.constexpr):
-    """Program (row block, D block): DH[rows, ds] = sum over all vocab blocks of dz @ W[cols, ds], stored once."""
-    r0, d0 = tl.program_id(0) * BLOCK_N, tl.program_id(1) * BLOCK_DO
-    acc = tl.zeros([BLOCK_N, BLOCK_DO], dtype=tl.float32)
-    for c0 in range(0, V, BLOCK_V):
-        dz = _dz_tile(H, W, T, LSE, ENT, G, GE, r0, c0, N, V, D, inv_temp,
-                      BLOCK_N, BLOCK_V, BLOCK_D, UPCAST, PREC, HAS_ENT)
-        wp, wm = _tile_ptrs(W, c0, V, D, d0, BLOCK_V, BLOCK_DO)
-        acc = tl.dot(dz, tl.load(wp, mask=wm, other=0.0).to(dz.dtype), acc, input_precision=PREC)
-    dp, dm = _tile_ptrs(DH, r0, N, D, d0, BLOCK_N, BLOCK_DO)
-    tl.store(dp, acc.to(DH.dtype.element_ty), mask=dm)
-
-
-@triton.jit
-def _dw_kernel(H, W, T, LSE, ENT, G, GE, DW, N, V, D, inv_temp,
-               BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr,
-               UPCAST: tl.constexpr, PREC: tl.constexpr, HAS_ENT: tl.constexpr):
-    """Program (vocab block, D block): DW[cols, ds] = sum over all row blocks of dz^T @ H[rows, ds], stored once."""
-    c0, d0 = tl.program_id(0) * BLOCK_V, tl.program_id(1) * BLOCK_DO
-    acc = tl.zeros([BLOCK_V, BLOCK_DO], dtype=tl.float32)
-    for r0 in range(0, N, BLOCK_N):
-        dz = _dz_tile(H, W, T, LSE, ENT, G, GE, r0, c0, N, V, D, inv_temp,
-                      BLOCK_N, BLOCK_V, BLOCK_D, UPCAST, PREC, HAS_ENT)
-        hp, hm = _tile_ptrs(H, r0, N, D, d0, BLOCK_N, BLOCK_DO)
-        acc = tl.dot(tl.trans(dz), tl.load(hp, mask=hm, other=0.0).to(dz.dtype), acc, input_precision=PREC)
-    dp, dm = _tile_ptrs(DW, c0, V, D, d0, BLOCK_V, BLOCK_DO)
-    tl.store(dp, acc.to(DW.dtype.element_ty), mask=dm)
-
-
-def _launch(kernel, grid, h, *args, rows, cols, s, **meta):
-    """kernel[grid] with (rows x cols) logits tiles and the shared compile-time options."""
-    prec = "ieee" if h.dtype == torch.float32 else "tf32"  # tf32 is ignored for bf16/fp16 inputs
-    kernel[grid](h, *args, BLOCK_N=rows, BLOCK_V=cols, BLOCK_D=s["block_d"], UPCAST=INTERPRET, PREC=prec,
-                 num_warps=s["num_warps"], **meta)
-
-
 class _TritonLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, w, t, temperature, s):
@@ -182,8 +120,10 @@ class _TritonLogprob(torch.autograd.Function):
         per = triton.cdiv(triton.cdiv(V, bv), triton.cdiv(4 * sms, triton.cdiv(max(N, 1), bn)))  # vocab blocks
         splits = triton.cdiv(V, per * bv)
         part = torch.empty(4, splits, N, device=h.device, dtype=torch.float32)
-        _launch(_fwd_kernel, (triton.cdiv(N, bn), splits), h, w, t, part, N, V, D, 1 / temperature, per * bv,
-                rows=bn, cols=bv, s=s)
+        _fwd_kernel[(triton.cdiv(N, bn), splits)](
+            h, w, t, part, N, V, D, 1 / temperature, per * bv, BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=s["block_d"],
+            UPCAST=INTERPRET, PREC="ieee" if h.dtype == torch.float32 else "tf32",  # tf32: ignored for bf16/fp16
+            num_warps=s["num_warps"])
         m, sz, tz, zy = part  # (splits, N) each: merge the splits' sums at their common max, as the kernel does
         mx = m.amax(0)
         a = torch.exp(m - mx)
@@ -198,20 +138,11 @@ class _TritonLogprob(torch.autograd.Function):
         return logp, ent, lse
 
     @staticmethod
-    def backward(ctx, g, ge, _):
+    def backward(ctx, g, ge, _):  # the chunked cuBLAS backward: see the module docstring
         h, w, t, lse, ent = ctx.saved_tensors
         temperature, s = ctx.args
-        (N, D), V, bm, bk, bdo = h.shape, w.shape[0], s["block_m"], s["block_k"], s["block_do"]
-        dh, dw = torch.empty_like(h), torch.empty_like(w)  # each element is stored once, by one program
-        has_ent = ge is not None
-        g = torch.zeros_like(lse) if g is None else g.float().contiguous()
-        ge = ge.float().contiguous() if has_ent else g  # dummy pointer when unused
-        args = (h, w, t, lse, ent, g, ge)
-        meta = dict(BLOCK_DO=bdo, HAS_ENT=has_ent, s=s)
-        _launch(_dh_kernel, (triton.cdiv(N, bm), triton.cdiv(D, bdo)), *args, dh, N, V, D, 1 / temperature,
-                rows=bm, cols=bk, **meta)
-        _launch(_dw_kernel, (triton.cdiv(V, bm), triton.cdiv(D, bdo)), *args, dw, N, V, D, 1 / temperature,
-                rows=bk, cols=bm, **meta)
+        g = torch.zeros_like(lse) if g is None else g
+        dh, dw = _torch_bwd(h, w, t, lse, ent, g, ge, temperature, s["chunk_n"], s["chunk_v"])
         return dh, dw, None, None, None
 
 
@@ -326,8 +257,9 @@ def token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=Fals
     """log_softmax((hidden @ weight.T) / temperature)[i, targets[i]] for each row i, as (N,) fp32.
 
     Rows with target -100 give 0 (and entropy 0) and no gradient. Differentiable w.r.t. hidden and weight
-    (both outputs). fp32/bf16/fp16 inputs give fp32 outputs; fp64 (PyTorch path only, for gradcheck) gives fp64. backend: None (auto: Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "triton" or
-    "torch"; `blocks` overrides TRITON_BLOCKS (block_n/v/d) or TORCH_CHUNKS (chunk_n/v), e.g. for tests.
+    (both outputs). fp32/bf16/fp16 inputs give fp32 outputs; fp64 (PyTorch path only, for gradcheck) gives fp64.
+    backend: None (auto: Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "triton" or "torch";
+    `blocks` overrides TRITON_BLOCKS (block_n/v/d; chunk_n/v of the backward) or TORCH_CHUNKS (chunk_n/v).
     Example: token_logprobs(h, lm_head.weight, ids[1:], temperature=0.7) with h the hidden states of ids[:-1].
     """
     _check(hidden, weight, targets, temperature)

@@ -1,13 +1,13 @@
 """Benchmark (a script, not a test): peak memory and time of token_logprobs forward+backward vs the naive
 log_softmax(h @ W.T).gather, on CPU (the chunked PyTorch path) at Qwen2.5-0.5B's lm_head size, or with --cuda
-(the Triton kernels, bf16) at Qwen2.5-0.5B's and -7B's (D = 896 and 3584).
+(the Triton forward + cuBLAS backward, bf16) at Qwen2.5-0.5B's and -7B's (D = 896 and 3584).
 
     python tests/bench_logprob.py            # N=4096 D=896 V=151936 fp32: needs ~9 GB free, several minutes
     python tests/bench_logprob.py --n 1024 --v 32768 --rounds 1          # quick look
     python tests/bench_logprob.py --cuda     # one GPU: Triton vs naive, bf16, D = 896 then 3584
 
 On CUDA both methods run in this process: time = CUDA events around forward, and forward+backward, median of
---rounds after a warm-up (the Triton kernels compile there); memory = peak allocated during one forward+backward
+--rounds after a warm-up (the Triton kernel compiles there); memory = peak allocated during one forward+backward
 minus what was allocated before it (grad_weight included, h and W not); errors = max |logp - ref| and the largest
 relative error of grad_hidden / grad_weight, against the naive formula in fp32.
 
@@ -85,7 +85,7 @@ def cuda_main(a):
         res = {}
         for name, f in methods.items():
             ms, peaks = {"fwd": [], "fwd+bwd": []}, []
-            for i in range(a.rounds + 1):  # round 0: warm-up (the Triton kernels compile) and the error check
+            for i in range(a.rounds + 1):  # round 0: warm-up (the Triton kernel compiles) and the error check
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(dev)
                 base = torch.cuda.memory_allocated(dev)
@@ -124,7 +124,7 @@ def main():
     p.add_argument("--rounds", type=int, default=None, help="default 2 (CPU), 10 (CUDA)")
     p.add_argument("--chunk_n", type=int, default=None, help="override TORCH_CHUNKS (with --chunk_v)")
     p.add_argument("--chunk_v", type=int, default=None)
-    p.add_argument("--cuda", action="store_true", help="Triton kernels vs naive on the GPU, bf16")
+    p.add_argument("--cuda", action="store_true", help="token_logprobs (Triton) vs naive on the GPU, bf16")
     p.add_argument("--method", default=None, help=argparse.SUPPRESS)  # set in the worker subprocess
     a = p.parse_args()
     if a.cuda:
