@@ -175,6 +175,7 @@ def browser_check(run, tmp):
         first = next(iter(test.values()))
         assert ev("document.querySelectorAll('.det a[href^=\"https://en.wikipedia.org/w/index.php?oldid=\"]').length") \
             == len(first["meta"]["provenance"])
+        ev("document.querySelector('#rows tr.it').scrollIntoView()")  # the screenshot: the opened item
         png = os.path.join(run, "report.png")
         open(png, "wb").write(base64.b64decode(call("Page.captureScreenshot", s)["data"]))
         assert not errors(events), errors(events)
