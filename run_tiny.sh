@@ -83,3 +83,4 @@ stage "eval.py plumbing on a few real-format records (shipped sample files)"
 stage "tiny.py report: the ablation table"
 python tiny.py report --run "$RUN" --seeds $SEEDS
 echo "total $(( $(date +%s) - t0 ))s; every artifact is in $RUN"
+python report.py --run "$RUN"  # the audit page: every item, every model's answer, every fact's source

@@ -2,7 +2,8 @@
 
 Reads  kg.py's KG_DIR/entities.jsonl + edges.jsonl.
 Writes OUT/{train,test,val}.jsonl (unified records, source "synthetic", options = KG entity names; meta: family,
-       hops, path, given, hidden, answer_name, correct (every answer the KG accepts), provenance, rarity) and
+       hops, path, given, hidden, answer_name, correct (every answer the KG accepts), provenance, rarity,
+       distractors: [{name, why}], why each wrong option was a candidate) and
        OUT/stats.json.
 
 A question is a typed KG path with part of it masked: 2-4 findings of a disease (sometimes one risk factor) are
@@ -181,22 +182,26 @@ def build_candidates(ents, out, families, alpha, hop_weight):
 
 
 def distractors(c, given, idx, out, ents, k, rng):
-    """k names of the answer's type, not correct per the KG: competing hypotheses first, then any of the type."""
+    """k names of the answer's type, not correct per the KG: competing hypotheses first, then any of the type.
+    -> (names, whys): whys[i] says why names[i] was a candidate (recorded only; it changes no choice)."""
     atype, fam, d = ents[c["answer"]]["type"], c["family"], c["disease"]
     shared = Counter(dd for f, _ in given for dd in idx["has"][f] if dd != d)
     rivals = sorted(shared, key=lambda dd: (-shared[dd], dd))  # most shared findings first
     pool = []
     if fam in ("contraindication", "comorbidity"):  # drugs that treat this very disease: the closest lures
         pool = [a for a, _, _ in answers("treatment", d, out, ents)]
+    why = {a: f"a treatment of {ents[d]['name']}, the disease itself" for a in pool}  # first source wins, as below
     for dd in rivals:  # the rival disease itself, or what the KG says about it along the same path
         if (fam, dd) not in idx["answers"]:  # memo: rivals recur across items
             idx["answers"][fam, dd] = [dd] if fam == "diagnosis" else [a for a, _, _ in answers(fam, dd, out, ents)]
         alts = list(idx["answers"][fam, dd])
         rng.shuffle(alts)
         pool += alts
+        for a in alts:  # the rival's name and the findings it shares with the hidden disease, for report.py
+            why.setdefault(a, (dd, [ents[f]["name"] for f, _ in given if dd in idx["has"][f]]))
     typed = idx["bytype"][atype]
     rest = rng.sample(typed, min(len(typed), 8 * k + 32))  # enough almost always; the full list if not
-    names, seen = [], {ents[x]["name"].strip().lower() for x in list(c["correct"]) + [f for f, _ in given]}
+    names, whys, seen = [], [], {ents[x]["name"].strip().lower() for x in list(c["correct"]) + [f for f, _ in given]}
     def everything():  # only shuffled if the cheaper sources run dry
         yield from rng.sample(typed, len(typed))
     for x in itertools.chain(pool, rest, everything()):
@@ -205,9 +210,26 @@ def distractors(c, given, idx, out, ents, k, rng):
             continue
         seen.add(nm.strip().lower())
         names.append(nm)
+        whys.append(explain(why.get(x), fam, atype, ents))
         if len(names) == k:
-            return names
-    return None  # not enough same-type entities: the candidate is skipped
+            return names, whys
+    return None, None  # not enough same-type entities: the candidate is skipped
+
+
+def explain(why, fam, atype, ents):
+    """Why a distractor was in the pool, in words (meta.distractors[i].why)."""
+    if why is None:
+        return f"same type as the answer ({atype}), drawn at random"
+    if isinstance(why, str):
+        return why
+    dd, shared = why
+    rival = f"rival disease {ents[dd]['name']}, which also has {join(shared)}"
+    return rival if fam == "diagnosis" else f"{OF_RIVAL[fam]} the {rival} (per the KG)"
+
+
+OF_RIVAL = {"test": "a test for", "treatment": "a treatment of", "complication": "a complication of",
+            "contraindication": "a drug contraindicated in", "drug_class": "the class of a drug for",
+            "mechanism": "the mechanism of a drug for", "comorbidity": "a drug for"}
 
 
 def render(fam, given, ents, rng, comorbid=None):
@@ -228,7 +250,7 @@ def make_item(c, given, ents, idx, out, num_options, rng):
     question = render(fam, given, ents, rng, comorbid)
     if any(mentions(question, plain(ents[x]["name"])) for x in {a, d}):
         return None, "answer_or_hidden_named_in_findings"  # e.g. complication "anemia" given as a symptom
-    dis = distractors(c, given, idx, out, ents, num_options - 1, rng)
+    dis, whys = distractors(c, given, idx, out, ents, num_options - 1, rng)
     if dis is None:
         return None, "too_few_distractors"
     gpath = [(d, r, f) for f, r in given]  # the given findings are edges of the disease too
@@ -248,7 +270,8 @@ def make_item(c, given, ents, idx, out, num_options, rng):
                      "provenance": [dict(src(h, r, t), head=ents[h]["name"], relation=r, tail=ents[t]["name"])
                                     for h, r, t in edges],
                      "rarity": {"answer_inlinks": ents[a].get("inlinks", 0),
-                                "disease_inlinks": ents[d].get("inlinks", 0), "weight": c["w"]}},
+                                "disease_inlinks": ents[d].get("inlinks", 0), "weight": c["w"]},
+                     "distractors": [{"name": n, "why": w} for n, w in zip(dis, whys)]},
             "_opts": [ents[a]["name"]] + dis}, None
 
 

@@ -8,12 +8,8 @@ from common import read_jsonl, read_records
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_run_tiny_smoke(tmp_path):
-    run = tmp_path / "run"
-    env = {**os.environ, "SMOKE": "1", "NO_INSTALL": "1", "RUN": str(run), "PATH": os.path.dirname(sys.executable)
-           + os.pathsep + os.environ.get("PATH", "")}
-    p = subprocess.run(["bash", "run_tiny.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+def test_run_tiny_smoke(smoke_run):  # conftest.py runs it, once for this test and test_report's browser test
+    run = smoke_run
     # knowledge graph, questions, pool, cold-start data
     stats = json.load(open(run / "kg" / "stats.json"))
     assert stats["entities"] > 500 and stats["edges"] > 1000
@@ -41,6 +37,7 @@ def test_run_tiny_smoke(tmp_path):
     assert "| + RL stage 2 |" in open(run / "ablation.md").read()
     assert table["chains"]["rl2"]["all"]["n"] == len(test) and list(table["verdicts"]) == ["base", "sft", "rl1", "rl2"]
     assert json.load(open(run / "eval_formats" / "results.json"))["benchmarks"]["medqa"]["n"] == 5
+    assert (run / "report.html").stat().st_size > 10000  # report.py's audit page (its browser test: test_report.py)
     # the diagnosis of where answers go wrong, on a stage-1 model's greedy and sampled answers
     p = subprocess.run([sys.executable, "dev/chains.py", "--model", str(s / "rl1" / "best"), "--data",
                         str(run / "pool" / "train.jsonl"), "--n", "3", "--k", "2", "--max-new-tokens", "16"],

@@ -155,6 +155,22 @@ def test_every_item_is_sound(kg):
     assert "Drug_14" in out["treated_by"]["Disease_11"] and "Drug_14" not in out["treated_by"]
 
 
+def test_distractors_say_why_they_were_chosen(kg):
+    """meta.distractors: each wrong option once, with why it was a candidate; a rival disease's shared findings
+    are findings the question gives."""
+    s, _ = synth.synthesize(kg[0], 300, 0, seed=2)
+    whys = Counter()
+    for q in s["train"]:
+        dis = q["meta"]["distractors"]
+        assert sorted(x["name"] for x in dis) == sorted(v for k, v in q["options"].items() if k != q["answer"])
+        for x in dis:
+            m = re.search(r"rival disease (.+), which also has (.+?)( \(per the KG\))?$", x["why"])
+            if m:
+                assert all(f in q["meta"]["given"] for f in re.split(r", | and ", m.group(2))), x
+            whys[x["why"].split(" ")[0] if not m else "rival"] += 1
+    assert whys["rival"] > 0 and whys["same"] > 0, whys  # competing hypotheses first, random ones of the type
+
+
 def test_split_disjoint_balanced_deterministic(kg):
     d = kg[0]
     s, stats = synth.synthesize(d, 400, 200, seed=3, val_n=60)

@@ -1,0 +1,379 @@
+"""report.py: the audit page of a run: one static, self-contained HTML file that shows, for every evaluated item, what
+each model reasoned and answered, and where a synthetic question's facts came from (the paper's claim is
+verifiability: "transparent steps that can be checked").
+
+Reads  RUN in run_tiny.sh's layout (synth/test.jsonl, eval_base, seed*/eval/{sft,rl1,rl2}, ablation.json,
+       rl_curves.png, seed*/rl{1,2}/metrics.jsonl), or any eval.py output folders (--eval) with the benchmark files
+       they read (--bench, for the questions and options; without it, a row shows what predictions.jsonl holds).
+Writes RUN/report.html (or --out): a summary (ablation table with paired gains ± SE, accuracy by tier and
+       benchmark, what each RL stage fixed and broke, the RL curves, the setup) and a row per item that opens on
+       click: question, options, gold, each model's reasoning, its answer block as written, what
+       common.extract_answer read and the verdict, and for a synthetic item its KG path, each edge's Wikipedia page
+       and field with a link to that revision, and why each distractor was chosen.
+
+No CDN and no framework: a few lines of plain JavaScript filter the rows and render an item's details when it is
+opened. Every string from a model, a benchmark or Wikipedia is escaped: html.escape in the summary; the items travel
+as a JSON blob in <script type="application/json"> and are rendered with textContent, never innerHTML.
+
+    python report.py --run runs/tiny
+    python report.py --eval out/sft out/rl2 --bench medqa=medqa/test.jsonl --out report.html
+"""
+import argparse, base64, datetime, hashlib, html, json, os, re, subprocess
+from urllib.parse import urlencode
+
+from benchmarks import load_benchmark
+from common import DIFFICULTIES, atomic_write, mean_se, read_jsonl, read_records
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+STAGES = {"sft": "cold start", "rl1": "RL 1", "rl2": "RL 2"}  # tiny.py's stages after Base, in order
+WIKI = "https://en.wikipedia.org/w/index.php?oldid="  # a page at one revision: the text the KG edge was read from
+
+# ----------------------------------------------------------------------------------------------------------
+# the data: models, items, and what each RL stage changed
+
+
+def tiny_models(run):
+    """[(label, eval folder, index of the model it is compared with or None)] of run_tiny.sh's layout, and the
+    seeds: one Base, then per seed cold start -> RL 1 -> RL 2; each RL stage vs the stage before it, same seed."""
+    models = [("Base", os.path.join(run, "eval_base"), None)]
+    seeds = sorted(int(s[4:]) for s in os.listdir(run) if s.startswith("seed") and s[4:].isdigit())
+    for s in seeds:
+        at = {}
+        for st, label in STAGES.items():
+            d = os.path.join(run, f"seed{s}", "eval", st)
+            if os.path.exists(os.path.join(d, "predictions.jsonl")):
+                at[st] = len(models)
+                models.append((f"{label} s{s}", d, at.get({"rl1": "sft", "rl2": "rl1"}.get(st))))
+    return models, seeds
+
+
+def build(models, records):
+    """The page's data. records: {(bench, id): unified record} for the questions (may be empty). An item is every
+    (bench, id) some model answered, in the records' order; sample 0 only (greedy, as the ablation table)."""
+    preds = [{(r["bench"], r["id"]): r for r in read_jsonl(os.path.join(d, "predictions.jsonl")) if r["sample"] == 0}
+             for _, d, _ in models]
+    seen = set().union(*preds)
+    keys = [k for k in records if k in seen] + sorted(seen - set(records))
+    items = []
+    for k in keys:
+        rec, first = records.get(k, {}), next(p[k] for p in preds if k in p)
+        meta = rec.get("meta") or {}
+        rows = [p.get(k) for p in preds]
+        it = {"id": k[1], "bench": k[0], "q": rec.get("question"), "opts": rec.get("options"), "gold": first["answer"],
+              "tier": rec.get("difficulty") or first.get("difficulty") or "—", "fam": meta.get("family") or "—",
+              "out": [r and r["output"] for r in rows], "pred": [r and r["pred"] for r in rows],
+              "ok": [None if r is None else 1 if r["correct"] else 2 if r["pred"] is None else 0 for r in rows]}
+        # ok per model: 1 right, 0 wrong, 2 unparsable (extract_answer read nothing), None not evaluated
+        if meta.get("provenance"):  # a synthetic item: its KG path and the Wikipedia revision of every edge
+            it["prov"] = {x: meta.get(x) for x in ("given", "hidden", "answer_name", "correct", "distractors")}
+            it["prov"]["edges"] = [dict(e, url=WIKI + str(e["revid"]) if str(e.get("revid")).isdigit() else None)
+                                   for e in meta["provenance"]]
+        items.append(it)
+    trans = [{"name": f"{models[i][0]} (vs {models[p][0]})", "after": i, "before": p}
+             for i, (_, _, p) in enumerate(models) if p is not None]
+    return {"models": [{"label": m[0], "dir": m[1]} for m in models], "items": items, "trans": changes(items, trans)}
+
+
+def changes(items, trans):
+    """Each transition with the items it fixed (right after, wrong or unparsable before) and broke (the reverse)
+    and the paired gain ± SE (%) over the items both models answered."""
+    for t in trans:
+        pairs = [(it["ok"][t["after"]], it["ok"][t["before"]]) for it in items]
+        pairs = [(a == 1, b == 1) for a, b in pairs if a is not None and b is not None]
+        t["fixed"], t["broken"] = sum(a and not b for a, b in pairs), sum(b and not a for a, b in pairs)
+        t["gain"], t["gain_se"] = mean_se([100 * (a - b) for a, b in pairs])
+    return trans
+
+# ----------------------------------------------------------------------------------------------------------
+# the summary (HTML built here, every cell escaped)
+
+
+def table(head, rows):
+    """An HTML table; cells are text (escaped) or ("html", markup) for the few cells this file builds itself."""
+    cell = lambda c, tag: f"<{tag}>" + (c[1] if isinstance(c, tuple) else html.escape(str(c))) + f"</{tag}>"
+    return ("<table>" + ("<tr>" + "".join(cell(h, "th") for h in head) + "</tr>" if head else "")
+            + "".join("<tr>" + "".join(cell(c, "td") for c in r) + "</tr>" for r in rows) + "</table>")
+
+
+def go(label, **filters):
+    """A button that sets the item filters (tier="easy", change="2:fixed"; none: all items) and scrolls to them."""
+    return ("html", f'<button data-f="{html.escape(urlencode(filters))}">{html.escape(str(label))}</button>')
+
+
+def pm(m, se):
+    return "—" if m is None or m != m else f"{m:+.1f}" + ("" if se is None or se != se else f" ± {se:.1f}")
+
+
+def ablation_html(path):
+    """tiny.py report's table (mean over seeds; gains are paired per-question differences pooled over seeds)."""
+    if not os.path.exists(path):
+        return ""
+    res = json.load(open(path, encoding="utf-8"))
+    tiers = [t for t in res["stages"]["base"] if t not in ("label", "all")]
+    rows = [[row["label"], f"{row['all']['accuracy']:.1f}", pm(row["all"].get("gain"), row["all"].get("gain_se"))]
+            + [f"{row[t]['accuracy']:.1f}" + (f" ({pm(row[t]['gain'], row[t]['gain_se'])})" if "gain" in row[t]
+                                               else "") for t in tiers] for row in res["stages"].values()]
+    head = ["stage", "accuracy (all)", "gain vs previous (paired, ± SE)"] + [
+        f"{t} (n={res['stages']['base'][t]['n']}): acc. (gain)" for t in tiers]
+    return (f"<h2>Ablation (tiny.py report: {res['n_test']} test items, seeds {res['seeds']}, accuracy = mean over "
+            f"seeds)</h2>" + table(head, rows))
+
+
+def summary_html(data, run, seeds, files):
+    items, models = data["items"], data["models"]
+    tiers = [t for t in DIFFICULTIES if any(it["tier"] == t for it in items)]
+    tiers += sorted({it["tier"] for it in items} - set(tiers))
+    benches = sorted({it["bench"] for it in items})
+    cols = [("all", None)] + [(t, "tier") for t in tiers] + [(b, "bench") for b in benches]
+    def pct(j, key=None, v=None, verdict=1):  # % of the items model j answered (of that tier/bench) with that verdict
+        oks = [it["ok"][j] for it in items if (key is None or it[key] == v) and it["ok"][j] is not None]
+        return f"{100 * sum(o == verdict for o in oks) / len(oks):.1f}" if oks else "—"
+    acc_rows = [[m["label"]] + [pct(j, k, v) for v, k in cols] + [pct(j, verdict=2)] for j, m in enumerate(models)]
+    head = ["model"] + [go(f"{v} (n={sum(k is None or it[k] == v for it in items)})", **({k: v} if k else {}))
+                        for v, k in cols] + ["unparsable"]
+    out = [ablation_html(os.path.join(run, "ablation.json")) if run else "",
+           "<h2>Accuracy (%) by tier and benchmark (greedy: sample 0; unparsable counts as wrong)</h2>",
+           table(head, acc_rows)]
+    if data["trans"]:
+        out += ["<h2>What each RL stage changed (click a count to list those items)</h2>", table(
+            ["stage (vs the stage before it)", "fixed: right now, wrong before", "broken: wrong now, right before",
+             "paired gain (%) ± SE"],
+            [[t["name"], go(t["fixed"], change=f"{i}:fixed"), go(t["broken"], change=f"{i}:broken"),
+              pm(t["gain"], t["gain_se"])] for i, t in enumerate(data["trans"])])]
+    out += rl_html(run, seeds) if run else []
+    setups = [(m, json.load(open(os.path.join(m["dir"], "setup.json"), encoding="utf-8"))
+               if os.path.exists(os.path.join(m["dir"], "setup.json")) else {}) for m in models]
+    out += ["<h2>Setup</h2>", table(None, [
+        ["report written", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")],
+        ["code (git commit of report.py's checkout; the run's stages record none)", git_commit()],
+        ["seeds", " ".join(map(str, seeds)) or "—"], ["run folder", run or "—"]]),
+        table(["model", "checkpoint", "samples", "temperature", "max new tokens", "seed", "eval folder", "evaluated"],
+              [[m["label"]] + [s.get(k, "?") for k in ("model", "n", "temperature", "max_new_tokens", "seed")]
+               + [m["dir"], mtime(os.path.join(m["dir"], "predictions.jsonl"))] for m, s in setups]),
+        table(["data file", "bytes", "sha256 (first 16)", "modified"],
+              [[f, os.path.getsize(f), sha256(f), mtime(f)] for f in files if os.path.exists(f)])]
+    return "\n".join(out)
+
+
+def rl_html(run, seeds):
+    """The RL curves (tiny.py's PNG, embedded) and a line per RL stage from its metrics.jsonl."""
+    png = os.path.join(run, "rl_curves.png")
+    img = (f'<img alt="RL curves" src="data:image/png;base64,{base64.b64encode(open(png, "rb").read()).decode()}">'
+           if os.path.exists(png) else "<p>No rl_curves.png (tiny.py report draws it if matplotlib is installed).</p>")
+    rows = []
+    for s in seeds:
+        for st in ("rl1", "rl2"):
+            f = os.path.join(run, f"seed{s}", st, "metrics.jsonl")
+            m = read_jsonl(f) if os.path.exists(f) else []
+            r, v = [x["reward"] for x in m if "reward" in x], [x["val_acc"] for x in m if "val_acc" in x]
+            if r:
+                rows.append([f"{STAGES[st]} s{s}", len(r), f"{r[0]:.3f}", f"{r[-1]:.3f}", f"{max(r):.3f}",
+                             f"{100 * max(v):.1f}" if v else "—"])
+    return ["<h2>RL curves</h2>", img, table(["stage", "steps", "reward: first", "last", "best",
+                                             "best validation accuracy (%)"], rows)]
+
+
+def git_commit():
+    try:
+        git = lambda *a: subprocess.run(["git", "-C", ROOT, *a], capture_output=True, text=True, check=True).stdout
+        return git("rev-parse", "HEAD").strip() + (" (with uncommitted changes)" if git(
+            "status", "--porcelain", "--untracked-files=no").strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def mtime(path):
+    return datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc).strftime(
+        "%Y-%m-%d %H:%M UTC") if os.path.exists(path) else "—"
+
+# ----------------------------------------------------------------------------------------------------------
+# the page
+
+
+def page(data, summary, title):
+    # "<" only occurs inside JSON strings: escaping "</" and "<!--" keeps the blob from ending or changing state early
+    blob = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    blob = blob.replace("</", "<\\/").replace("<!--", "\\u003c!--")
+    fill = {"TITLE": html.escape(title), "SUMMARY": summary, "DATA": blob}  # one pass: no inserted text is rescanned
+    return re.sub(r"\$(TITLE|SUMMARY|DATA)\b", lambda m: fill[m.group(1)], TEMPLATE)
+
+
+TEMPLATE = r"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>$TITLE</title>
+<style>
+body{font:13px/1.35 system-ui,sans-serif;margin:1em 2em;color:#222}
+table{border-collapse:collapse;margin:.4em 0}
+td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
+th{background:#f3f3f3}h2{font-size:15px;margin:1.2em 0 .3em}img{max-width:100%}
+button{font:inherit;padding:0 4px;cursor:pointer}select{margin-right:1em}
+#items td.v{text-align:center;width:2.2em}.v1{background:#d6f5d6}.v0{background:#f8d0d0}.v2{background:#e4e4e4}
+tr.it{cursor:pointer}tr.it:hover{background:#eef}tr.gold td{font-weight:bold}
+pre{white-space:pre-wrap;word-break:break-word;margin:0;max-height:16em;overflow:auto;max-width:60em}
+.det>td{background:#fcfcf7;padding:6px 14px}.q{font-size:14px;max-width:70em}
+</style></head><body>
+<h1>$TITLE</h1>
+$SUMMARY
+<h2 id="items-title">Items (click a row for the question, each model's reasoning and the facts' sources)</h2>
+<p>tier <select id="tier"><option value="">all</option></select> family <select id="fam"><option value="">all</option>
+</select> benchmark <select id="bench"><option value="">all</option></select> change <select id="change">
+<option value="">any</option></select> <b id="count"></b></p>
+<p>✓ right · ✗ wrong · ? unparsable (no single option in the last &lt;answer&gt; block) · blank: not evaluated
+</p>
+<table id="items"><thead><tr><th>#</th><th>id</th><th>benchmark</th><th>tier</th><th>family</th></tr></thead>
+<tbody id="rows"></tbody></table>
+<script type="application/json" id="data">$DATA</script>
+<script>
+"use strict";
+const D = JSON.parse(document.getElementById("data").textContent), $ = id => document.getElementById(id);
+const FILTERS = ["tier", "fam", "bench", "change"], GLYPH = ["✗", "✓", "?"];
+const VERDICT = ["wrong", "right", "unparsable"];
+function el(tag, text, cls, parent) {  // data only ever becomes textContent
+  const e = document.createElement(tag);
+  if (text != null) e.textContent = String(text);
+  if (cls) e.className = cls;
+  if (parent) parent.appendChild(e);
+  return e;
+}
+const row = (table, cells, tag = "td") => el("tr", null, null, table).append(...cells.map(c => el(tag, c)));
+const fixed = (it, t) => it.ok[t.after] === 1 && (it.ok[t.before] === 0 || it.ok[t.before] === 2);
+const broken = (it, t) => it.ok[t.before] === 1 && (it.ok[t.after] === 0 || it.ok[t.after] === 2);
+for (const k of ["tier", "fam", "bench"])
+  for (const v of [...new Set(D.items.map(it => it[k]))].sort()) el("option", v, null, $(k)).value = v;
+D.trans.forEach((t, i) => [["fixed", fixed], ["broken", broken]].forEach(([kind, f]) =>
+  el("option", `${kind} by ${t.name}: ${D.items.filter(it => f(it, t)).length}`, null, $("change")).value =
+    i + ":" + kind));
+const head = document.querySelector("#items thead tr");
+D.models.forEach(m => el("th", m.label, null, head).title = m.dir);
+const details = {}, rows = D.items.map((it, i) => {
+  const tr = el("tr", null, "it");
+  for (const v of [i + 1, it.id, it.bench, it.tier, it.fam]) el("td", v, null, tr);
+  it.ok.forEach(v => el("td", v == null ? "" : GLYPH[v], "v v" + v, tr));
+  tr.onclick = () => {  // lazy: an item's details are built the first time it is opened
+    if (details[i]) return details[i].hidden = !details[i].hidden;
+    details[i] = el("tr", null, "det");
+    render(it, el("td", null, null, details[i])).colSpan = 5 + D.models.length;
+    tr.after(details[i]);
+  };
+  return tr;
+});
+$("rows").append(...rows);
+function render(it, td) {
+  el("p", it.q ?? "(question not available: give report.py its benchmark file with --bench)", "q", td);
+  const opts = el("table", null, null, td), chose = L => D.models.filter((m, j) => it.pred[j] === L).map(m => m.label);
+  for (const [L, text] of Object.entries(it.opts || {})) {
+    const tr = el("tr", null, L === it.gold ? "gold" : null, opts);
+    for (const v of [L, text, (L === it.gold ? "gold · " : "") + "chosen by: " + (chose(L).join(", ") || "none")])
+      el("td", v, null, tr);
+  }
+  el("p", "Gold: " + it.gold + (it.opts && it.opts[it.gold] != null ? " = " + it.opts[it.gold] : ""), null, td);
+  const p = it.prov;
+  if (p) {
+    el("h4", "Provenance: the KG path and where each fact was read", null, td);
+    el("p", `Given: ${p.given.join(", ")} · hidden: ${p.hidden ?? "none (the disease is asked)"} · answer: ` +
+       `${p.answer_name} · every answer the KG accepts: ${(p.correct || []).join(", ")}`, null, td);
+    const t = el("table", null, null, td);
+    row(t, ["head", "relation", "tail", "Wikipedia page", "field", "revision"], "th");
+    for (const e of p.edges) {
+      const tr = el("tr", null, null, t);
+      [e.head, e.relation, e.tail, e.page, e.field].forEach(v => el("td", v, null, tr));
+      const a = el("a", e.revid, null, el("td", null, null, tr));
+      if (e.url) a.href = e.url;
+    }
+    if (p.distractors) {
+      const d = el("table", null, null, td);
+      row(d, ["distractor", "why it was chosen"], "th");
+      for (const x of p.distractors) row(d, [x.name, x.why]);
+    }
+  }
+  const t = el("table", null, null, td);
+  row(t, ["model", "reasoning", "answer block (as written)", "extract_answer read", "verdict"], "th");
+  D.models.forEach((m, j) => {
+    const o = it.out[j];
+    if (o == null) return;
+    const k = o.lastIndexOf("<answer>"), tr = el("tr", null, null, t), pred = it.pred[j];
+    el("td", m.label, null, tr);
+    el("pre", k < 0 ? o : o.slice(0, k), null, el("td", null, null, tr));
+    el("pre", k < 0 ? "(no <answer> block)" : o.slice(k), null, el("td", null, null, tr));
+    el("td", pred == null ? "nothing" : pred + (it.opts && it.opts[pred] != null ? " = " + it.opts[pred] : ""),
+       null, tr);
+    el("td", VERDICT[it.ok[j]], "v" + it.ok[j], tr);
+  });
+  return td;
+}
+function apply() {
+  const want = FILTERS.map(k => $(k).value), [t, kind] = want[3].split(":");
+  let n = 0;
+  D.items.forEach((it, i) => {
+    const show = ["tier", "fam", "bench"].every((k, j) => !want[j] || it[k] === want[j]) &&
+                 (!want[3] || (kind === "fixed" ? fixed : broken)(it, D.trans[+t]));
+    rows[i].hidden = !show;
+    if (details[i]) details[i].hidden = true;
+    n += show;
+  });
+  $("count").textContent = `${n} of ${D.items.length} items`;
+  const q = new URLSearchParams(FILTERS.filter(k => $(k).value).map(k => [k, $(k).value])).toString();
+  history.replaceState(null, "", q ? "#" + q : location.pathname);  // a filtered view is a link
+}
+function setFilters(q) {
+  const p = new URLSearchParams(q);
+  FILTERS.forEach(k => $(k).value = p.get(k) || "");
+  apply();
+}
+FILTERS.forEach(k => $(k).onchange = apply);
+document.querySelectorAll("button[data-f]").forEach(b => b.onclick = () => {
+  setFilters(b.dataset.f);
+  $("items-title").scrollIntoView();
+});
+setFilters(location.hash.slice(1));
+</script></body></html>
+"""
+
+# ----------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", help="run_tiny.sh's RUN folder (writes RUN/report.html)")
+    p.add_argument("--eval", nargs="+", help="eval.py output folders, in order: each is compared with the one before")
+    p.add_argument("--bench", nargs="*", default=[], metavar="NAME=PATH",
+                   help="the benchmark files the --eval folders answered (eval.py's --bench), for the questions")
+    p.add_argument("--out", help="default RUN/report.html")
+    a = p.parse_args(argv)
+    if bool(a.run) == bool(a.eval) or not (a.out or a.run):
+        p.error("give --run RUN, or --eval DIR [DIR ...] --out FILE")
+    records, files, seeds = {}, [], []
+    if a.run:
+        models, seeds = tiny_models(a.run)
+        test = os.path.join(a.run, "synth", "test.jsonl")  # run_tiny.sh evaluates it as --bench jsonl=TEST
+        records = {("jsonl", r["id"]): r for r in read_records(test)}
+        files = [test] + [os.path.join(a.run, f) for f in ("kg/entities.jsonl", "kg/edges.jsonl", "pool/train.jsonl",
+                                                             "sft.jsonl")]
+    else:
+        names = [os.path.basename(os.path.normpath(d)) for d in a.eval]
+        names = names if len(set(names)) == len(names) else a.eval
+        models = [(n, d, i - 1 if i else None) for i, (n, d) in enumerate(zip(names, a.eval))]
+        for spec in a.bench:  # keyed as eval.py names a benchmark given twice
+            name, path = spec.split("=", 1)
+            key = name if not any(k[0] == name for k in records) else \
+                f"{name}:{os.path.splitext(os.path.basename(path))[0]}"
+            records.update({(key, r["id"]): r for r in load_benchmark(name, path)})
+            files.append(path)
+    data = build(models, records)
+    out = a.out or os.path.join(a.run, "report.html")
+    title = f"nano-fleming audit report: {a.run or ', '.join(a.eval)}"
+    atomic_write(out, page(data, summary_html(data, a.run, seeds, files), title))
+    print(f"report: {out} ({os.path.getsize(out) / 1e6:.2f} MB; {len(data['items'])} items x "
+          f"{len(data['models'])} models)")
+    return out
+
+
+if __name__ == "__main__":
+    main()
