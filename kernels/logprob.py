@@ -30,8 +30,8 @@ Two forwards of this one algorithm, one backward:
   * `_torch_fwd` (PyTorch): the same streaming forward with big (chunk_n x chunk_v) tiles written into one reused
     buffer, 1/T folded into h. The CPU path, and the tests' second oracle besides the naive fp64 formula.
   * `_torch_bwd`, the backward of both: each (chunk_n x chunk_v) logits tile is recomputed by one matmul, turned
-    into -dL/dz in place and fed to two addmm calls (cuBLAS on a GPU), in fp32 on upcast inputs (on a GPU at the
-    fp32 rate, or TF32 if torch.backends.cuda.matmul.allow_tf32). Memory: one fp32 tile (two with the entropy;
+    into -dL/dz in place and fed to two matmuls (cuBLAS on a GPU): on a GPU in bf16 with fp32 accumulation and
+    fp32 logits (mm's out_dtype), elsewhere in fp32 on upcast inputs. Memory: one fp32 tile (two with the entropy;
     256 MB each at the GPU's 8192 x 8192) and fp32 gradient accumulators (V x D: 2.2 GB at Qwen2.5-7B). Every
     sum runs in a fixed order without atomic adds: deterministic. Not Triton: registers cannot hold a row of
     D = 896..3584, so a kernel without atomics recomputes each tile once per D block (17 matmuls at D = 3584 in
@@ -187,18 +187,21 @@ def _torch_fwd(h, w, t, temperature, want_ent, chunk_n, chunk_v):
 
 def _torch_bwd(h, w, t, lse, ent, g, ge, temperature, chunk_n, chunk_v):
     """Each tile builds M = -dL/dz = p * (g [+ e (z - E_p[z])]) - g * onehot in place, then
-    grad_hidden -= M W / T and grad_weight -= M^T (h / T): one matmul for z, two for the gradients."""
+    grad_hidden -= M W / T and grad_weight -= M^T (h / T): one matmul for z, two for the gradients. bf16/fp16
+    inputs keep their dtype in the three matmuls on a GPU (tensor cores, fp32 accumulation and fp32 logits); M and the
+    sums are fp32. (Only on CUDA: mm's out_dtype, fp32 logits from bf16 inputs, exists there alone.)"""
     (N, D), V = h.shape, w.shape[0]
     acc = lse.dtype
+    low = h.is_cuda and h.dtype in (torch.bfloat16, torch.float16)
     g = torch.where(t != IGNORE, g, 0).to(acc)
-    hs = h.to(acc) / temperature
+    hs = h.to(h.dtype if low else acc) / temperature
     dh = torch.zeros(N, D, dtype=acc, device=h.device)
     dw = torch.zeros(V, D, dtype=acc, device=h.device)
     if ge is not None:
         ge, ez = torch.where(t != IGNORE, ge, 0).to(acc), lse - ent  # E_p[z]
     buf = torch.empty(min(N, chunk_n) * min(V, chunk_v), dtype=acc, device=h.device)
     for r, c in _tiles(N, V, chunk_n, chunk_v):
-        z = _tile(buf, hs, w, r, c)
+        z = torch.mm(hs[r], w[c].T, out_dtype=acc) if low else _tile(buf, hs, w, r, c)
         if ge is None:
             M = z.sub_(lse[r, None]).exp_().mul_(g[r, None])
         else:
@@ -206,8 +209,13 @@ def _torch_bwd(h, w, t, lse, ent, g, ge, temperature, chunk_n, chunk_v):
             M = z.sub_(ez[r, None]).mul_(ge[r, None]).add_(g[r, None]).mul_(p)
         i = ((t[r] >= c.start) & (t[r] < c.stop)).nonzero()[:, 0]  # rows whose target is in this tile
         M[i, t[r][i] - c.start] -= g[r][i]
-        dh[r].addmm_(M, w[c].to(acc), alpha=-1 / temperature)
-        dw[c].addmm_(M.T, hs[r], alpha=-1)
+        if low:
+            M = M.to(h.dtype)
+            dh[r] -= (M @ w[c]).to(acc) / temperature
+            dw[c] -= (M.T @ hs[r]).to(acc)
+        else:
+            dh[r].addmm_(M, w[c].to(acc), alpha=-1 / temperature)
+            dw[c].addmm_(M.T, hs[r], alpha=-1)
     return dh.to(h.dtype), dw.to(w.dtype)
 
 
