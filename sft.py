@@ -165,18 +165,29 @@ def global_batch(n, batch_size, step, seed):
 # training
 
 
-def token_loss_sum(model, data, idx, pad_id, device, amp, min_shared=16):
-    """Summed next-token loss over the micro-batch (None -> a zero-loss dummy that still runs FSDP's collectives)."""
+def shares_prefix(data, idx, min_shared=16):
+    """Whether the micro-batches of these rows (a step's global batch, or a whole validation set) run the prefix their
+    rows share once (group_logprobs: each FSDP unit runs twice) or as packed rows (once). Decided on the rows of all
+    ranks, never a micro-batch's own, so every rank issues the same collectives (NCCL hangs otherwise). Chat rows open
+    with one system prompt; a few shared tokens are not worth two passes."""
+    seqs = [data[i][0] for i in idx]
+    limit = min(min(data[i][1] for i in idx), min(map(len, seqs)) - 1)  # no loss in it, a token left to every row
+    return len(seqs) > 1 and common_prefix(seqs, limit) >= min_shared
+
+
+def token_loss_sum(model, data, idx, pad_id, device, amp, shared):
+    """Summed next-token loss over the micro-batch (None -> a zero-loss dummy that still runs FSDP's collectives);
+    shared: shares_prefix() of the rows of every rank."""
     if idx is None:
         x = torch.full((1, 1), pad_id, dtype=torch.long, device=device)
-        with amp:
-            return model(x).sum() * 0.0, 0
+        with amp:  # the passes a real micro-batch makes, hence its collectives
+            out = model.group_logprobs(x, torch.ones_like(x), x, x, 1, entropy=False)[0] if shared else model(x)
+        return out.sum() * 0.0, 0
     seqs, starts = [data[i][0] for i in idx], [data[i][1] for i in idx]
-    # the prefix all rows share, with no loss in it and a token left to every row (a single row skips the scan)
-    P = common_prefix(seqs, min(min(starts), min(map(len, seqs)) - 1)) if len(seqs) > 1 else 0
     with amp:
-        if P >= min_shared:  # chat rows open with one system prompt: run it once for all rows, as GRPO runs a
-            # group's prompt (group_logprobs: the same log-probs and gradients); a few shared tokens are not worth it
+        if shared:  # the prefix these rows share runs once for all of them, as GRPO runs a group's prompt
+            # (group_logprobs: the same log-probs and gradients); at least the one shares_prefix found for all ranks
+            P = common_prefix(seqs, min(min(starts), min(map(len, seqs)) - 1))
             comps, tgt = pad_batch([s[P - 1:] for s in seqs], [max(st - P + 1, 1) for st in starts], pad_id, device)
             prompt = torch.tensor([seqs[0][:P]], device=device)
             logp, _ = model.group_logprobs(prompt, torch.ones_like(prompt), comps[:, 1:], tgt[:, :-1], len(seqs),
@@ -190,10 +201,10 @@ def token_loss_sum(model, data, idx, pad_id, device, amp, min_shared=16):
 @torch.no_grad()
 def evaluate(model, data, rank, world, micro, pad_id, device, amp):
     """Held-out loss per token over all of `data`, sharded over ranks."""
-    lengths = [len(d[0]) for d in data]
+    lengths, shared = [len(d[0]) for d in data], shares_prefix(data, range(len(data)))
     tot = torch.zeros(2, dtype=torch.float64, device=device)
     for idx in split_for_rank(list(range(len(data))), lengths, rank, world, micro):
-        loss, _ = token_loss_sum(model, data, idx, pad_id, device, amp)
+        loss, _ = token_loss_sum(model, data, idx, pad_id, device, amp, shared)
         tot += torch.stack([loss.double(), torch.tensor(0.0 if idx is None else sum(
             len(data[i][0]) - max(data[i][1], 1) for i in idx), dtype=torch.float64, device=device)])
     if world > 1:
@@ -257,12 +268,14 @@ def train(a):
         items = global_batch(len(train_set), bs, step, a.seed)
         n_tok = sum(lengths[i] - max(train_set[i][1], 1) for i in items)  # loss tokens of the GLOBAL batch:
         # every rank knows the whole batch, so this count needs no all-reduce and equals the all-reduced one
-        micros = split_for_rank(items, lengths, rank, world, a.micro_batch)
+        micros, shared = split_for_rank(items, lengths, rank, world, a.micro_batch), shares_prefix(train_set, items)
         loss_sum, seen = torch.zeros((), device=device), 0
         for j, idx in enumerate(micros):
-            if hasattr(model, "set_requires_gradient_sync"):  # FSDP: reduce-scatter once, on the last micro-batch
-                model.set_requires_gradient_sync(j == len(micros) - 1)
-            loss, n = token_loss_sum(model, train_set, idx, pad, device, amp)
+            if hasattr(model, "set_requires_gradient_sync"):  # per-block FSDP units reduce-scatter every micro-batch:
+                # unsynced, FSDP2 keeps unsharded fp32 gradients of every parameter (30 GB a rank at 7B). One unit (a
+                # tiny model, held whole in each forward anyway): once, on the last micro-batch
+                model.set_requires_gradient_sync(a.fsdp_per_block or j == len(micros) - 1)
+            loss, n = token_loss_sum(model, train_set, idx, pad, device, amp, shared)
             # FSDP averages gradients over ranks: * world turns that mean back into the sum over the global batch
             (loss * world / n_tok).backward()
             loss_sum, seen = loss_sum + loss.detach(), seen + n
