@@ -184,13 +184,12 @@ def update(policy, opt, rows, adv, keep, args, world, pad_id, ref=None):
     Returns {timings, entropy and KL sums, loss, grad_norm}, or None when no completion is kept anywhere (the
     step is skipped)."""
     n, mb, dev = len(rows), args.micro_batch, next(policy.parameters()).device
-    lens = torch.tensor([float(len(c)) for _, c in rows])
-    denom = torch.stack([(keep * lens).sum() if args.token_mean else keep.sum() * args.loss_norm])
-    if dist.is_initialized():
-        dist.all_reduce(denom)
-    if denom.item() == 0:
+    kept = keep.tolist()
+    local = sum(x * len(c) for x, (_, c) in zip(kept, rows)) if args.token_mean else sum(kept) * args.loss_norm
+    denom = M.all_sum([local], dev)[0]
+    if denom == 0:
         return None
-    scale = world / denom.item()
+    scale = world / denom
     # A micro-batch holds whole groups (rows i*k .. i*k+k-1), each prompt run once for its completions
     # (group_logprobs); a larger group is cut into pieces of mb rows. Pieces of similar length share a micro-batch;
     # their number depends on n, k and mb only: the same on every rank.
@@ -320,17 +319,14 @@ def advantages(tok, batch, comps, args):
     return rewards, adv, zero, keep
 
 
-def step_metrics(step, rewards, zero, comps, stops, upd, with_kl, times):
+def step_metrics(step, rewards, zero, comps, stops, upd, with_kl, times, device):
     """The step's metrics summed over ranks (a collective): reward, accuracy (share of reward 1.0), format rate,
     zero-advantage group fraction, length, truncation, loss, entropy, KL, grad norm, seconds. upd: update()'s dict."""
     local = dict(reward=rewards.sum(), right=(rewards == 1).sum(), well_formed=(rewards != -0.5).sum(),
                  zero=zero.sum(), tokens=sum(map(len, comps)), completions=len(comps), groups=len(zero),
                  truncated=sum(not c or c[-1] not in stops for c in comps),
                  **{k: upd[k] if upd else 0 for k in ("ent_sum", "ent_n", "loss", "kl_sum")})
-    sums = torch.tensor([float(x) for x in local.values()], dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(sums)
-    s = dict(zip(local, sums.tolist()))  # loss: each rank holds its share
+    s = dict(zip(local, M.all_sum(local.values(), device)))  # loss: each rank holds its share
     N, G = s["completions"], s["groups"]
     m = dict(step=step, reward=s["reward"] / N, accuracy=s["right"] / N, format_rate=s["well_formed"] / N,
              zero_adv_frac=s["zero"] / G, mean_len=s["tokens"] / N, trunc_rate=s["truncated"] / N,
@@ -425,7 +421,7 @@ def train(args, rank, world, device):
         t_train = time.time() - t0
         # ---- log, stop test (stage 1), checkpoint
         m = step_metrics(step, rewards, zero, comps, stops, upd, ref is not None,
-                         dict(t_gen=t_gen, t_train=t_train, t_mine=t_mine))
+                         dict(t_gen=t_gen, t_train=t_train, t_mine=t_mine), device)
         run["rewards"].append(m["reward"])
         run["zero_fracs"].append(m["zero_adv_frac"])
         if rank == 0:

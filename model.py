@@ -467,6 +467,15 @@ def shard_model(model, mixed_precision=False, per_block=True):
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
     kw = dict(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else {}
+def all_sum(values, device):
+    """Floats summed over ranks -> a list of Python floats (the values themselves in one process). The one tensor
+    collective of the project: built on `device`, the model's, as NCCL reduces GPU tensors only."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    if _is_dist():
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
     for block in model.layers if per_block else []:
         fully_shard(block, mp_policy=MixedPrecisionPolicy(**kw))
     out = torch.float32 if mixed_precision else None  # fp32 outputs: set on the root only

@@ -205,11 +205,10 @@ def evaluate(model, data, rank, world, micro, pad_id, device, amp):
     tot = torch.zeros(2, dtype=torch.float64, device=device)
     for idx in split_for_rank(list(range(len(data))), lengths, rank, world, micro):
         loss, _ = token_loss_sum(model, data, idx, pad_id, device, amp, shared)
-        tot += torch.stack([loss.double(), torch.tensor(0.0 if idx is None else sum(
-            len(data[i][0]) - max(data[i][1], 1) for i in idx), dtype=torch.float64, device=device)])
-    if world > 1:
-        dist.all_reduce(tot)
-    return (tot[0] / tot[1]).item()
+        loss_sum += loss.item()
+        n_tok += 0 if idx is None else sum(len(data[i][0]) - max(data[i][1], 1) for i in idx)
+    loss_sum, n_tok = M.all_sum([loss_sum, n_tok], device)
+    return loss_sum / n_tok
 
 
 def train(a):
@@ -283,9 +282,7 @@ def train(a):
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        stats = torch.tensor([loss_sum.item(), seen], dtype=torch.float64, device=device)
-        if world > 1:
-            dist.all_reduce(stats)
+        loss_all, seen_all = M.all_sum([loss_sum.item(), seen], device)
         if rank == 0:
             dt = time.time() - t0
             row = {"step": step, "loss": stats[0].item() / n_tok, "lr": lr, "grad_norm": gnorm,
