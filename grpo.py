@@ -280,9 +280,10 @@ def evaluate(policy, tok, val, args):
 
 # ----------------------------------------------------------------------------------------------- one step
 
-def validate(policy, tok, val, val_key, run, args, rank, log):
+def validate(policy, tok, val, val_key, run, args, rank, log, dtype):
     """Greedy accuracy on --val at this step; a new best is saved as RUN_DIR/best with its score. Stage 2 starts
-    from stage 1's best/, which recorded its score on this very split: at step 0 it is not evaluated again."""
+    from stage 1's best/, which recorded its score on this very split: at step 0 it is not evaluated again. best/ is
+    written in `dtype` (None: the training dtype)."""
     step = run["step"]
     score = os.path.join(args.init, "val_score.jsonl")
     known = common.read_jsonl(score)[0].get(val_key) if step == 0 and os.path.exists(score) else None
@@ -290,7 +291,7 @@ def validate(policy, tok, val, val_key, run, args, rank, log):
     run["eval_step"] = step
     if acc > run["best"]:
         run["best"] = acc
-        M.save_model(policy, os.path.join(args.out, "best"), tok)
+        M.save_model(policy, os.path.join(args.out, "best"), tok, dtype)
         if rank == 0:
             common.write_jsonl(os.path.join(args.out, "best", "val_score.jsonl"), [{val_key: acc}])
     if rank == 0:
@@ -370,6 +371,7 @@ def train(args, rank, world, device):
     stops, pad = common.eos_ids(tok), common.pad_id(tok)
     records, by_id, val, val_key, review, pool = load_data(args, world)
     mp = args.mixed_precision if args.mixed_precision is not None else device.type == "cuda"
+    save_dtype = torch.bfloat16 if mp else None  # best/ and final/ in bf16 after bf16 training, as HF's Qwen
     policy = M.shard_model(M.load_model(args.init, device), mp, args.fsdp_per_block)
     ref = None
     if args.kl_coef > 0:  # the frozen reference for the KL variant: the --init weights
@@ -397,7 +399,7 @@ def train(args, rank, world, device):
         done = step >= args.max_steps or run["stop"] is not None
         # ---- validate: greedy accuracy on --val; RUN_DIR/best is chosen on it alone
         if val and run["eval_step"] != step and (step % args.eval_every == 0 or done):
-            validate(policy, tok, val, val_key, run, args, rank, log)
+            validate(policy, tok, val, val_key, run, args, rank, log, save_dtype)
         if done:
             break
         # ---- stage 2: (re)mine the hard pool with the current weights
@@ -436,7 +438,7 @@ def train(args, rank, world, device):
             M.save_state(state_dir, policy, opt, run)
 
     reason = run["stop"] or f"reached --max-steps {args.max_steps}"
-    M.save_model(policy, os.path.join(args.out, "final"), tok)
+    M.save_model(policy, os.path.join(args.out, "final"), tok, save_dtype)
     if rank == 0:
         log.log(dict(step=run["step"], stop=reason, best_val_acc=run["best"]))
         print(f"stage {args.stage} stopped at step {run['step']}: {reason}", flush=True)

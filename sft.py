@@ -202,7 +202,7 @@ def token_loss_sum(model, data, idx, pad_id, device, amp, shared):
 def evaluate(model, data, rank, world, micro, pad_id, device, amp):
     """Held-out loss per token over all of `data`, sharded over ranks."""
     lengths, shared = [len(d[0]) for d in data], shares_prefix(data, range(len(data)))
-    tot = torch.zeros(2, dtype=torch.float64, device=device)
+    loss_sum, n_tok = 0.0, 0
     for idx in split_for_rank(list(range(len(data))), lengths, rank, world, micro):
         loss, _ = token_loss_sum(model, data, idx, pad_id, device, amp, shared)
         loss_sum += loss.item()
@@ -285,8 +285,8 @@ def train(a):
         loss_all, seen_all = M.all_sum([loss_sum.item(), seen], device)
         if rank == 0:
             dt = time.time() - t0
-            row = {"step": step, "loss": stats[0].item() / n_tok, "lr": lr, "grad_norm": gnorm,
-                   "tokens_per_s": stats[1].item() / dt, "epoch": step / max(1, len(train_set) // bs)}
+            row = {"step": step, "loss": loss_all / n_tok, "lr": lr, "grad_norm": gnorm,
+                   "tokens_per_s": seen_all / dt, "epoch": step / max(1, len(train_set) // bs)}
             log.log(row)
             prog.update(1, loss=row["loss"], lr=lr, gnorm=gnorm)
         if val_set and (step % a.eval_every == 0 or step == total):
@@ -296,7 +296,7 @@ def train(a):
                 print(f"sft: step {step} val_loss {vl:.4f}", flush=True)
         if step % a.save_every == 0:
             save()
-    M.save_model(model, final_dir, tokenizer)
+    M.save_model(model, final_dir, tokenizer, torch.bfloat16 if cuda else None)  # bf16 training: bf16, as HF
     if rank == 0:
         print(f"sft: wrote {final_dir}", flush=True)
 

@@ -1,7 +1,7 @@
 """FSDP2 on CPU (2 ranks, gloo): shard_model (per block, or one unit: the same gradients), save_state/load_state,
 save_model from a sharded model, and generate() on a sharded model. pytest launches this file itself under torchrun;
 the worker is at the bottom."""
-import os, subprocess, sys
+import json, os, subprocess, sys
 
 import torch
 
@@ -45,6 +45,17 @@ def worker(out):
     save_state(f"{out}/state", model, opt, {"step": 2})
     expect_rand = torch.rand(3)  # what the RNG gives right after the save
     save_model(model, f"{out}/final")
+    # each rank wrote its own shards (weights and AdamW state), none the whole model
+    assert sorted(os.listdir(f"{out}/state")) == ["rank0.safetensors", "rank1.safetensors", "state.json"]
+    from safetensors.torch import load_file
+    mine = load_file(f"{out}/state/rank{rank}.safetensors")
+    full = model.model.embed_tokens.weight.full_tensor()
+    assert torch.equal(mine["model/model.embed_tokens.weight"], full[rank * 32:(rank + 1) * 32])  # vocab 64 / 2
+    assert mine["optim/model.embed_tokens.weight/exp_avg"].shape == (32, 32) and "model/lm_head.weight" not in mine
+    save_model(model, f"{out}/bf16", dtype=torch.bfloat16)  # the final/ and best/ of a mixed-precision run
+    half = load_model(f"{out}/bf16", dtype=torch.bfloat16)
+    assert json.load(open(f"{out}/bf16/config.json"))["dtype"] == "bfloat16"
+    assert torch.equal(half.model.embed_tokens.weight, full.to(torch.bfloat16))
 
     with torch.no_grad():
         ref_logits = model(ids)

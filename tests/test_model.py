@@ -199,7 +199,7 @@ def test_save_state_load_state_single_process(tmp_path):
     for (n, a), b in zip(m.state_dict().items(), m2.state_dict().values()):
         assert torch.equal(a, b), n
     assert opt2.param_groups[1]["weight_decay"] == 0.0 and opt2.param_groups[0]["weight_decay"] == 0.01
-    assert torch.equal(load_model(str(tmp_path / "state"))(ids), m(ids))  # the state folder is an HF folder
+    assert sorted(os.listdir(tmp_path / "state")) == ["rank0.safetensors", "state.json"]  # one file a rank, no pickle
     for mm, oo in ((m, opt), (m2, opt2)):  # the next step is identical
         mm(ids).logsumexp(-1).mean().backward()
         oo.step()
