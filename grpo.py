@@ -28,7 +28,8 @@ Deliberate departures from the paper:
      docs/tiny_runs.md#rollouts-at-temperature-05), and never re-mines (mine.py mines once).
 
 Memory, Qwen2.5-7B on 8 x 80 GB, the defaults: 15 GB of sharded fp32 state and AdamW a GPU; the rollout adds the
-bf16 weights (15 GB) and a 6 GB KV cache (64 rows x 1.6k tokens); a micro-batch of 2 completions ~25 GB. Fits.
+bf16 weights (15 GB) and a 5 GB KV cache (64 rows x 1.3k tokens x 56 KB); mining's 512 rows would need 37 GB, so
+every generate call is cut to --kv-cache-gb (24); a micro-batch of 2 completions ~25 GB. Fits.
 """
 import argparse
 import os
@@ -102,6 +103,8 @@ def get_args(argv=None):
     a("--remine-size", type=int, default=0, help="items evaluated per re-mining (0: the whole --data)")
     a("--mine-n", type=int, default=8, help="samples per item when mining")
     a("--mine-batch", type=int, default=64, help="prompts per generate call when mining / evaluating")
+    a("--kv-cache-gb", type=float, default=sampler.KV_BUDGET / 2**30,
+      help="KV cache per generate call; larger calls run in chunks (sampler.generate)")
     mine.add_pool_args(p, prefix="mine-")
     args = common.parse_with_preset(p, argv, TINY, variant=lambda a: f"stage{a.stage}")
     args.k = args.k or (8 if args.stage == 1 else 16)
@@ -263,8 +266,8 @@ def remine(policy, tok, records, review, args, step, rank):
     items = records
     if args.remine_size and args.remine_size < len(records):
         items = random.Random(args.seed + step).sample(records, args.remine_size)
-    rates = mine.mine(policy, tok, items, args.mine_n, batch_size=args.mine_batch,
-                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed + step)
+    rates = mine.mine(policy, tok, items, args.mine_n, batch_size=args.mine_batch, max_new_tokens=args.max_new_tokens,
+                      temperature=args.temperature, seed=args.seed + step, kv_budget=args.kv_cache_gb * 2**30)
     pool = mine.select_pool(items, rates, review=review, **mine.pool_kwargs(args, prefix="mine_"))
     if rank == 0:
         mine.write_outputs(os.path.join(args.out, f"mine_{step}"), rates, pool)
@@ -274,7 +277,7 @@ def remine(policy, tok, records, review, args, step, rank):
 def evaluate(policy, tok, val, args):
     """Greedy accuracy on the validation records (data-parallel through mine.mine with n=1, temperature 0)."""
     rates = mine.mine(policy, tok, val, 1, batch_size=args.mine_batch, max_new_tokens=args.max_new_tokens,
-                      temperature=0.0)
+                      temperature=0.0, kv_budget=args.kv_cache_gb * 2**30)
     return sum(r["pass_rate"] for r in rates) / max(len(rates), 1)
 
 
@@ -305,7 +308,7 @@ def rollout(policy, tok, batch, args, seed, stops, pad_id):
     prompts = [common.prompt_ids(tok, r) for r in batch]
     t0 = time.time()
     comps = sampler.generate(policy, prompts, args.max_new_tokens, temperature=args.temperature, top_p=1.0,
-                             eos_ids=stops, seed=seed, pad_id=pad_id, k=args.k)
+                             eos_ids=stops, seed=seed, pad_id=pad_id, k=args.k, kv_budget=args.kv_cache_gb * 2**30)
     return prompts, comps, seconds_since(t0)
 
 
