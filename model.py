@@ -18,6 +18,11 @@ from safetensors.torch import load_file, save_file
 from kernels.logprob import token_logprobs
 
 IGNORE = -100  # the target of a position that predicts nothing (prompt tokens, pads)
+# Devices whose SDPA has fused kernels with their own rules. torch 2.13 on CUDA: flash takes no mask (nor is_causal
+# with fewer queries than keys), mem-efficient takes a mask but no GQA (its backward gives K/V gradients with the
+# query's heads), so a mask with enable_gqa runs the math kernel and its fp32 (B, H, T, S) scores. There, masked
+# attention expands K/V to the query heads, and packed rows of one segment each drop their mask (is_causal: flash)
+FUSED_SDPA = {"cuda"}
 
 # ----------------------------------------------------------------------------------------------- config
 
@@ -126,6 +131,9 @@ class Attention(nn.Module):
             H, K = c.num_attention_heads, c.num_key_value_heads
             y = F.scaled_dot_product_attention(q.view(B, K, H // K, c.head_dim), k, v, attn_mask=mask)
             return self.o_proj(y.reshape(B, 1, -1))  # (B, 1, D)
+        if mask is not None and q.device.type in FUSED_SDPA and c.num_key_value_heads < c.num_attention_heads:
+            r = c.num_attention_heads // c.num_key_value_heads  # (B, K, S, hd) -> (B, H, S, hd): mem-efficient
+            k, v = k.repeat_interleave(r, 1), v.repeat_interleave(r, 1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
 
@@ -207,6 +215,9 @@ class Transformer(nn.Module):
             else:
                 position_ids = torch.arange(cache_pos, S, device=dev).expand(B, T)
         mask = None
+        if segment_ids is not None and dev.type in FUSED_SDPA and bool(((segment_ids == segment_ids[:, :1]) |
+                                                                         (segment_ids < 0)).all()):
+            segment_ids = None  # one segment a row, pads after it: plain causal, no mask (flash on CUDA)
         if segment_ids is not None:  # block-diagonal causal
             mask = torch.ones(T, T, dtype=torch.bool, device=dev).tril()[None, None] & \
                 (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])  # (B, 1, T, T)
