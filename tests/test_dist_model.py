@@ -124,6 +124,19 @@ def worker(out):
     for (name, a), (_, b) in zip(blocks.named_parameters(), m.named_parameters()):
         assert torch.equal(a.grad.full_tensor(), b.grad.full_tensor()), name
     assert generate(m, prompts, n, temperature=1.0, seed=rank) == got
+    # the cost grpo.update's docstring weighs: group_logprobs runs every block twice (prompt, then completions), so
+    # per-block units all-gather each block twice forward and twice backward; one pass over the rows, once each way
+    import torch.distributed.fsdp._fully_shard._fsdp_param_group as G
+    real, gathers, counts = G.foreach_all_gather, [], []
+    G.foreach_all_gather = lambda *a, **k: gathers.append(1) or real(*a, **k)
+    rows, ones = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 6, 7]]), torch.ones(1, 3, dtype=torch.long)
+    for f in (lambda: blocks.group_logprobs(rows[:1, :3], ones, rows[:, 3:], rows[:, 3:], 2)[0],
+              lambda: blocks.seq_logprobs(rows, rows)[0]):
+        gathers.clear()
+        f().sum().backward()
+        counts.append(len(gathers))
+    G.foreach_all_gather = real
+    assert counts == [1 + 4 * cfg.num_hidden_layers, 1 + 2 * cfg.num_hidden_layers], counts  # + 1: the root
     dist.barrier()
     print("WORKER OK", flush=True)
     dist.destroy_process_group()
