@@ -151,6 +151,16 @@ def policy_loss(logp, mask, adv, old_logp=None, ref_logp=None, clip_eps=0.0, kl_
     return -(obj * mask).sum()
 
 
+def peak_gb(device):
+    """CUDA: the peak GB allocated since the last call, which starts the next phase (metrics.jsonl: peak_gb_<phase>).
+    None elsewhere."""
+    if device.type != "cuda":
+        return None
+    gb = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return gb
+
+
 def seconds_since(t0):
     """Wall-clock seconds since t0, once the GPU has finished the work queued so far."""
     if torch.cuda.is_available():
@@ -403,9 +413,11 @@ def train(args, rank, world, device):
     while True:
         step = run["step"]
         done = step >= args.max_steps or run["stop"] is not None
+        mem, _ = {}, peak_gb(device)  # each phase's peak memory from here (CUDA)
         # ---- validate: greedy accuracy on --val; RUN_DIR/best is chosen on it alone
         if val and run["eval_step"] != step and (step % args.eval_every == 0 or done):
             validate(policy, tok, val, val_key, run, args, rank, log, save_dtype)
+            mem["val"] = peak_gb(device)
         if done:
             break
         # ---- stage 2: (re)mine the hard pool with the current weights
@@ -416,20 +428,22 @@ def train(args, rank, world, device):
             if len(pool) < args.prompts:
                 run["stop"] = f"hard pool has {len(pool)} items, fewer than --prompts {args.prompts}"
                 continue
-        t_mine = time.time() - t0
+        t_mine, mem["mine"] = time.time() - t0, peak_gb(device)
         # ---- rollout: the global batch of prompts is fixed by (seed, step); each rank samples its own slice
         batch = sample_prompts(pool, args.prompts, args.seed, step)[rank * per_rank:(rank + 1) * per_rank]
         prompts, comps, t_gen = rollout(policy, tok, batch, args, args.seed * 1_000_003 + step * world + rank,
                                         stops, pad)
+        mem["gen"] = peak_gb(device)
         # ---- advantages (eq. 2-3), then the update (eq. 1): log-probs at the sampling temperature, loss, step
         rewards, adv, zero, keep = advantages(tok, batch, comps, args)
         t0 = time.time()
         rows = [(prompts[i // args.k], c) for i, c in enumerate(comps)]
         upd = update(policy, opt, rows, adv.flatten(), keep, args, world, pad, ref)
-        t_train = time.time() - t0
+        t_train, mem["train"] = time.time() - t0, peak_gb(device)
         # ---- log, stop test (stage 1), checkpoint
+        peaks = {f"peak_gb_{k}": v for k, v in mem.items() if v is not None}
         m = step_metrics(step, rewards, zero, comps, stops, upd, ref is not None,
-                         dict(t_gen=t_gen, t_train=t_train, t_mine=t_mine), device)
+                         dict(t_gen=t_gen, t_train=t_train, t_mine=t_mine, **peaks), device)
         run["rewards"].append(m["reward"])
         run["zero_fracs"].append(m["zero_adv_frac"])
         if rank == 0:

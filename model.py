@@ -490,8 +490,9 @@ def all_sum(values, device):
 def shard_model(model, mixed_precision=False, per_block=True):
     """FSDP2. per_block (the real run): each block, then the root, so only one block's full weights are held at a
     time; else (tiny models) one unit, gathered once a step: the per-block collectives cost more time than the memory
-    they save. Same values either way. No-op in one process."""
-    if not _is_dist() or torch.distributed.get_world_size() == 1:
+    they save. Same values either way. No-op without a process group, and in one process without mixed precision
+    (torchrun --nproc_per_node 1 with mixed_precision: FSDP2 over one rank, for its bf16 compute)."""
+    if not _is_dist() or (torch.distributed.get_world_size() == 1 and not mixed_precision):
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
     kw = dict(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else {}

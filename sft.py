@@ -233,8 +233,8 @@ def train(a):
     pad = pad_id(tokenizer)  # pad positions carry no loss
     cuda = device.type == "cuda"
     model = M.shard_model(model, mixed_precision=cuda, per_block=a.fsdp_per_block)
-    # single-GPU runs are not sharded: bf16 autocast there, FSDP's mixed precision policy otherwise
-    amp = torch.autocast("cuda", torch.bfloat16) if cuda and world == 1 else nullcontext()
+    # a GPU without torchrun is not sharded: bf16 autocast there, FSDP's mixed precision policy otherwise
+    amp = torch.autocast("cuda", torch.bfloat16) if cuda and not dist.is_initialized() else nullcontext()
     opt = M.make_optimizer(model, a.lr, a.weight_decay)
     bs = min(a.batch_size, len(train_set))
     total = a.steps or a.epochs * max(1, len(train_set) // bs)
