@@ -166,7 +166,7 @@ def main(argv=None):
         pool = select_pool(records, rates, review=review_ids(args.review), **pool_kwargs(args))
         if rank == 0:
             write_outputs(args.out, rates, pool)
-        if dist.is_initialized():  # leave together: a rank tearing down while rank 0 still writes aborts at exit
+        if dist.is_initialized():  # leave together: no rank exits while another could still communicate
             dist.barrier()
     finally:
         if dist.is_initialized():
@@ -175,3 +175,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    M.exit_worker()

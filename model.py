@@ -7,7 +7,7 @@ clipping and lr schedule sft.py and grpo.py share, tiny-mode builders (a byte-le
 fresh tiny Qwen2-shaped model) and the distributed helpers (FSDP2 sharding, resumable safetensors checkpoints).
 This is the policy network of Fleming-R1 (arXiv 2509.15279, sec. 3: the Qwen2.5 / Qwen3 backbones).
 """
-import datetime, json, math, os, random, shutil
+import datetime, json, math, os, random, shutil, sys
 from dataclasses import dataclass, fields
 
 import torch
@@ -476,6 +476,18 @@ def setup_dist():
         torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
     dev = torch.device("cuda", local) if cuda else torch.device("cpu")
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), dev
+
+
+def exit_worker():
+    """The last call of a torchrun worker whose main() returned (its process group destroyed): leave without
+    interpreter finalization. FSDP2's DTensor caches keep the process group alive past destroy_process_group, so its
+    threads may still be releasing the last collective (gloo: the final barrier's work and the all-gather work it
+    holds, whose tensors need the GIL) while Python finalizes; taking the GIL then ends the thread inside a C++
+    destructor: SIGABRT, "terminate called without an active exception" (gdb on a core of a 2-rank worker)."""
+    if "WORLD_SIZE" in os.environ:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def all_sum(values, device):

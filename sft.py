@@ -340,3 +340,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    M.exit_worker()
