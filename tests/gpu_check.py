@@ -200,7 +200,7 @@ def main():
                   600)
     results.append(report(3, "collectives on the model's device", rc == 0, log.strip().splitlines()[-1]))
     bench = [sys.executable, "tests/bench_logprob.py"] + (["--cuda", "--rounds", "5"] if cuda else
-                                                           ["--n", "256", "--v", "4096", "--rounds", "1"])
+                                                           ["--n", "1024", "--v", "16384", "--rounds", "1"])
     rc, log = run(bench, env, 900)
     lines = [ln.strip() for ln in log.splitlines() if "triton / naive" in ln or "vs fp32" in ln or "best of" in ln
              or "memory" in ln]
