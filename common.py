@@ -351,7 +351,7 @@ def difficulty_heuristic(recs, rare_quantile=0.5):
 # LLM client: llm(conversations, n, temperature, max_tokens, seed) -> [[text] * n per conversation]
 
 def make_llm(spec, model_name=None, cache_dir=None, concurrency=4, api_key_env="OPENAI_API_KEY", max_retries=5,
-             backoff=1.0, timeout=600, device=None, batch_size=64):
+             backoff=1.0, timeout=600, device=None, batch_size=64, kv_budget=None):
     """An LLM callable over an OpenAI-compatible API (`spec` an http(s) base URL) or a local HF-format folder
     (model.load_model + sampler.generate). HTTP: the key from env var `api_key_env` (never logged or cached);
     429/5xx/connection errors retried with exponential backoff; `concurrency` requests in parallel; with
@@ -364,7 +364,7 @@ def make_llm(spec, model_name=None, cache_dir=None, concurrency=4, api_key_env="
     from model import load_model
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(spec, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    return make_local_llm(model, AutoTokenizer.from_pretrained(spec), batch_size=batch_size)
+    return make_local_llm(model, AutoTokenizer.from_pretrained(spec), batch_size=batch_size, kv_budget=kv_budget)
 
 
 def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries, backoff, timeout):
@@ -433,10 +433,11 @@ def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries
     return llm
 
 
-def make_local_llm(model, tokenizer, batch_size=64):
-    """The LLM callable over an already loaded model.py Transformer + tokenizer (sampler.generate, batched).
-    Prompts are sorted by length so each batch wastes little left padding."""
-    from sampler import generate
+def make_local_llm(model, tokenizer, batch_size=64, kv_budget=None):
+    """The LLM callable over an already loaded model.py Transformer + tokenizer (sampler.generate, batched; kv_budget
+    bytes of KV cache a call, None: sampler.KV_BUDGET). Prompts are sorted by length so each batch wastes little
+    left padding."""
+    from sampler import KV_BUDGET, generate
     stops, pad = eos_ids(tokenizer), pad_id(tokenizer)
 
     def llm(conversations, n=1, temperature=0.0, max_tokens=512, seed=0):
@@ -446,7 +447,7 @@ def make_local_llm(model, tokenizer, batch_size=64):
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             comps = generate(model, [prompts[i] for i in idx], max_tokens, temperature=temperature,
-                             eos_ids=stops, seed=seed + b, pad_id=pad, k=n)
+                             eos_ids=stops, seed=seed + b, pad_id=pad, k=n, kv_budget=kv_budget or KV_BUDGET)
             for j, i in enumerate(idx):
                 rows = comps[j * n:(j + 1) * n]
                 out[i] = [tokenizer.decode(r[:-1] if r and r[-1] in stops else r, skip_special_tokens=False)

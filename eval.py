@@ -146,6 +146,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=16, help="parallel HTTP requests")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per sampler.generate call (local model)")
+    p.add_argument("--kv-cache-gb", type=float, default=24.0,
+                   help="KV cache per generate call (local model); larger calls run in chunks")
     p.add_argument("--cache-dir", default=None, help="HTTP response cache (default OUT/cache)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key")
     p.add_argument("--paper", default=None, help='JSON {"model": {"bench": accuracy %%}} shown alongside')
@@ -176,7 +178,8 @@ def run(a, model, out, benches, temperature, paper):
                 f"{k} {o!r}, now {v!r}" for k, (o, v) in diff.items()) + "): use another --out, or delete it")
     atomic_write(setup_path, json.dumps(setup, indent=2))
     llm = make_llm(model, model_name=a.model_name, cache_dir=a.cache_dir or os.path.join(out, "cache"),
-                   concurrency=a.concurrency, api_key_env=a.api_key_env, batch_size=a.batch_size)
+                   concurrency=a.concurrency, api_key_env=a.api_key_env, batch_size=a.batch_size,
+                   kv_budget=a.kv_cache_gb * 2**30)
     results, rejects = {}, []
     for name, path in benches:
         key = name if name not in results else f"{name}:{os.path.splitext(os.path.basename(path))[0]}"

@@ -28,7 +28,8 @@ Deliberate departures from the paper:
      docs/tiny_runs.md#rollouts-at-temperature-05), and never re-mines (mine.py mines once).
 
 Memory, Qwen2.5-7B on 8 x 80 GB, the defaults: 15 GB of sharded fp32 state and AdamW a GPU; the rollout adds the
-bf16 weights (15 GB) and a 6 GB KV cache (64 rows x 1.6k tokens); a micro-batch of 2 completions ~25 GB. Fits.
+bf16 weights (15 GB) and a 5 GB KV cache (64 rows x 1.3k tokens x 56 KB); mining's 512 rows would need 37 GB, so
+every generate call is cut to --kv-cache-gb (24); a micro-batch of 2 completions ~25 GB. Fits.
 """
 import argparse
 import os
@@ -102,6 +103,8 @@ def get_args(argv=None):
     a("--remine-size", type=int, default=0, help="items evaluated per re-mining (0: the whole --data)")
     a("--mine-n", type=int, default=8, help="samples per item when mining")
     a("--mine-batch", type=int, default=64, help="prompts per generate call when mining / evaluating")
+    a("--kv-cache-gb", type=float, default=sampler.KV_BUDGET / 2**30,
+      help="KV cache per generate call; larger calls run in chunks (sampler.generate)")
     mine.add_pool_args(p, prefix="mine-")
     args = common.parse_with_preset(p, argv, TINY, variant=lambda a: f"stage{a.stage}")
     args.k = args.k or (8 if args.stage == 1 else 16)
@@ -148,6 +151,16 @@ def policy_loss(logp, mask, adv, old_logp=None, ref_logp=None, clip_eps=0.0, kl_
     return -(obj * mask).sum()
 
 
+def peak_gb(device):
+    """CUDA: the peak GB allocated since the last call, which starts the next phase (metrics.jsonl: peak_gb_<phase>).
+    None elsewhere."""
+    if device.type != "cuda":
+        return None
+    gb = torch.cuda.max_memory_allocated(device) / 2**30
+    torch.cuda.reset_peak_memory_stats(device)
+    return gb
+
+
 def seconds_since(t0):
     """Wall-clock seconds since t0, once the GPU has finished the work queued so far."""
     if torch.cuda.is_available():
@@ -184,16 +197,18 @@ def update(policy, opt, rows, adv, keep, args, world, pad_id, ref=None):
     Returns {timings, entropy and KL sums, loss, grad_norm}, or None when no completion is kept anywhere (the
     step is skipped)."""
     n, mb, dev = len(rows), args.micro_batch, next(policy.parameters()).device
-    lens = torch.tensor([float(len(c)) for _, c in rows])
-    denom = torch.stack([(keep * lens).sum() if args.token_mean else keep.sum() * args.loss_norm])
-    if dist.is_initialized():
-        dist.all_reduce(denom)
-    if denom.item() == 0:
+    kept = keep.tolist()
+    local = sum(x * len(c) for x, (_, c) in zip(kept, rows)) if args.token_mean else sum(kept) * args.loss_norm
+    denom = M.all_sum([local], dev)[0]
+    if denom == 0:
         return None
-    scale = world / denom.item()
+    scale = world / denom
     # A micro-batch holds whole groups (rows i*k .. i*k+k-1), each prompt run once for its completions
     # (group_logprobs); a larger group is cut into pieces of mb rows. Pieces of similar length share a micro-batch;
-    # their number depends on n, k and mb only: the same on every rank.
+    # their number depends on n, k and mb only: the same on every rank. With per-block FSDP the prompt pass gathers
+    # every block a second time, forward and backward (tests/test_dist_model.py). Kept: at 7B on 8 x H100 a block
+    # (0.47 GB bf16) takes ~1.1 ms to gather, ~60 ms a micro-batch of 2 rows the short prompt pass cannot hide,
+    # against ~35 ms of compute to run a ~300-token prompt once more in a single pass: ~1 s of a ~20 s step either way
     k = args.k
     if n % k or any(rows[i][0] != rows[i - i % k][0] for i in range(n)):
         raise ValueError(f"update: {n} rows are not groups of k={k} consecutive rows with one prompt")
@@ -264,8 +279,8 @@ def remine(policy, tok, records, review, args, step, rank):
     items = records
     if args.remine_size and args.remine_size < len(records):
         items = random.Random(args.seed + step).sample(records, args.remine_size)
-    rates = mine.mine(policy, tok, items, args.mine_n, batch_size=args.mine_batch,
-                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed + step)
+    rates = mine.mine(policy, tok, items, args.mine_n, batch_size=args.mine_batch, max_new_tokens=args.max_new_tokens,
+                      temperature=args.temperature, seed=args.seed + step, kv_budget=args.kv_cache_gb * 2**30)
     pool = mine.select_pool(items, rates, review=review, **mine.pool_kwargs(args, prefix="mine_"))
     if rank == 0:
         mine.write_outputs(os.path.join(args.out, f"mine_{step}"), rates, pool)
@@ -275,15 +290,16 @@ def remine(policy, tok, records, review, args, step, rank):
 def evaluate(policy, tok, val, args):
     """Greedy accuracy on the validation records (data-parallel through mine.mine with n=1, temperature 0)."""
     rates = mine.mine(policy, tok, val, 1, batch_size=args.mine_batch, max_new_tokens=args.max_new_tokens,
-                      temperature=0.0)
+                      temperature=0.0, kv_budget=args.kv_cache_gb * 2**30)
     return sum(r["pass_rate"] for r in rates) / max(len(rates), 1)
 
 
 # ----------------------------------------------------------------------------------------------- one step
 
-def validate(policy, tok, val, val_key, run, args, rank, log):
+def validate(policy, tok, val, val_key, run, args, rank, log, dtype):
     """Greedy accuracy on --val at this step; a new best is saved as RUN_DIR/best with its score. Stage 2 starts
-    from stage 1's best/, which recorded its score on this very split: at step 0 it is not evaluated again."""
+    from stage 1's best/, which recorded its score on this very split: at step 0 it is not evaluated again. best/ is
+    written in `dtype` (None: the training dtype)."""
     step = run["step"]
     score = os.path.join(args.init, "val_score.jsonl")
     known = common.read_jsonl(score)[0].get(val_key) if step == 0 and os.path.exists(score) else None
@@ -291,7 +307,7 @@ def validate(policy, tok, val, val_key, run, args, rank, log):
     run["eval_step"] = step
     if acc > run["best"]:
         run["best"] = acc
-        M.save_model(policy, os.path.join(args.out, "best"), tok)
+        M.save_model(policy, os.path.join(args.out, "best"), tok, dtype)
         if rank == 0:
             common.write_jsonl(os.path.join(args.out, "best", "val_score.jsonl"), [{val_key: acc}])
     if rank == 0:
@@ -305,7 +321,7 @@ def rollout(policy, tok, batch, args, seed, stops, pad_id):
     prompts = [common.prompt_ids(tok, r) for r in batch]
     t0 = time.time()
     comps = sampler.generate(policy, prompts, args.max_new_tokens, temperature=args.temperature, top_p=1.0,
-                             eos_ids=stops, seed=seed, pad_id=pad_id, k=args.k)
+                             eos_ids=stops, seed=seed, pad_id=pad_id, k=args.k, kv_budget=args.kv_cache_gb * 2**30)
     return prompts, comps, seconds_since(t0)
 
 
@@ -320,17 +336,14 @@ def advantages(tok, batch, comps, args):
     return rewards, adv, zero, keep
 
 
-def step_metrics(step, rewards, zero, comps, stops, upd, with_kl, times):
+def step_metrics(step, rewards, zero, comps, stops, upd, with_kl, times, device):
     """The step's metrics summed over ranks (a collective): reward, accuracy (share of reward 1.0), format rate,
     zero-advantage group fraction, length, truncation, loss, entropy, KL, grad norm, seconds. upd: update()'s dict."""
     local = dict(reward=rewards.sum(), right=(rewards == 1).sum(), well_formed=(rewards != -0.5).sum(),
                  zero=zero.sum(), tokens=sum(map(len, comps)), completions=len(comps), groups=len(zero),
                  truncated=sum(not c or c[-1] not in stops for c in comps),
                  **{k: upd[k] if upd else 0 for k in ("ent_sum", "ent_n", "loss", "kl_sum")})
-    sums = torch.tensor([float(x) for x in local.values()], dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(sums)
-    s = dict(zip(local, sums.tolist()))  # loss: each rank holds its share
+    s = dict(zip(local, M.all_sum(local.values(), device)))  # loss: each rank holds its share
     N, G = s["completions"], s["groups"]
     m = dict(step=step, reward=s["reward"] / N, accuracy=s["right"] / N, format_rate=s["well_formed"] / N,
              zero_adv_frac=s["zero"] / G, mean_len=s["tokens"] / N, trunc_rate=s["truncated"] / N,
@@ -379,6 +392,7 @@ def train(args, rank, world, device):
     stops, pad = common.eos_ids(tok), common.pad_id(tok)
     records, by_id, val, val_key, review, pool = load_data(args, world)
     mp = args.mixed_precision if args.mixed_precision is not None else device.type == "cuda"
+    save_dtype = torch.bfloat16 if mp else None  # best/ and final/ in bf16 after bf16 training, as HF's Qwen
     policy = M.shard_model(M.load_model(args.init, device), mp, args.fsdp_per_block)
     ref = None
     if args.kl_coef > 0:  # the frozen reference for the KL variant: the --init weights
@@ -404,9 +418,11 @@ def train(args, rank, world, device):
     while True:
         step = run["step"]
         done = step >= args.max_steps or run["stop"] is not None
+        mem, _ = {}, peak_gb(device)  # each phase's peak memory from here (CUDA)
         # ---- validate: greedy accuracy on --val; RUN_DIR/best is chosen on it alone
         if val and run["eval_step"] != step and (step % args.eval_every == 0 or done):
-            validate(policy, tok, val, val_key, run, args, rank, log)
+            validate(policy, tok, val, val_key, run, args, rank, log, save_dtype)
+            mem["val"] = peak_gb(device)
         if done:
             break
         # ---- stage 2: (re)mine the hard pool with the current weights
@@ -417,20 +433,22 @@ def train(args, rank, world, device):
             if len(pool) < args.prompts:
                 run["stop"] = f"hard pool has {len(pool)} items, fewer than --prompts {args.prompts}"
                 continue
-        t_mine = time.time() - t0
+        t_mine, mem["mine"] = time.time() - t0, peak_gb(device)
         # ---- rollout: the global batch of prompts is fixed by (seed, step); each rank samples its own slice
         batch = sample_prompts(pool, args.prompts, args.seed, step)[rank * per_rank:(rank + 1) * per_rank]
         prompts, comps, t_gen = rollout(policy, tok, batch, args, args.seed * 1_000_003 + step * world + rank,
                                         stops, pad)
+        mem["gen"] = peak_gb(device)
         # ---- advantages (eq. 2-3), then the update (eq. 1): log-probs at the sampling temperature, loss, step
         rewards, adv, zero, keep = advantages(tok, batch, comps, args)
         t0 = time.time()
         rows = [(prompts[i // args.k], c) for i, c in enumerate(comps)]
         upd = update(policy, opt, rows, adv.flatten(), keep, args, world, pad, ref)
-        t_train = time.time() - t0
+        t_train, mem["train"] = time.time() - t0, peak_gb(device)
         # ---- log, stop test (stage 1), checkpoint
+        peaks = {f"peak_gb_{k}": v for k, v in mem.items() if v is not None}
         m = step_metrics(step, rewards, zero, comps, stops, upd, ref is not None,
-                         dict(t_gen=t_gen, t_train=t_train, t_mine=t_mine))
+                         dict(t_gen=t_gen, t_train=t_train, t_mine=t_mine, **peaks), device)
         run["rewards"].append(m["reward"])
         run["zero_fracs"].append(m["zero_adv_frac"])
         if rank == 0:
@@ -445,7 +463,7 @@ def train(args, rank, world, device):
             M.save_state(state_dir, policy, opt, run)
 
     reason = run["stop"] or f"reached --max-steps {args.max_steps}"
-    M.save_model(policy, os.path.join(args.out, "final"), tok)
+    M.save_model(policy, os.path.join(args.out, "final"), tok, save_dtype)
     if rank == 0:
         log.log(dict(step=run["step"], stop=reason, best_val_acc=run["best"]))
         print(f"stage {args.stage} stopped at step {run['step']}: {reason}", flush=True)
@@ -464,3 +482,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    M.exit_worker()

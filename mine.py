@@ -39,10 +39,12 @@ TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); evidence in docs/tiny_ru
 )
 
 
-def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temperature=1.0, seed=0):
+def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temperature=1.0, seed=0,
+         kv_budget=sampler.KV_BUDGET):
     """Pass rates of `model` on `records` (n samples each) and whether the greedy answer passes -> [{"id",
     "difficulty", "passes", "n", "pass_rate", "greedy_pass"}] in `records` order, on every rank. Rank r takes records
-    r, r+world, ...; every rank makes the same generate calls (FSDP gathers the weights collectively in each)."""
+    r, r+world, ...; every rank makes the same generate calls (FSDP gathers the weights collectively in each), each
+    sized to kv_budget bytes of KV cache (sampler.generate)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     stops = common.eos_ids(tokenizer)
     pad = common.pad_id(tokenizer)
@@ -54,11 +56,11 @@ def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temper
     for c in range(calls):
         part = idx[c * batch_size:(c + 1) * batch_size]
         prompts = [common.prompt_ids(tokenizer, records[i]) for i in (part or [0])]
-        comps = sampler.generate(model, prompts, max_new_tokens, temperature=temperature, top_p=1.0,
-                                 eos_ids=stops, seed=seed * 1_000_003 + c * world + rank, pad_id=pad, k=n)
+        comps = sampler.generate(model, prompts, max_new_tokens, temperature=temperature, top_p=1.0, eos_ids=stops,
+                                 seed=seed * 1_000_003 + c * world + rank, pad_id=pad, k=n, kv_budget=kv_budget)
         # and the greedy answer, the one evaluation scores (at temperature 0 the samples are greedy already)
-        greedy = sampler.generate(model, prompts, max_new_tokens, eos_ids=stops, pad_id=pad) if temperature > 0 \
-            else comps[::n]
+        greedy = comps[::n] if temperature == 0 else \
+            sampler.generate(model, prompts, max_new_tokens, eos_ids=stops, pad_id=pad, kv_budget=kv_budget)
         for j, i in enumerate(part):
             rec = records[i]
             passes = sum(right(y, rec) for y in comps[j * n:(j + 1) * n])
@@ -143,6 +145,7 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=64, help="items per generate call (per rank)")
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--kv-cache-gb", type=float, default=sampler.KV_BUDGET / 2**30, help="KV cache per generate call")
     p.add_argument("--sample", type=int, default=0, help="mine a seeded random sample of N items (0: all)")
     p.add_argument("--seed", type=int, default=0)
     add_pool_args(p)
@@ -154,15 +157,16 @@ def main(argv=None):
         records = common.read_records(args.data)
         if 0 < args.sample < len(records):  # the same sample on every rank: it depends on the seed only
             records = random.Random(args.seed).sample(records, args.sample)
-        model = M.load_model(args.model, device)
+        # bf16 weights on GPUs (7B: 15 GB gathered, not 30, and a bf16 KV cache), fp32 on the CPU
+        model = M.load_model(args.model, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
         M.shard_model(model)
         with torch.no_grad():
             rates = mine(model, tok, records, args.samples, args.batch_size, args.max_new_tokens, args.temperature,
-                         args.seed)
+                         args.seed, args.kv_cache_gb * 2**30)
         pool = select_pool(records, rates, review=review_ids(args.review), **pool_kwargs(args))
         if rank == 0:
             write_outputs(args.out, rates, pool)
-        if dist.is_initialized():  # leave together: a rank tearing down while rank 0 still writes aborts at exit
+        if dist.is_initialized():  # leave together: no rank exits while another could still communicate
             dist.barrier()
     finally:
         if dist.is_initialized():
@@ -171,3 +175,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    M.exit_worker()

@@ -7,7 +7,7 @@ clipping and lr schedule sft.py and grpo.py share, tiny-mode builders (a byte-le
 fresh tiny Qwen2-shaped model) and the distributed helpers (FSDP2 sharding, resumable safetensors checkpoints).
 This is the policy network of Fleming-R1 (arXiv 2509.15279, sec. 3: the Qwen2.5 / Qwen3 backbones).
 """
-import json, math, os, random, shutil
+import datetime, json, math, os, random, shutil, sys
 from dataclasses import dataclass, fields
 
 import torch
@@ -19,6 +19,11 @@ from common import eos_ids
 from kernels.logprob import token_logprobs
 
 IGNORE = -100  # the target of a position that predicts nothing (prompt tokens, pads)
+# Devices whose SDPA has fused kernels with their own rules. torch 2.13 on CUDA: flash takes no mask (nor is_causal
+# with fewer queries than keys), mem-efficient takes a mask but no GQA (its backward gives K/V gradients with the
+# query's heads), so a mask with enable_gqa runs the math kernel and its fp32 (B, H, T, S) scores. There, masked
+# attention expands K/V to the query heads, and packed rows of one segment each drop their mask (is_causal: flash)
+FUSED_SDPA = {"cuda"}
 
 # ----------------------------------------------------------------------------------------------- config
 
@@ -127,6 +132,9 @@ class Attention(nn.Module):
             H, K = c.num_attention_heads, c.num_key_value_heads
             y = F.scaled_dot_product_attention(q.view(B, K, H // K, c.head_dim), k, v, attn_mask=mask)
             return self.o_proj(y.reshape(B, 1, -1))  # (B, 1, D)
+        if mask is not None and q.device.type in FUSED_SDPA and c.num_key_value_heads < c.num_attention_heads:
+            r = c.num_attention_heads // c.num_key_value_heads  # (B, K, S, hd) -> (B, H, S, hd): mem-efficient
+            k, v = k.repeat_interleave(r, 1), v.repeat_interleave(r, 1)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=True)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))  # (B, T, D)
 
@@ -208,6 +216,9 @@ class Transformer(nn.Module):
             else:
                 position_ids = torch.arange(cache_pos, S, device=dev).expand(B, T)
         mask = None
+        if segment_ids is not None and dev.type in FUSED_SDPA and bool(((segment_ids == segment_ids[:, :1]) |
+                                                                         (segment_ids < 0)).all()):
+            segment_ids = None  # one segment a row, pads after it: plain causal, no mask (flash on CUDA)
         if segment_ids is not None:  # block-diagonal causal
             mask = torch.ones(T, T, dtype=torch.bool, device=dev).tril()[None, None] & \
                 (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])  # (B, 1, T, T)
@@ -325,29 +336,36 @@ def _rank():
     return torch.distributed.get_rank() if _is_dist() else 0
 
 
-def full_state_dict(model) -> dict:
-    """The full (unsharded) CPU state dict on rank 0 ({} on other ranks). Collective under FSDP."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-    if not _is_dist():
-        sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    else:
-        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if model.config.tie_word_embeddings:
-        sd.pop("lm_head.weight", None)  # HF omits the tied copy (and safetensors refuses shared storage)
+def full_state_dict(model, dtype=None) -> dict:
+    """The full (unsharded) CPU state dict on rank 0 ({} on other ranks), cast to `dtype` if given. Collective under
+    FSDP: gathered tensor by tensor (and cast on the device), so rank 0 holds one copy of the weights in host memory."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue  # HF omits the tied copy (and safetensors refuses shared storage)
+        v = v.full_tensor() if hasattr(v, "full_tensor") else v
+        if _rank() == 0:
+            sd[k] = v.detach().to(dtype or v.dtype).cpu()
     return sd
 
 
-def _atomic_dir(path, write):
-    """Call write(tmp_dir), then swap tmp_dir into place: readers never see a half-written folder."""
-    path = os.path.normpath(path)  # "out/" must not put the tmp dir inside out/
-    tmp, old = f"{path}.tmp{os.getpid()}", f"{path}.old{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    write(tmp)
+def _swap_in(tmp, path):
+    """Replace `path` by the folder `tmp`: readers never see a half-written folder."""
+    old = f"{path}.old{os.getpid()}"
     if os.path.exists(path):
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _atomic_dir(path, write):
+    """Call write(tmp_dir), then swap tmp_dir into place."""
+    path = os.path.normpath(path)  # "out/" must not put the tmp dir inside out/
+    tmp = f"{path}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    write(tmp)
+    _swap_in(tmp, path)
 
 
 def _write_hf(d, model, sd, tokenizer):
@@ -368,10 +386,10 @@ def _write_hf(d, model, sd, tokenizer):
         tokenizer.save_pretrained(d)
 
 
-def save_model(model, path, tokenizer=None):
-    """Write an HF folder (config.json + model.safetensors [+ tokenizer, generation_config.json]). Every rank calls
-    it; rank 0 writes."""
-    sd = full_state_dict(model)
+def save_model(model, path, tokenizer=None, dtype=None):
+    """Write an HF folder (config.json + model.safetensors [+ tokenizer, generation_config.json]), in `dtype` if
+    given (bf16 after mixed precision training: what HF Qwen checkpoints hold). Every rank calls it; rank 0 writes."""
+    sd = full_state_dict(model, dtype)
     if _rank() == 0:
         _atomic_dir(path, lambda d: _write_hf(d, model, sd, tokenizer))
     if _is_dist():
@@ -463,17 +481,39 @@ def setup_dist():
     local = int(os.environ.get("LOCAL_RANK", 0))
     if cuda:
         torch.cuda.set_device(local)
-    if not _is_dist():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    if not _is_dist():  # a generous timeout: ranks wait in barriers while others write checkpoints or mine
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
     dev = torch.device("cuda", local) if cuda else torch.device("cpu")
     return torch.distributed.get_rank(), torch.distributed.get_world_size(), dev
+
+
+def exit_worker():
+    """The last call of a torchrun worker whose main() returned (its process group destroyed): leave without
+    interpreter finalization. FSDP2's DTensor caches keep the process group alive past destroy_process_group, so its
+    threads may still be releasing the last collective (gloo: the final barrier's work and the all-gather work it
+    holds, whose tensors need the GIL) while Python finalizes; taking the GIL then ends the thread inside a C++
+    destructor: SIGABRT, "terminate called without an active exception" (gdb on a core of a 2-rank worker)."""
+    if "WORLD_SIZE" in os.environ:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+def all_sum(values, device):
+    """Floats summed over ranks -> a list of Python floats (the values themselves in one process). The one tensor
+    collective of the project: built on `device`, the model's, as NCCL reduces GPU tensors only."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    if _is_dist():
+        torch.distributed.all_reduce(t)
+    return t.tolist()
 
 
 def shard_model(model, mixed_precision=False, per_block=True):
     """FSDP2. per_block (the real run): each block, then the root, so only one block's full weights are held at a
     time; else (tiny models) one unit, gathered once a step: the per-block collectives cost more time than the memory
-    they save. Same values either way. No-op in one process."""
-    if not _is_dist() or torch.distributed.get_world_size() == 1:
+    they save. Same values either way. No-op without a process group, and in one process without mixed precision
+    (torchrun --nproc_per_node 1 with mixed_precision: FSDP2 over one rank, for its bf16 compute)."""
+    if not _is_dist() or (torch.distributed.get_world_size() == 1 and not mixed_precision):
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
     kw = dict(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else {}
@@ -493,57 +533,77 @@ def _rng_state():
     return s
 
 
-def save_state(dir, model, optimizer, extra: dict):
-    """Resumable checkpoint: model (an HF folder), optimizer tensors (optim.safetensors, "state/<param fqn>/<key>"),
-    and param_groups, scalars, per-rank RNG and `extra` in state.json. No pickle. Collective under FSDP."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-    sd = full_state_dict(model)
-    osd = get_optimizer_state_dict(model, optimizer,
-                                   options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    rngs = [_rng_state()]
-    if _is_dist():
-        rngs = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(rngs, _rng_state())
-    if _rank() == 0:
-        tensors, scalars = {}, {}
-        for fqn, st in osd["state"].items():
-            for key, v in st.items():
-                if torch.is_tensor(v):
-                    tensors[f"state/{fqn}/{key}"] = v.detach().cpu().contiguous()
-                else:
-                    scalars[f"state/{fqn}/{key}"] = v
-        meta = {"param_groups": osd["param_groups"], "scalars": scalars, "rng": rngs, "extra": extra}
+def _local(t):
+    """This rank's shard of a DTensor (FSDP2: a block of rows), else the tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
 
-        def write(d):
-            _write_hf(d, model, sd, None)
-            save_file(tensors, os.path.join(d, "optim.safetensors"))
-            with open(os.path.join(d, "state.json"), "w") as f:
-                json.dump(meta, f)
-        _atomic_dir(dir, write)
+
+def save_state(dir, model, optimizer, extra: dict):
+    """Resumable checkpoint, sharded: each rank writes its own shards of the fp32 weights and of the optimizer state
+    to rank<r>.safetensors ("model/<fqn>", "optim/<fqn>/<key>"); rank 0 then writes state.json (world size,
+    param_groups, non-tensor state, per-rank RNG, `extra`) and swaps the folder into place. No pickle, and no rank
+    gathers the model (7B: 11 GB a rank, instead of 91 GB on rank 0). Collective; needs a filesystem all ranks share."""
+    rank, world = _rank(), torch.distributed.get_world_size() if _is_dist() else 1
+    names = {p: n for n, p in model.named_parameters()}
+    params = [p for g in optimizer.param_groups for p in g["params"]]  # the optimizer's own numbering
+    tensors, scalars = {f"model/{n}": _local(p) for n, p in model.named_parameters()}, {}
+    osd = optimizer.state_dict()
+    for i, st in osd["state"].items():
+        for key, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim/{names[params[i]]}/{key}"] = _local(v)
+            else:
+                scalars[f"optim/{names[params[i]]}/{key}"] = v
+    path = os.path.normpath(dir)
+    tmp = f"{path}.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    if _is_dist():
+        torch.distributed.barrier()
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+              os.path.join(tmp, f"rank{rank}.safetensors"))
+    rngs = [_rng_state()]
+    if _is_dist():  # also the sign that every rank has written its file
+        rngs = [None] * world
+        torch.distributed.all_gather_object(rngs, _rng_state())
+    if rank == 0:
+        meta = {"world": world, "param_groups": osd["param_groups"], "scalars": scalars, "rng": rngs, "extra": extra}
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump(meta, f)
+        _swap_in(tmp, path)
     if _is_dist():
         torch.distributed.barrier()
 
 
 def load_state(dir, model, optimizer):
-    """Restore what save_state wrote (into a sharded or plain model); -> extra, or None if there is no state."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+    """Restore what save_state wrote into the same model, sharded over as many ranks; -> extra, or None if there is
+    no state."""
     if not os.path.isfile(os.path.join(dir, "state.json")):
         return None
     with open(os.path.join(dir, "state.json")) as f:
         meta = json.load(f)
-    dist = _is_dist()
-    sd, osd = {}, {}
-    if _rank() == 0 or not dist:  # rank 0 reads; broadcast_from_rank0 sends each rank its shards
-        sd = load_model(dir).state_dict()
-        osd = {"state": {}, "param_groups": meta["param_groups"]}
-        for k, v in list(load_file(os.path.join(dir, "optim.safetensors")).items()) + list(meta["scalars"].items()):
-            _, fqn, key = k.split("/")  # "state/<fqn>/<key>": fqns use dots, never slashes
-            osd["state"].setdefault(fqn, {})[key] = v
-    opts = StateDictOptions(full_state_dict=True, broadcast_from_rank0=dist)
-    set_model_state_dict(model, dict(sd), options=opts)  # it consumes the dict it is given: pass a copy
-    set_optimizer_state_dict(model, optimizer, osd, options=opts)
-    rng = meta["rng"][min(_rank(), len(meta["rng"]) - 1)]
+    rank, world = _rank(), torch.distributed.get_world_size() if _is_dist() else 1
+    if meta.get("world") != world:
+        raise ValueError(f"{dir}: saved by {meta.get('world')} ranks, this run has {world}: resume with as many")
+    sd = load_file(os.path.join(dir, f"rank{rank}.safetensors"))
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, p in named.items():
+            _local(p).copy_(sd.pop(f"model/{n}"))
+    state = {}
+    for k, v in list(sd.items()) + list(meta["scalars"].items()):
+        _, name, key = k.split("/")  # "optim/<fqn>/<key>": fqns use dots, never slashes
+        p = named[name]
+        if torch.is_tensor(v) and v.shape == _local(p).shape:  # a shard of a tensor shaped like its parameter
+            v, t = torch.zeros_like(p), v
+            _local(v).copy_(t)
+        state.setdefault(name, {})[key] = v
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    names = {p: n for n, p in named.items()}
+    optimizer.load_state_dict({"state": {i: state[names[p]] for i, p in enumerate(params) if names[p] in state},
+                               "param_groups": meta["param_groups"]})
+    rng = meta["rng"][rank]
     torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
     random.setstate((rng["python"][0], tuple(rng["python"][1]), rng["python"][2]))
     if "cuda" in rng and torch.cuda.is_available():

@@ -49,17 +49,35 @@ def sample(logits, temperature, top_p, u):
     return tok[:, 0]
 
 
+KV_BUDGET = 24 * 2**30  # bytes of KV cache a generate call may hold (7B on 80 GB: weights, optimizer and the rest fit)
+
+
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids=(), seed=None, pad_id=0,
-             k=1, min_shared=16):
+             k=1, min_shared=16, kv_budget=KV_BUDGET):
     """prompts: list of token-id lists -> len(prompts)*k completions (rows i*k .. i*k+k-1 belong to prompt i),
     each ending at its first EOS (kept) or after max_new_tokens. A prefix of >= min_shared tokens common to all
-    prompts is prefilled once (see below)."""
+    prompts is prefilled once (see below). The KV cache holds rows x (longest prompt + max_new_tokens) tokens of
+    2 x layers x kv_heads x head_dim values: a call that would need more than kv_budget bytes runs its prompts in
+    consecutive chunks that fit, drawing from one random stream (a budget that is not reached changes nothing)."""
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"generate: prompt {i} is empty (it needs at least one token, e.g. a BOS)")
     if not prompts or max_new_tokens < 1:
         return []
+    c, dev = model.config, next(model.parameters()).device
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(seed) if seed is not None else gen.seed()
+    with unsharded(model):
+        dtype = model.lm_head.weight.dtype  # the compute dtype (bf16 under FSDP mixed precision)
+        row = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * dtype.itemsize * \
+            (max(map(len, prompts)) + max_new_tokens)  # bytes of one row's cache
+        n = max(1, int(kv_budget // (row * k)))  # prompts per chunk
+        return [y for i in range(0, len(prompts), n) for y in _generate(
+            model, prompts[i:i + n], max_new_tokens, temperature, top_p, eos_ids, gen, pad_id, k, min_shared, dtype)]
+
+
+def _generate(model, prompts, max_new_tokens, temperature, top_p, eos_ids, gen, pad_id, k, min_shared, dtype):
     c = model.config
     dev = next(model.parameters()).device
     # The prompts' common prefix (system prompt and chat template) runs once, for one row, and its keys/values are
@@ -77,44 +95,48 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
         mask[i, P - len(p) + Ls:] = 1
     ids, mask = ids.to(dev), mask.to(dev)
     lens = mask[:, :P].sum(1)  # (B,) next position of each row
-    gen = torch.Generator(device=dev)
-    gen.manual_seed(seed) if seed is not None else gen.seed()
     eos = torch.tensor(list(eos_ids), dtype=torch.long, device=dev)
-    with unsharded(model):
-        dtype = model.lm_head.weight.dtype  # the compute dtype (bf16 under FSDP mixed precision)
-        shape = (c.num_hidden_layers, B, c.num_key_value_heads, P + max_new_tokens, c.head_dim)
-        cache = (torch.zeros(shape, dtype=dtype, device=dev), torch.zeros(shape, dtype=dtype, device=dev))
-        # ---- prefill: the shared prefix for row 0, copied to all rows; then the left-padded suffixes at once
-        if Ls:
-            prefix = torch.tensor([prompts[0][:Ls]], device=dev)  # (1, Ls)
-            model(prefix, kv_cache=tuple(x[:, :1] for x in cache), return_hidden=True)
+    # one cache of N rows for the whole call: the prompts prefill its first B rows, their copies go in place
+    shape = (c.num_hidden_layers, N, c.num_key_value_heads, P + max_new_tokens, c.head_dim)
+    cache = (torch.zeros(shape, dtype=dtype, device=dev), torch.zeros(shape, dtype=dtype, device=dev))
+    pre = tuple(x[:, :B] for x in cache)
+    # ---- prefill: the shared prefix for row 0, copied to all rows; then the left-padded suffixes at once
+    if Ls:
+        prefix = torch.tensor([prompts[0][:Ls]], device=dev)  # (1, Ls)
+        model(prefix, kv_cache=tuple(x[:, :1] for x in pre), return_hidden=True)
+        for x in pre:
+            x[:, 1:, :, :Ls] = x[:, :1, :, :Ls]
+    # only the last position's logits are needed
+    h = model(ids, attention_mask=mask[:, :P], kv_cache=pre, cache_pos=Ls, return_hidden=True)  # (B, P-Ls, D)
+    logits = model.lm_head(h[:, -1].to(dtype)).float()  # (B, V); FSDP may have cast h to fp32
+    if k > 1:  # group mode: prompt i's state to rows i*k .. i*k+k-1, last prompt first so no source is overwritten
+        for x in cache:
+            for i in reversed(range(B)):
+                x[:, i * k + (i == 0):(i + 1) * k] = x[:, i:i + 1]
+        logits, mask, lens = (x.repeat_interleave(k, dim=0) for x in (logits, mask, lens))
+    out = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=dev)
+    live = torch.arange(N, device=dev)  # the original row of each row still in the batch
+    done = torch.zeros(N, dtype=torch.bool, device=dev)  # per batch row: has it made its EOS?
+    # ---- decode: one token per live row per step. Finished rows leave the batch once they are a quarter of it:
+    # chains end at very different lengths. The cache is compacted in place, a layer at a time (no second copy).
+    # Every row draws its own uniform number from one (N,) draw per step, so no row's tokens depend on when the
+    # others finished.
+    for t in range(max_new_tokens):
+        u = torch.rand(N, 1, generator=gen, device=dev)[live] if temperature > 0 else None
+        tok = sample(logits, temperature, top_p, u)  # (n,)
+        out[live, t] = tok
+        done |= torch.isin(tok, eos)
+        if t == max_new_tokens - 1 or bool(done.all()):
+            break
+        if 4 * int(done.sum()) >= len(live):
+            keep = (~done).nonzero()[:, 0]
+            live, done, tok, mask, lens = live[keep], done[keep], tok[keep], mask[keep], lens[keep]
             for x in cache:
-                x[:, 1:, :, :Ls] = x[:, :1, :, :Ls]
-        # only the last position's logits are needed
-        h = model(ids, attention_mask=mask[:, :P], kv_cache=cache, cache_pos=Ls, return_hidden=True)  # (B, P-Ls, D)
-        logits = model.lm_head(h[:, -1].to(dtype)).float()  # (B, V); FSDP may have cast h to fp32
-        if k > 1:  # group mode: replicate prompt state k times, rows of a group contiguous
-            cache = tuple(x.repeat_interleave(k, dim=1) for x in cache)  # (L, N, K, T_max, hd)
-            logits, mask, lens = (x.repeat_interleave(k, dim=0) for x in (logits, mask, lens))
-        out = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=dev)
-        live = torch.arange(N, device=dev)  # the original row of each row still in the batch
-        done = torch.zeros(N, dtype=torch.bool, device=dev)  # per batch row: has it made its EOS?
-        # ---- decode: one token per live row per step. Finished rows leave the batch (and the cache) once they are
-        # a quarter of it: chains end at very different lengths. Every row draws its own uniform number from one
-        # (N,) draw per step, so no row's tokens depend on when the others finished.
-        for t in range(max_new_tokens):
-            u = torch.rand(N, 1, generator=gen, device=dev)[live] if temperature > 0 else None
-            tok = sample(logits, temperature, top_p, u)  # (n,)
-            out[live, t] = tok
-            done |= torch.isin(tok, eos)
-            if t == max_new_tokens - 1 or bool(done.all()):
-                break
-            if 4 * int(done.sum()) >= len(live):
-                keep = ~done
-                live, done, tok, mask, lens = live[keep], done[keep], tok[keep], mask[keep], lens[keep]
-                cache = tuple(x[:, keep] for x in cache)
-            h = model(tok[:, None], position_ids=(lens + t)[:, None], attention_mask=mask[:, :P + t + 1],
-                      kv_cache=cache, cache_pos=P + t, return_hidden=True)  # (n, 1, D)
-            logits = model.lm_head(h[:, -1].to(dtype)).float()  # (n, V)
+                for layer in x:
+                    layer[:len(keep)] = layer[keep]
+            cache = tuple(x[:, :len(keep)] for x in cache)
+        h = model(tok[:, None], position_ids=(lens + t)[:, None], attention_mask=mask[:, :P + t + 1],
+                  kv_cache=cache, cache_pos=P + t, return_hidden=True)  # (n, 1, D)
+        logits = model.lm_head(h[:, -1].to(dtype)).float()  # (n, V)
     stop = set(eos_ids)  # each row cut after its first EOS
     return [row[:next((j + 1 for j, x in enumerate(row[:t + 1]) if x in stop), t + 1)] for row in out.tolist()]

@@ -165,18 +165,29 @@ def global_batch(n, batch_size, step, seed):
 # training
 
 
-def token_loss_sum(model, data, idx, pad_id, device, amp, min_shared=16):
-    """Summed next-token loss over the micro-batch (None -> a zero-loss dummy that still runs FSDP's collectives)."""
+def shares_prefix(data, idx, min_shared=16):
+    """Whether the micro-batches of these rows (a step's global batch, or a whole validation set) run the prefix their
+    rows share once (group_logprobs: each FSDP unit runs twice) or as packed rows (once). Decided on the rows of all
+    ranks, never a micro-batch's own, so every rank issues the same collectives (NCCL hangs otherwise). Chat rows open
+    with one system prompt; a few shared tokens are not worth two passes."""
+    seqs = [data[i][0] for i in idx]
+    limit = min(min(data[i][1] for i in idx), min(map(len, seqs)) - 1)  # no loss in it, a token left to every row
+    return len(seqs) > 1 and common_prefix(seqs, limit) >= min_shared
+
+
+def token_loss_sum(model, data, idx, pad_id, device, amp, shared):
+    """Summed next-token loss over the micro-batch (None -> a zero-loss dummy that still runs FSDP's collectives);
+    shared: shares_prefix() of the rows of every rank."""
     if idx is None:
         x = torch.full((1, 1), pad_id, dtype=torch.long, device=device)
-        with amp:
-            return model(x).sum() * 0.0, 0
+        with amp:  # the passes a real micro-batch makes, hence its collectives
+            out = model.group_logprobs(x, torch.ones_like(x), x, x, 1, entropy=False)[0] if shared else model(x)
+        return out.sum() * 0.0, 0
     seqs, starts = [data[i][0] for i in idx], [data[i][1] for i in idx]
-    # the prefix all rows share, with no loss in it and a token left to every row (a single row skips the scan)
-    P = common_prefix(seqs, min(min(starts), min(map(len, seqs)) - 1)) if len(seqs) > 1 else 0
     with amp:
-        if P >= min_shared:  # chat rows open with one system prompt: run it once for all rows, as GRPO runs a
-            # group's prompt (group_logprobs: the same log-probs and gradients); a few shared tokens are not worth it
+        if shared:  # the prefix these rows share runs once for all of them, as GRPO runs a group's prompt
+            # (group_logprobs: the same log-probs and gradients); at least the one shares_prefix found for all ranks
+            P = common_prefix(seqs, min(min(starts), min(map(len, seqs)) - 1))
             comps, tgt = pad_batch([s[P - 1:] for s in seqs], [max(st - P + 1, 1) for st in starts], pad_id, device)
             prompt = torch.tensor([seqs[0][:P]], device=device)
             logp, _ = model.group_logprobs(prompt, torch.ones_like(prompt), comps[:, 1:], tgt[:, :-1], len(seqs),
@@ -190,15 +201,14 @@ def token_loss_sum(model, data, idx, pad_id, device, amp, min_shared=16):
 @torch.no_grad()
 def evaluate(model, data, rank, world, micro, pad_id, device, amp):
     """Held-out loss per token over all of `data`, sharded over ranks."""
-    lengths = [len(d[0]) for d in data]
-    tot = torch.zeros(2, dtype=torch.float64, device=device)
+    lengths, shared = [len(d[0]) for d in data], shares_prefix(data, range(len(data)))
+    loss_sum, n_tok = 0.0, 0
     for idx in split_for_rank(list(range(len(data))), lengths, rank, world, micro):
-        loss, _ = token_loss_sum(model, data, idx, pad_id, device, amp)
-        tot += torch.stack([loss.double(), torch.tensor(0.0 if idx is None else sum(
-            len(data[i][0]) - max(data[i][1], 1) for i in idx), dtype=torch.float64, device=device)])
-    if world > 1:
-        dist.all_reduce(tot)
-    return (tot[0] / tot[1]).item()
+        loss, _ = token_loss_sum(model, data, idx, pad_id, device, amp, shared)
+        loss_sum += loss.item()
+        n_tok += 0 if idx is None else sum(len(data[i][0]) - max(data[i][1], 1) for i in idx)
+    loss_sum, n_tok = M.all_sum([loss_sum, n_tok], device)
+    return loss_sum / n_tok
 
 
 def train(a):
@@ -223,8 +233,8 @@ def train(a):
     pad = pad_id(tokenizer)  # pad positions carry no loss
     cuda = device.type == "cuda"
     model = M.shard_model(model, mixed_precision=cuda, per_block=a.fsdp_per_block)
-    # single-GPU runs are not sharded: bf16 autocast there, FSDP's mixed precision policy otherwise
-    amp = torch.autocast("cuda", torch.bfloat16) if cuda and world == 1 else nullcontext()
+    # a GPU without torchrun is not sharded: bf16 autocast there, FSDP's mixed precision policy otherwise
+    amp = torch.autocast("cuda", torch.bfloat16) if cuda and not dist.is_initialized() else nullcontext()
     opt = M.make_optimizer(model, a.lr, a.weight_decay)
     bs = min(a.batch_size, len(train_set))
     total = a.steps or a.epochs * max(1, len(train_set) // bs)
@@ -257,12 +267,14 @@ def train(a):
         items = global_batch(len(train_set), bs, step, a.seed)
         n_tok = sum(lengths[i] - max(train_set[i][1], 1) for i in items)  # loss tokens of the GLOBAL batch:
         # every rank knows the whole batch, so this count needs no all-reduce and equals the all-reduced one
-        micros = split_for_rank(items, lengths, rank, world, a.micro_batch)
+        micros, shared = split_for_rank(items, lengths, rank, world, a.micro_batch), shares_prefix(train_set, items)
         loss_sum, seen = torch.zeros((), device=device), 0
         for j, idx in enumerate(micros):
-            if hasattr(model, "set_requires_gradient_sync"):  # FSDP: reduce-scatter once, on the last micro-batch
-                model.set_requires_gradient_sync(j == len(micros) - 1)
-            loss, n = token_loss_sum(model, train_set, idx, pad, device, amp)
+            if hasattr(model, "set_requires_gradient_sync"):  # per-block FSDP units reduce-scatter every micro-batch:
+                # unsynced, FSDP2 keeps unsharded fp32 gradients of every parameter (30 GB a rank at 7B). One unit (a
+                # tiny model, held whole in each forward anyway): once, on the last micro-batch
+                model.set_requires_gradient_sync(a.fsdp_per_block or j == len(micros) - 1)
+            loss, n = token_loss_sum(model, train_set, idx, pad, device, amp, shared)
             # FSDP averages gradients over ranks: * world turns that mean back into the sum over the global batch
             (loss * world / n_tok).backward()
             loss_sum, seen = loss_sum + loss.detach(), seen + n
@@ -270,13 +282,11 @@ def train(a):
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        stats = torch.tensor([loss_sum.item(), seen], dtype=torch.float64, device=device)
-        if world > 1:
-            dist.all_reduce(stats)
+        loss_all, seen_all = M.all_sum([loss_sum.item(), seen], device)
         if rank == 0:
             dt = time.time() - t0
-            row = {"step": step, "loss": stats[0].item() / n_tok, "lr": lr, "grad_norm": gnorm,
-                   "tokens_per_s": stats[1].item() / dt, "epoch": step / max(1, len(train_set) // bs)}
+            row = {"step": step, "loss": loss_all / n_tok, "lr": lr, "grad_norm": gnorm,
+                   "tokens_per_s": seen_all / dt, "epoch": step / max(1, len(train_set) // bs)}
             log.log(row)
             prog.update(1, loss=row["loss"], lr=lr, gnorm=gnorm)
         if val_set and (step % a.eval_every == 0 or step == total):
@@ -286,7 +296,7 @@ def train(a):
                 print(f"sft: step {step} val_loss {vl:.4f}", flush=True)
         if step % a.save_every == 0:
             save()
-    M.save_model(model, final_dir, tokenizer)
+    M.save_model(model, final_dir, tokenizer, torch.bfloat16 if cuda else None)  # bf16 training: bf16, as HF
     if rank == 0:
         print(f"sft: wrote {final_dir}", flush=True)
 
@@ -330,3 +340,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+    M.exit_worker()

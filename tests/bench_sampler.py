@@ -3,8 +3,10 @@
     python tests/bench_sampler.py                  # tiny + Qwen2.5-0.5B-shaped, batch 16 and 64, 128 new tokens
     python tests/bench_sampler.py --configs tiny --batches 16 --reps 3
     python tests/bench_sampler.py --configs qwen2.5-0.5b --batches 16 --reps-large 3
+    python tests/bench_sampler.py --configs qwen2.5-0.5b --batches 64 --device cuda --dtype bfloat16  # gpu_check.sh
 
-Greedy, fp32, CPU, prompts of mixed length (left-padded for both), no EOS so every row makes all its tokens.
+Greedy, fp32 on the CPU by default, prompts of mixed length (left-padded for both), no EOS so every row makes all
+its tokens.
 """
 import argparse, os, sys, tempfile, time
 
@@ -44,8 +46,11 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="best of N for the tiny config")
     ap.add_argument("--reps-large", type=int, default=1, help="best of N for the 0.5B shape (4 min a rep)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    dev, dtype = torch.device(args.device), getattr(torch, args.dtype)
     for name in args.configs.split(","):
         torch.manual_seed(0)
         cfg = transformers.Qwen2Config(**CONFIGS[name], max_position_embeddings=4096)
@@ -53,20 +58,21 @@ def main():
         ref.generation_config.eos_token_id = None
         with tempfile.TemporaryDirectory() as d:
             ref.save_pretrained(d)
-            ours = load_model(d)
+            ours = load_model(d, dev, dtype)
+        ref = ref.to(dev, dtype)
         reps = args.reps if name == "tiny" else args.reps_large
         for B in map(int, args.batches.split(",")):
             g = torch.Generator().manual_seed(B)
             prompts = [torch.randint(0, cfg.vocab_size, (int(n),), generator=g).tolist()
                        for n in torch.randint(16, 97, (B,), generator=g)]  # 16..96 tokens
             P = max(map(len, prompts))
-            ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts])
-            am = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts])
+            ids = torch.tensor([[0] * (P - len(p)) + p for p in prompts], device=dev)
+            am = torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts], device=dev)
 
             def run_hf(n):
-                with torch.no_grad():
+                with torch.no_grad():  # .cpu(): the GPU has finished when the clock stops
                     return ref.generate(ids, attention_mask=am, max_new_tokens=n, min_new_tokens=n,
-                                        do_sample=False, pad_token_id=0)
+                                        do_sample=False, pad_token_id=0).cpu()
 
             def run_ours(n):
                 return generate(ours, prompts, n)

@@ -9,9 +9,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def end_worker():
     """The last call of a torchrun test worker, once its work is written and its process group destroyed: leave
-    without interpreter finalization. There, gloo's threads sometimes abort a process that has succeeded (SIGABRT,
-    "terminate called without an active exception"): 4 of 50 runs of test_grpo's worker on the loaded 2-core
-    machine, and in the one such run that logged it, after destroy_process_group had returned on both ranks."""
+    without interpreter finalization, as the stage scripts do (model.exit_worker says why: gloo's threads still
+    release the last collective while Python finalizes; SIGABRT in 4 of 50 runs of test_grpo's worker)."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -1,7 +1,7 @@
 """FSDP2 on CPU (2 ranks, gloo): shard_model (per block, or one unit: the same gradients), save_state/load_state,
 save_model from a sharded model, and generate() on a sharded model. pytest launches this file itself under torchrun;
 the worker is at the bottom."""
-import os, subprocess, sys
+import json, os, subprocess, sys
 
 import torch
 
@@ -45,6 +45,17 @@ def worker(out):
     save_state(f"{out}/state", model, opt, {"step": 2})
     expect_rand = torch.rand(3)  # what the RNG gives right after the save
     save_model(model, f"{out}/final")
+    # each rank wrote its own shards (weights and AdamW state), none the whole model
+    assert sorted(os.listdir(f"{out}/state")) == ["rank0.safetensors", "rank1.safetensors", "state.json"]
+    from safetensors.torch import load_file
+    mine = load_file(f"{out}/state/rank{rank}.safetensors")
+    full = model.model.embed_tokens.weight.full_tensor()
+    assert torch.equal(mine["model/model.embed_tokens.weight"], full[rank * 32:(rank + 1) * 32])  # vocab 64 / 2
+    assert mine["optim/model.embed_tokens.weight/exp_avg"].shape == (32, 32) and "model/lm_head.weight" not in mine
+    save_model(model, f"{out}/bf16", dtype=torch.bfloat16)  # the final/ and best/ of a mixed-precision run
+    half = load_model(f"{out}/bf16", dtype=torch.bfloat16)
+    assert json.load(open(f"{out}/bf16/config.json"))["dtype"] == "bfloat16"
+    assert torch.equal(half.model.embed_tokens.weight, full.to(torch.bfloat16))
 
     with torch.no_grad():
         ref_logits = model(ids)
@@ -113,6 +124,19 @@ def worker(out):
     for (name, a), (_, b) in zip(blocks.named_parameters(), m.named_parameters()):
         assert torch.equal(a.grad.full_tensor(), b.grad.full_tensor()), name
     assert generate(m, prompts, n, temperature=1.0, seed=rank) == got
+    # the cost grpo.update's docstring weighs: group_logprobs runs every block twice (prompt, then completions), so
+    # per-block units all-gather each block twice forward and twice backward; one pass over the rows, once each way
+    import torch.distributed.fsdp._fully_shard._fsdp_param_group as G
+    real, gathers, counts = G.foreach_all_gather, [], []
+    G.foreach_all_gather = lambda *a, **k: gathers.append(1) or real(*a, **k)
+    rows, ones = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 6, 7]]), torch.ones(1, 3, dtype=torch.long)
+    for f in (lambda: blocks.group_logprobs(rows[:1, :3], ones, rows[:, 3:], rows[:, 3:], 2)[0],
+              lambda: blocks.seq_logprobs(rows, rows)[0]):
+        gathers.clear()
+        f().sum().backward()
+        counts.append(len(gathers))
+    G.foreach_all_gather = real
+    assert counts == [1 + 4 * cfg.num_hidden_layers, 1 + 2 * cfg.num_hidden_layers], counts  # + 1: the root
     dist.barrier()
     print("WORKER OK", flush=True)
     dist.destroy_process_group()

@@ -199,7 +199,7 @@ def test_save_state_load_state_single_process(tmp_path):
     for (n, a), b in zip(m.state_dict().items(), m2.state_dict().values()):
         assert torch.equal(a, b), n
     assert opt2.param_groups[1]["weight_decay"] == 0.0 and opt2.param_groups[0]["weight_decay"] == 0.01
-    assert torch.equal(load_model(str(tmp_path / "state"))(ids), m(ids))  # the state folder is an HF folder
+    assert sorted(os.listdir(tmp_path / "state")) == ["rank0.safetensors", "state.json"]  # one file a rank, no pickle
     for mm, oo in ((m, opt), (m2, opt2)):  # the next step is identical
         mm(ids).logsumexp(-1).mean().backward()
         oo.step()
@@ -229,3 +229,42 @@ def test_saved_model_stops_at_im_end_in_transformers_generate(tmp_path):
     out = hf.generate(ids[:, :len(prompt)], attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                       max_new_tokens=20, do_sample=False)
     assert out[0, len(prompt):].tolist() == answer
+
+
+def test_fused_sdpa_rules_keep_the_results(monkeypatch):
+    """On CUDA (model.FUSED_SDPA) masked attention expands K/V to the query heads (mem-efficient, not the math
+    kernel) and packed rows of one segment each drop their mask (flash). Switched on for the CPU here: every masked
+    SDPA call then has as many K/V heads as query heads, and the prefill, packed, group and decode paths give the
+    default path's results (gpu_check.sh runs them on CUDA with the math kernel disabled)."""
+    import model as M
+    import sampler
+    from sft import pack_batch
+    torch.manual_seed(0)
+    m = Transformer(ModelConfig(**{**DIMS, "num_attention_heads": 4, "num_key_value_heads": 1})).eval()
+    ids, mask = batch()
+    seqs = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
+    packed = pack_batch(seqs, [1, 1, 1], 0)  # rows [0] and [1, 2]: one and two segments
+    single = pack_batch(seqs[:1], [1], 0)
+    prompts, comps = torch.tensor([[0, 3, 4], [5, 6, 7]]), torch.tensor([[8, 9], [10, 0], [11, 12]])
+    group = (prompts, torch.tensor([[0, 1, 1], [1, 1, 1]]), comps, comps.masked_fill(comps == 0, -100),
+             torch.tensor([1, 2]))
+
+    def run():
+        with torch.no_grad():
+            return [m(ids, attention_mask=mask) * mask[..., None], m.seq_logprobs(packed[0], packed[1],
+                    position_ids=packed[2], segment_ids=packed[3])[0], m.seq_logprobs(single[0], single[1],
+                    position_ids=single[2], segment_ids=single[3])[0], m.group_logprobs(*group)[0],
+                    torch.tensor(sampler.generate(m, [[1, 2, 3], [4]], 6, k=2))]
+    want = run()
+    calls, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kw):
+        calls.append((q.shape[1], k.shape[1], attn_mask is not None, is_causal))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
+    monkeypatch.setattr(M, "FUSED_SDPA", {"cpu"})
+    monkeypatch.setattr(M.F, "scaled_dot_product_attention", spy)
+    for a, b in zip(run(), want):
+        assert (a.float() - b.float()).abs().max().item() <= 1e-6
+    assert all(hq == hk for hq, hk, masked, _ in calls if masked)  # no masked call left to the math kernel
+    assert any(hq == 4 and hk == 4 for hq, hk, masked, _ in calls if masked)  # masks with K/V expanded
+    assert any(causal and not masked and hq == 4 and hk == 1 for hq, hk, masked, causal in calls)  # the single row

@@ -134,6 +134,53 @@ def test_seeds_temperature_and_groups():
     assert generate(m, PROMPTS, 8, temperature=1.0, top_p=1e-6, seed=5) == greedy
 
 
+def test_kv_budget_splits_the_call_into_chunks_that_fit():
+    """A call whose cache would exceed kv_budget runs its prompts in chunks (one random stream for the call): greedy
+    rows are unchanged, sampled ones deterministic; a budget that is not reached changes nothing."""
+    import sampler
+    m, calls = tiny(), []
+    real = sampler._generate
+    sampler._generate = lambda model, prompts, *a: calls.append(len(prompts)) or real(model, prompts, *a)
+    try:
+        row = 2 * 2 * 2 * 8 * 4 * (7 + 6)  # 2 x layers x kv_heads x head_dim x fp32 bytes x (longest prompt + new)
+        for budget, chunks in ((10 ** 12, [3]), (row * 2, [2, 1]), (row, [1, 1, 1]), (1, [1, 1, 1])):
+            calls.clear()
+            assert generate(m, PROMPTS, 6, kv_budget=budget) == generate(m, PROMPTS, 6)
+            assert calls[:len(chunks)] == chunks
+        a = generate(m, PROMPTS, 6, temperature=1.0, seed=4, k=2, kv_budget=row * 4)  # 2 rows a prompt: 2 prompts
+        assert a == generate(m, PROMPTS, 6, temperature=1.0, seed=4, k=2, kv_budget=row * 4) and len(a) == 6
+        assert generate(m, PROMPTS, 6, temperature=1.0, seed=4, k=2, kv_budget=10 ** 12) == \
+            generate(m, PROMPTS, 6, temperature=1.0, seed=4, k=2)
+    finally:
+        sampler._generate = real
+
+
+def test_the_cache_is_never_copied_whole():
+    """The KV cache is the largest buffer of a call: group copies are made in place and finished rows leave it by a
+    compaction in place, one layer at a time. No op but the cache's own allocation produces a tensor of more than one
+    layer of it (the old drop-rows copy made three quarters of it; repeat_interleave all of it)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    m = tiny()
+    m.model.layers.extend(m.model.layers[:2])  # 4 layers: one layer is a quarter of the cache
+    m.config.num_hidden_layers = 4
+    n_new, N = 24, len(PROMPTS) * 8
+    cache = 4 * N * 2 * (max(map(len, PROMPTS)) + n_new) * 8  # layers x rows x kv_heads x slots x head_dim
+    big = []
+
+    class Sizes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if torch.is_tensor(t) and not (func.is_view or func._schema.is_mutable) and t.numel() > cache // 4:
+                    big.append((str(func), t.numel()))
+            return out
+    free = generate(m, PROMPTS, n_new, temperature=1.0, seed=3, k=8)
+    eos = [free[0][1], free[9][3]]  # several rows finish early: the batch shrinks
+    with Sizes():
+        generate(m, PROMPTS, n_new, temperature=1.0, seed=3, k=8, eos_ids=eos)
+    assert big == [("aten.zeros.default", cache)] * 2, big
+
+
 def test_sample_draws_from_the_tempered_nucleus():
     """sample(): token frequencies over 40,000 draws match softmax(logits / T), renormalised over the top-p nucleus."""
     logits = torch.tensor([0.5, 2.0, -30.0, 0.0, 1.0, -1.0])  # unsorted: the nucleus is not a prefix of the ids

@@ -84,15 +84,45 @@ def test_shared_prefix_runs_once_with_the_same_loss_and_gradients(env):
     assert 8 <= P <= min(st for _, st in data)
     model = M.load_model(str(d / "init"))
     grads = []
-    for min_shared in (1, 10 ** 9):  # the shared path, the plain path
+    assert sft.shares_prefix(data, range(4)) and not sft.shares_prefix(data, range(4), min_shared=P + 1)
+    for shared in (True, False):  # the shared path, the plain path
         model.zero_grad()
-        loss, n = sft.token_loss_sum(model, data, [0, 1, 2, 3], 0, "cpu", nullcontext(), min_shared=min_shared)
+        loss, n = sft.token_loss_sum(model, data, [0, 1, 2, 3], 0, "cpu", nullcontext(), shared)
         loss.backward()
         grads.append((loss.item(), n, {k: p.grad.clone() for k, p in model.named_parameters()}))
     (l1, n1, g1), (l2, n2, g2) = grads
     assert n1 == n2 == sum(len(ids) for ids, _ in data) and l1 == pytest.approx(l2, rel=1e-5) and l1 > 0
     assert all(torch.allclose(g1[k], g2[k], atol=1e-6, rtol=1e-4) for k in g1)
     assert sum(g.abs().sum() for g in g1.values()) > 0
+
+
+@pytest.mark.parametrize("text_rows", [0, 3])
+def test_every_rank_runs_the_same_passes(env, text_rows):
+    """With per-block FSDP units each pass through a block is an all-gather, so every rank must make the same passes
+    in the same order whatever rows its micro-batches hold (NCCL hangs otherwise): 11 chat rows (a shared system
+    prompt: group_logprobs, two passes) or with text rows among them (one pass), over 2 and 8 simulated ranks,
+    micro-batches of 2, single rows and dummies included."""
+    d, tok = env
+    sp = sft.special_ids(tok)
+    data = [sft.encode(tok, chat_row(i), "x", sp) for i in range(11)]
+    data += [sft.encode(tok, {"text": f"{x} is a disease."}, "x", sp) for x in DIS[:text_rows]]
+    model = M.load_model(str(d / "init"))
+    passes = []
+    model.model.layers[0].register_forward_hook(lambda *a: passes.append(a[1][0].shape))
+    items, lengths = list(range(len(data))), [len(ids) for ids, _ in data]
+    shared = sft.shares_prefix(data, items)
+    assert shared == (text_rows == 0)
+    for world in (2, 8):
+        per_rank = []
+        for rank in range(world):
+            passes.clear()
+            with torch.no_grad():
+                for idx in sft.split_for_rank(items, lengths, rank, world, 2):
+                    sft.token_loss_sum(model, data, idx, 0, "cpu", nullcontext(), shared)
+                    passes.append("end of micro-batch")
+            per_rank.append([p if isinstance(p, str) else "pass" for p in passes])
+        assert all(p == per_rank[0] for p in per_rank), (world, per_rank)
+        assert per_rank[0].count("pass") == (2 if shared else 1) * per_rank[0].count("end of micro-batch")
 
 
 def test_packed_rows_give_the_padded_batch_loss_and_gradients(env):
@@ -124,13 +154,15 @@ def test_packed_rows_give_the_padded_batch_loss_and_gradients(env):
 
 def test_train_resume_reload_and_two_ranks(env, tmp_path):
     d, tok = env
-    full, killed, two = tmp_path / "full", tmp_path / "killed", tmp_path / "two"
-    # 2 processes (gloo + FSDP2, the whole model one unit as in the tiny preset; test_grpo's worker shards per
-    # block) in the background while the 1-process runs go on
+    full, killed, two, blocks = tmp_path / "full", tmp_path / "killed", tmp_path / "two", tmp_path / "blocks"
+    # 2 processes (gloo + FSDP2) in the background while the 1-process runs go on: the whole model one unit, as in
+    # the tiny preset, and one unit per block (the default: gradients reduce-scattered every micro-batch, and the
+    # global batches mix rows that share a system prompt with rows that do not)
     env2 = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             os.path.join(ROOT, "sft.py"), *args(d, two, "--micro-batch", "2", "--no-fsdp-per-block")],
-                            env=env2, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               os.path.join(ROOT, "sft.py"), *args(d, out, "--micro-batch", "2", *extra)],
+                              env=env2, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for out, extra in ((two, ["--no-fsdp-per-block"]), (blocks, []))]
     try:
         sft.main(args(d, full))
         m = read_jsonl(full / "metrics.jsonl")
@@ -164,19 +196,22 @@ def test_train_resume_reload_and_two_ranks(env, tmp_path):
         ids = torch.tensor([sft.encode(tok2, chat_row(1), "x", sft.special_ids(tok2))[0]])
         with torch.no_grad():
             assert torch.allclose(hf(ids).logits, M.load_model(str(full / "final"))(ids), atol=1e-4)
-        out, _ = proc.communicate(timeout=120)
-        assert proc.returncode == 0, out
-        c = weights(two)
-        # fp32 summation order differs between 1 and 2 ranks (~1e-5 after 10 Adam steps); a wrong loss divisor
-        # would move the weights by the order of the learning rate (1e-3)
-        assert max((a[k] - c[k]).abs().max().item() for k in a) < 5e-5
-        assert [r["val_loss"] for r in read_jsonl(two / "metrics.jsonl") if "val_loss" in r] == pytest.approx(vals)
-        two_m = [r for r in read_jsonl(two / "metrics.jsonl") if "loss" in r]
-        assert [r["loss"] for r in two_m] == pytest.approx(losses, rel=1e-4)
-        # Adam hides a constant gradient scale in the weights; the logged norm shows a wrong divisor
-        assert [r["grad_norm"] for r in two_m] == pytest.approx([r["grad_norm"] for r in m if "loss" in r], rel=1e-4)
+        for proc, run in zip(procs, (two, blocks)):
+            out, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, out
+            c = weights(run)
+            # fp32 summation order differs between 1 and 2 ranks (~1e-5 after 10 Adam steps); a wrong loss divisor
+            # would move the weights by the order of the learning rate (1e-3)
+            assert max((a[k] - c[k]).abs().max().item() for k in a) < 5e-5
+            assert [r["val_loss"] for r in read_jsonl(run / "metrics.jsonl") if "val_loss" in r] == pytest.approx(vals)
+            two_m = [r for r in read_jsonl(run / "metrics.jsonl") if "loss" in r]
+            assert [r["loss"] for r in two_m] == pytest.approx(losses, rel=1e-4)
+            # Adam hides a constant gradient scale in the weights; the logged norm shows a wrong divisor
+            assert [r["grad_norm"] for r in two_m] == pytest.approx([r["grad_norm"] for r in m if "loss" in r],
+                                                                   rel=1e-4)
     finally:
-        proc.kill()
+        for proc in procs:
+            proc.kill()
 
 
 def test_bad_input(env, tmp_path):
@@ -224,7 +259,7 @@ def test_loss_through_the_fused_logprob_equals_cross_entropy_on_full_logits():
                                                             num_hidden_layers=2, num_attention_heads=4,
                                                             num_key_value_heads=2, head_dim=8))
     data = [(torch.randint(1, 97, (n,)).tolist(), st) for n, st in ((9, 4), (5, 1), (12, 7))]
-    loss, n = sft.token_loss_sum(model, data, [0, 1, 2], 0, "cpu", torch.autocast("cpu", enabled=False))
+    loss, n = sft.token_loss_sum(model, data, [0, 1, 2], 0, "cpu", torch.autocast("cpu", enabled=False), False)
     g = torch.autograd.grad(loss, model.lm_head.weight)[0]
     x, y = sft.pad_batch([d[0] for d in data], [d[1] for d in data], 0)
     ref = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100, reduction="sum")
