@@ -8,6 +8,7 @@ Unified record (every stage reads and writes these):
 The answer rule (Fleming-R1, arXiv 2509.15279, Table 3 instructs the model to answer inside <answer></answer>):
     extract_answer("<think>...</think>\n<answer>C</answer>", "ABCD") -> "C"
     extract_answer("<answer>A or B</answer>", "ABCD")               -> None   (several options: never guessed)
+    extract_answer("<answer> Heparin</answer>", {"A": "Aspirin", "B": "Heparin"}) -> "B"  (one option's full text)
 eval.py scores with it and grpo.py rewards with it, so accuracy and reward can never disagree.
 """
 import bisect
@@ -23,6 +24,7 @@ import threading
 import time
 import unicodedata
 import xml.etree.ElementTree as ET
+from collections import defaultdict
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTU"  # JMED has 21 options, A..U
 DIFFICULTIES = ("easy", "moderate", "difficult")
@@ -144,7 +146,7 @@ def item_keys(rec):
 # the prompt
 
 SYSTEM_PROMPT = ("You are a medical expert answering a multiple-choice question. First think step by step "
-                 "inside <think> </think> tags, then give only the letter of the single best option inside "
+                 "inside <think> </think> tags, then give the single best option, its letter or its full text, inside "
                  "<answer> </answer> tags, for example <answer>C</answer>.")
 
 
@@ -218,6 +220,9 @@ def extract_answer(text, letters):
     whole content ("c", "(c)"). None for: no block, a last block without its close tag, a letter not in
     `letters`, several options ("A or B", "A, C", "A. x B. y"), a letter inside a word ("Aspirin", "I think").
     Only the block is read, so words like "I" or "A" in the reasoning can never be taken for options (JMED: A..U).
+    With the options dict, a block that is exactly one option's full text (norm_text: case and whitespace) is that
+    option's letter ("Heparin" -> "B"; the tiny run's chains conclude with a name, docs/tiny_runs.md#checking-
+    chains); a lone letter stays a letter even if some option reads "C".
     """
     if not isinstance(text, str):
         return None
@@ -228,6 +233,10 @@ def extract_answer(text, letters):
     if end < 0:
         return None  # truncated answer: unparsable, never guessed
     s = text[start + len(_ANSWER_OPEN):end].translate(_FULLWIDTH).strip()
+    if isinstance(letters, dict) and not re.fullmatch(r"[(\[]?[A-Za-z][)\].:]?", s):
+        named = [L for L, v in letters.items() if norm_text(v) == norm_text(s)]
+        if len(named) == 1:
+            return named[0]
     m = re.fullmatch(r"[(\[]?([a-z])[)\].]?", s)  # lowercase only when it is the whole content
     if m:
         letter = m.group(1).upper()
@@ -286,21 +295,32 @@ def reward(text, record):
 # ----------------------------------------------------------------------------------------------------------
 # the KG's facts in words: synth.py's questions, distill.py's KG-path chains and tiny.py's pretraining facts
 
-RELATION_SENTENCES = {  # one sentence per (head, relation, tails)
-    "has_symptom": "{h} can present with {t}", "has_complication": "{h} can be complicated by {t}",
-    "caused_by": "{h} is caused by {t}", "risk_factor": "{t} {be} a risk factor for {h}",
-    "diagnosed_by": "{h} is diagnosed with {t}", "differential": "{h} is a differential of {t}",
-    "prevented_by": "{h} is prevented by {t}", "treated_by": "{h} is treated by {t}",
-    "treated_with": "{h} is treated with {t}", "specialty": "{h} is managed in {t}",
-    "drug_class": "{h} is a {t}", "contraindicated_in": "{h} is contraindicated in {t}",
-    "adverse_effect": "{h} can cause {t}", "interacts_with": "{h} interacts with {t}",
-    "mechanism": "{h} acts by {t}", "location": "{h} affects {t}",
+RELATION_SENTENCES = {  # relation -> (forward: head first, ends at the tail; reverse: tail first, ends at the head)
+    "has_symptom": ("{h} can present with {t}", "{t} can be a sign of {h}"),
+    "has_complication": ("{h} can be complicated by {t}", "{t} can be a complication of {h}"),
+    "caused_by": ("{h} is caused by {t}", "{t} can cause {h}"),
+    "risk_factor": ("{h} has the risk factor {t}", "{t} is a risk factor for {h}"),
+    "diagnosed_by": ("{h} is diagnosed with {t}", "{t} is used to diagnose {h}"),
+    "differential": ("{h} is a differential of {t}", "{t} has the differential {h}"),
+    "prevented_by": ("{h} is prevented by {t}", "{t} prevents {h}"),
+    "treated_by": ("{h} is treated by {t}", "{t} treats {h}"),
+    "treated_with": ("{h} is treated with {t}", "{t} is used to treat {h}"),
+    "specialty": ("{h} is managed in {t}", "{t} manages {h}"),
+    "drug_class": ("{h} is a {t}", "{t} includes {h}"),
+    "contraindicated_in": ("{h} is contraindicated in {t}", "{t} contraindicates {h}"),
+    "adverse_effect": ("{h} can cause {t}", "{t} is an adverse effect of {h}"),
+    "interacts_with": ("{h} interacts with {t}", "{t} interacts with {h}"),
+    "mechanism": ("{h} acts by {t}", "{t} is the mechanism of {h}"),
+    "location": ("{h} affects {t}", "{t} is affected by {h}"),
 }
+FINDINGS = ("has_symptom", "risk_factor")  # the relations whose tails a question gives as findings
 
 
-def fill(template, n, **kw):
-    """A RELATION_SENTENCES template with "{be}" agreeing with n subjects."""
-    return template.format(be="is" if n == 1 else "are", **kw)
+def sentence(h, rel, t, reverse=False):
+    """One KG edge in words, ending at the entity a reader would recall (the tail, or the head when reversed):
+    sentence("Dengue", "treated_with", "Paracetamol") -> "Dengue is treated with Paracetamol"."""
+    fwd, rev = RELATION_SENTENCES.get(rel, ("{h} " + rel.replace("_", " ") + " {t}", "{t} is linked to {h}"))
+    return (rev if reverse else fwd).format(h=h, t=t)
 
 
 def plain(name, keep_suffix=False):
@@ -315,16 +335,46 @@ def join(words):
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def answer_scan(options, L):
-    """How a KG-path chain (and tiny.py's drills) ends: the concluded name (options[L]), then the options in order
-    up to it, each with its verdict: "So the answer is Paracetamol. A. Aspirin no. B. Heparin no. C. Paracetamol
-    yes." Why a scan: docs/tiny_runs.md#why-the-chain-ends-with-a-scan."""
-    scan = []
-    for x, v in options.items():
-        scan.append(f"{x}. {v} {'yes' if x == L else 'no'}.")
-        if x == L:
-            break
-    return f"So the answer is {options[L]}. " + " ".join(scan)
+# relation -> type the head should have; kg.py edges written the other way round are flipped on load
+# relation -> type the head should have; kg.py edges written the other way round are flipped on load
+HEAD_TYPE = {"has_symptom": "disease", "risk_factor": "disease", "diagnosed_by": "disease",
+             "treated_with": "disease", "treated_by": "disease", "has_complication": "disease",
+             "contraindicated_in": "drug", "drug_class": "drug", "mechanism": "drug"}
+
+
+def load_kg(kg_dir):
+    """kg.py's KG_DIR -> entities by id, adjacency out[rel][head] -> {tail: source} (synth.py's questions, distill.py's
+    checks and tiny.py's facts read the same graph); edges with unknown ids are skipped."""
+    path, ents = os.path.join(kg_dir, "entities.jsonl"), {}
+    for i, e in enumerate(read_jsonl(path), 1):
+        bad = next((k for k in ("id", "name", "type") if not isinstance(e.get(k), str) or not e[k].strip()), None)
+        if bad:
+            raise ValueError(f"{path}: entity row {i}: field {bad!r} must be a non-empty string")
+        ents[e["id"]] = e
+    out = defaultdict(lambda: defaultdict(dict))
+    for e in read_jsonl(os.path.join(kg_dir, "edges.jsonl")):
+        h, r, t = e.get("head"), e.get("relation"), e.get("tail")
+        if h not in ents or t not in ents or h == t:
+            continue
+        want = HEAD_TYPE.get(r)
+        if want and ents[h]["type"] != want and ents[t]["type"] == want:
+            h, t = t, h  # the same fact written tail-first
+        out[r][h].setdefault(t, e.get("source") or {})
+    return ents, out
+
+
+def kg_facts(kg_dir):
+    """{(head name, relation): {tail names}} of the KG, and the same keyed by (tail name, "~" + relation): the facts
+    distill.py's checking chains cite and tiny.py's Base learns. Findings (FINDINGS) are spelled as questions spell them (common.plain)."""
+    ents, out = load_kg(kg_dir)
+    facts = {}
+    for rel, heads in out.items():
+        for h, tails in heads.items():
+            for t in tails:
+                hn, tn = ents[h]["name"], plain(ents[t]["name"]) if rel in FINDINGS else ents[t]["name"]
+                facts.setdefault((hn, rel), set()).add(tn)
+                facts.setdefault((tn, "~" + rel), set()).add(hn)
+    return facts
 
 
 def difficulty_heuristic(recs, rare_quantile=0.5):
@@ -500,7 +550,7 @@ def parse_with_preset(parser, argv, tiny, variant=None):
     args = parser.parse_known_args(argv)[0]
     if args.tiny:
         own = tiny.get(args.tiny if variant is None else variant(args), {})
-        parser.set_defaults(**{k: v for k, v in tiny.items() if k not in names}, **own)
+        parser.set_defaults(**{**{k: v for k, v in tiny.items() if k not in names}, **own})  # the variant wins
     return parser.parse_args(argv)
 
 

@@ -11,22 +11,22 @@ rounds (backtracking, path exploration, self-correction, in that order) that sho
 the reasons. Teachers: `kg` (offline), an OpenAI-compatible URL (key from $OPENAI_API_KEY), or a local HF folder.
 
 Deliberate departures from the paper:
-  1. The tiny run's teacher is `kg`, deterministic (no refinement rounds): findings -> hidden entity -> relation ->
-     answer, then a scan of the options the tiny model can learn (docs/tiny_runs.md#why-the-chain-ends-with-a-scan).
+  1. The tiny run's teacher is `kg`, deterministic (no refinement rounds, --kg needed): a chain that restates the
+     findings and checks every option against the KG's facts, a differential for a diagnosis, then concludes; its
+     answer block holds the option's text (docs/tiny_runs.md#checking-chains).
   2. The check that a chain names the hidden entity (alignment with the KG) is ours.
 
-    python distill.py --data train.jsonl --teacher kg --out sft.jsonl
+    python distill.py --data cold_start.jsonl --teacher kg --kg KG_DIR --out sft.jsonl
     python distill.py --data train.jsonl --teacher http://localhost:8000/v1 --model-name gpt-oss-120b --out sft.jsonl
 """
 import argparse
 import os
 import re
 
-from common import (RELATION_SENTENCES, Progress, answer_scan, append_jsonl, build_messages, extract_answer, fill,
-                    is_well_formed, join, make_llm, options_text, parse_with_preset, plain, read_appended,
-                    read_records)
+from common import (Progress, append_jsonl, build_messages, extract_answer, is_well_formed, join, kg_facts, make_llm,
+                    options_text, parse_with_preset, plain, read_appended, read_records, sentence)
 
-TINY = dict(max_chars=600)  # --tiny: the KG-path chains are 260 characters on average, 430 at most
+TINY = dict(max_chars=800)  # --tiny: a checking chain of six options fits in 800 characters
 
 # ----------------------------------------------------------------------------------------------------------
 # the checks
@@ -41,7 +41,7 @@ def check(text, record, max_chars):
     letters = record["options"]
     reasons = []
     if not is_well_formed(text, letters):
-        reasons.append("malformed: expected <think>...</think> then <answer>LETTER</answer> and nothing else")
+        reasons.append("malformed: expected <think>...</think> then <answer>LETTER or option text</answer>, nothing else")
     got = extract_answer(text, letters)
     if got != record["answer"]:
         reasons.append(f"wrong answer: {got or 'none'} instead of {record['answer']}")
@@ -60,47 +60,53 @@ def check(text, record, max_chars):
 CHECKS = ["format", "answer", "no_hint", "length", "names_hidden"]  # what a passing row has passed
 
 # ----------------------------------------------------------------------------------------------------------
-# the KG-path teacher: a chain written from meta.path (given findings -> hidden entity -> relation -> answer)
-
-EVIDENCE = ["The findings {g} point to {x}.", "The findings {g} suggest {x}.", "With {g}, think of {x}.",
-            "Given {g}, the cause is {x}."]  # the findings mid-sentence, written as the question writes them
+# the KG teacher: a chain that checks the options against the KG's facts and concludes with one of them
 
 
-def kg_chains(record, k):
-    """k phrasing variants of the chain for a synthetic record, or [] when it has no meta.path.
+def kg_chain(record, facts):
+    """The checking chain of a synthetic record, or None without meta.path. Findings are restated as given; a
+    diagnosis question checks every option against them in turn up to the first finding it lacks (a differential);
+    the other families name the disease the findings point to, the hops to the asked relation, then check every
+    option on that relation. It ends with the conclusion, and the answer block holds that option's text.
 
-    Example (2-hop, hidden "Dengue"; variant 0):
-      <think>The findings fever and rash point to Dengue. Dengue is treated with Paracetamol. So the answer is
-      Paracetamol. A. Aspirin no. B. Heparin no. C. Paracetamol yes.</think>
-      <answer>C</answer>
+      <think>Findings: fever and rash. They point to Dengue. Dengue is treated with: A. Aspirin no, B. Paracetamol
+      yes, C. Heparin no. So the answer is Paracetamol.</think>
+      <answer> Paracetamol</answer>
     """
-    meta = record.get("meta") or {}
-    path, L = meta.get("path") or [], record["answer"]
+    meta, opts = record.get("meta") or {}, record["options"]
+    path = meta.get("path") or []
     if not path:
-        return []
-    gset = {g.casefold() for g in meta.get("given") or []}
-    given_edges = [e for e in path if e["tail"].casefold() in gset]  # disease -> finding edges (the vignette)
-    groups = {}  # the other edges by (head, relation) -> tails, in path order
-    for e in path:
-        if e not in given_edges:
-            groups.setdefault((e["head"], e["relation"]), []).append(e["tail"])
-    answer = answer_scan(record["options"], L)  # a scan the tiny model can learn: common.answer_scan
-    # the suffix kept ("anorexia (symptom)"): the spelling tiny.py's tokenizer holds as one token
-    findings = [plain(e["tail"], keep_suffix=True) for e in given_edges]
-    out = []
-    for v in range(k):
-        sents = [fill(EVIDENCE[v % len(EVIDENCE)], len(findings), g=join(findings), x=given_edges[0]["head"])
-                 ] if given_edges else []  # the given findings -> the hidden (or asked) entity
-        sents += [fill(RELATION_SENTENCES.get(rel, "{h} " + rel.replace("_", " ") + " {t}"), len(tails), h=h,
-                       t=join(tails)) + "." for (h, rel), tails in groups.items()]  # -> the asked relation -> answer
-        chain = " ".join(sents + [answer])
-        out.append(f"<think>{chain[0].upper() + chain[1:]}</think>\n<answer>{L}</answer>")
-    return list(dict.fromkeys(out))  # identical variants count once
+        return None
+    given = meta.get("given") or []
+    findings = [plain(g) for g in given]
+    name = opts[record["answer"]]
+    sents = [f"Findings: {join(findings)}."]
+    if meta.get("family") == "diagnosis":  # why a differential: docs/tiny_runs.md#checking-chains
+        for L, x in opts.items():
+            has, checks = facts.get((x, "has_symptom"), set()) | facts.get((x, "risk_factor"), set()), []
+            for f in findings:
+                checks.append(f"{f} {'yes' if f in has else 'no'}")
+                if f not in has:
+                    break
+            sents.append(f"{L}. {x}: {', '.join(checks)}.")
+    else:
+        gset = {g.casefold() for g in given}
+        hops = [e for e in path if e["tail"].casefold() not in gset]  # the edges after the findings
+        sents.append(f"They point to {meta['hidden']}.")
+        sents += [sentence(e["head"], e["relation"], e["tail"]) + "." for e in hops[:-1] if e["tail"] != name]
+        last, correct = hops[-1], set(meta.get("correct") or [name])
+        # the asked side of the last edge is the answer's: the tail (a treatment), or the head (a drug contraindicated)
+        ask = (sentence(last["head"], last["relation"], "") if last["tail"] == name
+               else sentence("", last["relation"], last["tail"], reverse=True)).strip()
+        sents.append(f"{ask}: " + ", ".join(f"{L}. {x} {'yes' if x in correct else 'no'}" for L, x in opts.items())
+                     + ".")
+    sents.append(f"So the answer is {name}.")
+    return f"<think>{' '.join(sents)}</think>\n<answer> {name}</answer>"  # " Name": one token in tiny.py's vocab
 
 
-def kg_teacher(records, k, feedback):
+def kg_teacher(facts):
     """Deterministic: feedback cannot change its chain, so distill() runs it without refinement rounds."""
-    return [kg_chains(r, k) for r in records]
+    return lambda records, k, feedback: [[c] if (c := kg_chain(r, facts)) else [] for r in records]
 
 # ----------------------------------------------------------------------------------------------------------
 # the LLM teacher: shown the question and its gold answer, asked for the bridging chain
@@ -187,6 +193,7 @@ def main(argv=None):
     p.add_argument("--data", required=True, help="unified records (JSONL)")
     p.add_argument("--teacher", required=True, help="kg | http(s)://BASE_URL | local HF folder")
     p.add_argument("--out", required=True, help="sft.jsonl (appended; rejects go to sft.rejects.jsonl beside it)")
+    p.add_argument("--kg", help="kg.py's KG_DIR (with --teacher kg)")
     p.add_argument("--k", type=int, default=4, help="candidates per item (pass@k)")
     p.add_argument("--rounds", type=int, default=3, help="refinement rounds for items with no passing candidate")
     p.add_argument("--max-chars", type=int, default=3000, help="length budget of a chain")
@@ -205,7 +212,9 @@ def main(argv=None):
     done = {r["id"] for path in (a.out, rejects) for r in read_appended(path)}  # resume
     todo = [r for r in records if r["id"] not in done]
     if a.teacher == "kg":
-        teacher, name, rounds = kg_teacher, "kg", 0  # deterministic: a retry would write the same chain
+        if not a.kg:
+            p.error("--teacher kg needs --kg KG_DIR (the facts its chains check the options against)")
+        teacher, name, rounds = kg_teacher(kg_facts(a.kg)), "kg", 0  # deterministic: a retry writes the same chain
     else:
         llm = make_llm(a.teacher, model_name=a.model_name, cache_dir=a.cache_dir, concurrency=a.concurrency)
         teacher, rounds = llm_teacher(llm, a.temperature, a.max_tokens, a.seed), a.rounds

@@ -2,7 +2,8 @@
 and mixing (Fleming-R1, arXiv 2509.15279, sec. 3.1 "Reasoning-Oriented Data Strategy"), in that order.
 
 Reads  synth.py's train.jsonl (--synthetic) and public training sets (--public name=path: benchmarks.py's formats).
-Writes OUT/train.jsonl (the pool, each record with a difficulty), OUT/rejects.jsonl (what was dropped and why),
+Writes OUT/train.jsonl (the RL pool, each record with a difficulty), OUT/cold_start.jsonl (--cold-start: the subset
+       distill.py writes chains for, disjoint from train.jsonl), OUT/rejects.jsonl (what was dropped and why),
        OUT/review.jsonl (items no verifier trial answered right, with the trials), OUT/stats.json and stats.md.
 
 Difficulty (--difficulty): llm (a judge model, JUDGE's definitions after the paper's), passrate (a model's pass rate
@@ -16,6 +17,7 @@ A flag rather than an eval manifest: no new file format, and the command shows w
 Deliberate departures from the paper:
   1. The heuristic tiers (hops x rarity) stand in for a judge model where no LLM runs: the tiny preset.
   2. An item that fails verification goes to review.jsonl instead of being dropped.
+  3. The cold-start subset is drawn at random here (--cold-start); the paper curates it, and says no more.
 """
 import argparse
 import hashlib
@@ -29,7 +31,8 @@ from benchmarks import load_benchmark
 from common import (DIFFICULTIES, Progress, atomic_write, build_messages, check_record, difficulty_heuristic,
                     extract_answer, item_keys, iter_jsonl, make_llm, norm_text, parse_with_preset, write_jsonl)
 
-TINY = dict(difficulty="heuristic")  # --tiny: the tiny CPU run has no LLM judge: tiers from hops x rarity
+TINY = dict(difficulty="heuristic",  # --tiny: the tiny CPU run has no LLM judge: tiers from hops x rarity
+            cold_start=2000)  # chains for 2,000 items; RL on the other ~5,000 (docs/tiny_runs.md#cold-start-subset)
 
 # ----------------------------------------------------------------------------------------------------------
 # loading
@@ -298,7 +301,7 @@ def table(recs):
 
 def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=None, k=5, seed=0,
         near_threshold=0.8, ngram=13, rare_quantile=0.5, llm_model=None, contam_frac=0.2,
-        judge_spec=None, max_tokens=1024):
+        judge_spec=None, max_tokens=1024, cold_start=0):
     """The whole filter; `sources`/`benches` are [(name, path)]. Returns the stats dict."""
     judge = judge_spec or verify_spec
     if difficulty in ("passrate", "llm") and not judge:
@@ -351,17 +354,24 @@ def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=
         difficulty_llm(recs, mk(judge))
     stats["before_mix"] = len(recs)
     pool = mix_pool(recs, mix, seed) if mix else recs
+    # the CoT cold start's subset, disjoint from the RL pool: RL needs prompts the cold start never saw (sec. 3.2-3.3;
+    # docs/tiny_runs.md#cold-start-subset)
+    n_cold = int(cold_start * len(pool)) if cold_start < 1 else min(int(cold_start), len(pool))
+    cold_ids = {r["id"] for r in random.Random(seed).sample(pool, n_cold)}
+    cold, pool = [r for r in pool if r["id"] in cold_ids], [r for r in pool if r["id"] not in cold_ids]
     for r in rejects:
         stats["rejects"][r["reason"].split(":")[0].split(" of ")[0]] += 1
-    stats.update(rejects=dict(stats["rejects"]), review=len(review), pool=len(pool),
+    stats.update(rejects=dict(stats["rejects"]), review=len(review), pool=len(pool), cold_start=len(cold),
                  table={f"{s}|{d}": v for (s, d), v in Counter((r["source"], r["difficulty"]) for r in pool).items()})
     write_jsonl(os.path.join(out, "train.jsonl"), pool)
+    write_jsonl(os.path.join(out, "cold_start.jsonl"), cold)
     write_jsonl(os.path.join(out, "rejects.jsonl"), rejects)
     write_jsonl(os.path.join(out, "review.jsonl"), review)
     atomic_write(os.path.join(out, "stats.json"), json.dumps(stats, indent=1))
     md = (f"# filter.py report\n\nloaded: {stats['loaded']}\n\nrejects by reason: {stats['rejects']}\n\n"
           f"decontaminated per benchmark: {stats['decontaminated']}\n\nanonymised: {stats['anonymised']}\n\n"
-          f"sent to review (no verifier trial right): {len(review)}\n\npool: {len(pool)}\n\n{table(pool)}\n")
+          f"sent to review (no verifier trial right): {len(review)}\n\npool: {len(pool)} (+ cold start: {len(cold)})"
+          f"\n\n{table(pool)}\n")
     atomic_write(os.path.join(out, "stats.md"), md)
     print(md)
     return stats
@@ -395,6 +405,8 @@ def main(argv=None):
     p.add_argument("--ngram", type=int, default=13, help="decontamination n-gram length (tokens)")
     p.add_argument("--contam-frac", type=float, default=0.2, help="share of n-grams found in a benchmark")
     p.add_argument("--rare-quantile", type=float, default=0.5, help="heuristic: share of the pool counted as rare")
+    p.add_argument("--cold-start", type=float, default=0.1, help="the cold-start subset, OUT/cold_start.jsonl: a "
+                   "fraction of the pool, or a count (>= 1); the RL pool train.jsonl keeps the rest")
     p.add_argument("--seed", type=int, default=0)
     a = parse_with_preset(p, argv, TINY)
     sources = [("synthetic", s) for s in a.synthetic] + pairs(a.public, "--public")
@@ -406,7 +418,7 @@ def main(argv=None):
                 "--bench), or pass --no-decontaminate to keep them unchecked")
     run(sources, a.out, pairs(a.decontaminate, "--decontaminate"), a.verify, a.difficulty,
         parse_mix(a.mix) if a.mix else None, a.k, a.seed, a.near_threshold, a.ngram, a.rare_quantile, a.llm_model,
-        a.contam_frac, a.judge, a.max_tokens)
+        a.contam_frac, a.judge, a.max_tokens, a.cold_start)
 
 
 if __name__ == "__main__":

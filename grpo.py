@@ -23,9 +23,8 @@ Deliberate departures from the paper:
   1. loss_norm is a constant (--loss-norm, default max_new_tokens), not each completion's length: no length is
      favoured (Dr. GRPO).
   2. RUN_DIR/best is chosen on a validation split's greedy accuracy; the paper does not say how it picks one.
-  3. The tiny preset turns on the KL to the init (0.1), without which the tiny model's copying erodes, samples at
-     temperature 0.5, near evaluation's greedy path (docs/tiny_runs.md#the-kl-to-the-init,
-     docs/tiny_runs.md#rollouts-at-temperature-05), and never re-mines (mine.py mines once).
+  3. The tiny preset never re-mines in stage 2 (mine.py mines once, before it).
+  4. --shuffle-rewards permutes each batch's rewards before the advantages: a control (issue #36), not a method.
 
 Memory, Qwen2.5-7B on 8 x 80 GB, the defaults: 15 GB of sharded fp32 state and AdamW a GPU; the rollout adds the
 bf16 weights (15 GB) and a 5 GB KV cache (64 rows x 1.3k tokens x 56 KB); mining's 512 rows would need 37 GB, so
@@ -45,15 +44,14 @@ import mine
 import model as M
 import sampler
 
-TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); the evidence behind each value is in docs/tiny_runs.md
-    prompts=16, max_new_tokens=96,  # 16 groups a step of chains that end within 96 tokens (#sizes-and-time)
-    micro_batch=32, fsdp_per_block=False,  # whole groups a forward; a tiny model is one FSDP2 unit (#one-fsdp-unit)
-    lr=1e-4, kl_coef=0.1,  # without the KL to the init, RL erodes the copying the chains rely on (#the-kl-to-the-init)
-    temperature=0.5,  # rollouts near the greedy path evaluation takes (#rollouts-at-temperature-05)
-    save_every=30, plateau_window=20, plateau_patience=40,  # checkpoints and a plateau test within 80 steps
-    remine_size=400, mine_max_zero_share=0.0,  # stage 2 without --pool mines as mine.py --tiny does
-    stage1=dict(max_steps=80, eval_every=40),  # sized for the 20-minute run (#sizes-and-time)
-    stage2=dict(max_steps=12, eval_every=30, remine_every=0),  # mined once by mine.py (#stage-2-mines-greedy-failures)
+TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); each value chosen on the validation split (docs/tiny_runs.md)
+    prompts=16, max_new_tokens=112,  # 16 groups a step; a six-option checking chain ends within 112 tokens
+    micro_batch=32, fsdp_per_block=False,  # whole groups a forward; a tiny model is one FSDP2 unit
+    lr=1e-4,  # 2e-4 swung validation by +-3 points between evaluations (#stage-1)
+    save_every=30, plateau_window=20, plateau_patience=40,
+    remine_size=800, mine_threshold=0.875, mine_max_zero_share=0.0, mine_moderate_share=0.0,  # as mine.py --tiny
+    stage1=dict(max_steps=150, eval_every=50),  # the reward still rose at 150 steps (#stage-1)
+    stage2=dict(max_steps=60, eval_every=30, remine_every=0, prompts=8),  # k = 16: 128 rollouts as stage 1 (#stage-2)
 )
 
 
@@ -81,6 +79,7 @@ def get_args(argv=None):
     a("--ppo-epochs", type=int, default=1, help="updates per rollout batch")
     a("--token-mean", action="store_true", help="DAPO: average over the global count of completion tokens")
     a("--drop-zero-var", action="store_true", help="drop groups whose rewards are all equal")
+    a("--shuffle-rewards", action="store_true", help="control: permute each batch's rewards (the gain should vanish)")
     # optimisation
     a("--lr", type=float, default=1e-6)
     a("--weight-decay", type=float, default=0.0)
@@ -325,11 +324,13 @@ def rollout(policy, tok, batch, args, seed, stops, pad_id):
     return prompts, comps, seconds_since(t0)
 
 
-def advantages(tok, batch, comps, args):
+def advantages(tok, batch, comps, args, gen=None):
     """Eq. 2-3: rewards (common.reward: correctness + format) and group advantages -> rewards (P, k), advantages
     (P, k), zero (P,): groups with no learning signal, keep (P * k,): 0 for the rows --drop-zero-var leaves out."""
     texts = [tok.decode(c, skip_special_tokens=False) for c in comps]
     rewards = torch.tensor([common.reward(t, batch[i // args.k]) for i, t in enumerate(texts)]).view(-1, args.k)
+    if args.shuffle_rewards:  # the control: the same rewards, on the wrong completions (a fixed permutation per call)
+        rewards = rewards.flatten()[torch.randperm(rewards.numel(), generator=gen)].view(-1, args.k)
     adv = group_advantages(rewards, args.std_norm)
     zero = rewards.amax(1) == rewards.amin(1)
     keep = (~zero).float().repeat_interleave(args.k) if args.drop_zero_var else torch.ones(len(comps))
@@ -440,7 +441,8 @@ def train(args, rank, world, device):
                                         stops, pad)
         mem["gen"] = peak_gb(device)
         # ---- advantages (eq. 2-3), then the update (eq. 1): log-probs at the sampling temperature, loss, step
-        rewards, adv, zero, keep = advantages(tok, batch, comps, args)
+        gen = torch.Generator().manual_seed(args.seed * 1_000_003 + step * world + rank)
+        rewards, adv, zero, keep = advantages(tok, batch, comps, args, gen)
         t0 = time.time()
         rows = [(prompts[i // args.k], c) for i, c in enumerate(comps)]
         upd = update(policy, opt, rows, adv.flatten(), keep, args, world, pad, ref)

@@ -1,20 +1,19 @@
 """Adaptive hard-sample mining for RL stage 2 (Fleming-R1, arXiv 2509.15279, sec. 3.3).
 
 Reads  --model CKPT (HF folder + tokenizer), --data pool.jsonl, --review review.jsonl (optional: never mined).
-Writes OUT/pass_rates.jsonl ({"id", "difficulty", "passes", "n", "pass_rate", "greedy_pass"} per item, in --data
+Writes OUT/pass_rates.jsonl ({"id", "difficulty", "passes", "n", "pass_rate"} per item, in --data
        order) and OUT/hard_pool.jsonl (highest priority first); prints the pool's composition.
 
-The model answers every item --samples times (a pass: reward 1.0) and once greedily; grpo.py re-mines with the same
-functions. select_pool: (1) reviewed items out; (2) repeated failures: pass rate <= --threshold and the greedy
-answer (the one evaluation scores) wrong; (3) all-fail items (no gradient) at most --max-zero-share of the pool;
+The model answers every item --samples times (a pass: reward 1.0); grpo.py re-mines with the same functions.
+select_pool: (1) reviewed items out; (2) repeated failures: pass rate <= --threshold and not every sample right;
+(3) all-fail items (no gradient) at most --max-zero-share of the pool;
 (4) --moderate-share of Moderate items above the threshold, lowest first; (5) Difficult, then Moderate, then Easy,
 partial failures first; --pool-size keeps the first N.
 
 Deliberate departures from the paper:
-  1. An item answered right greedily is never pooled: mined by samples alone, 42% of a tiny pool were such items
-     and stage 2 gained nothing (docs/tiny_runs.md#stage-2-mines-greedy-failures).
-  2. Rules 3 and 4 keep groups that carry a gradient; the paper names no such shares.
-  3. The tiny preset mines 400 items at the rollouts' temperature (0.5) and pools no all-fail item.
+  1. Rules 3 and 4 keep groups that carry a gradient; the paper names no such shares.
+  2. The tiny preset pools the learnable band, 1-7 passes of 8, and no all-fail item: all-fail groups give no
+     gradient, and a pool of greedy failures lost 5 points where this band gained (docs/tiny_runs.md#stage-2).
 
     python mine.py --model runs/stage1/best --data pool.jsonl --out runs/mine    # torchrun for several ranks
 """
@@ -32,17 +31,16 @@ import model as M
 import sampler
 
 TIER = {"difficult": 0, "moderate": 1, "easy": 2}
-TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); evidence in docs/tiny_runs.md
-    max_new_tokens=96, sample=400,  # 400 items, 129-135 pooled: enough for stage 2's 12 steps (#sizes-and-time)
-    temperature=0.5,  # grpo.py --tiny's rollouts: "some samples right" then means a group with a gradient
-    max_zero_share=0.0,  # all-fail groups give no gradient, and 12 steps leave no time to start solving them
+TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); evidence in docs/tiny_runs.md#stage-2
+    max_new_tokens=112, sample=800,  # ~400 pooled: stage 2's 60 steps x 8 prompts see most once
+    threshold=0.875, max_zero_share=0.0, moderate_share=0.0,  # the learnable band: 1-7 passes of 8
 )
 
 
 def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temperature=1.0, seed=0,
          kv_budget=sampler.KV_BUDGET):
-    """Pass rates of `model` on `records` (n samples each) and whether the greedy answer passes -> [{"id",
-    "difficulty", "passes", "n", "pass_rate", "greedy_pass"}] in `records` order, on every rank. Rank r takes records
+    """Pass rates of `model` on `records` (n samples each) -> [{"id", "difficulty", "passes", "n", "pass_rate"}] in
+    `records` order, on every rank. Rank r takes records
     r, r+world, ...; every rank makes the same generate calls (FSDP gathers the weights collectively in each), each
     sized to kv_budget bytes of KV cache (sampler.generate)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
@@ -58,14 +56,11 @@ def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temper
         prompts = [common.prompt_ids(tokenizer, records[i]) for i in (part or [0])]
         comps = sampler.generate(model, prompts, max_new_tokens, temperature=temperature, top_p=1.0, eos_ids=stops,
                                  seed=seed * 1_000_003 + c * world + rank, pad_id=pad, k=n, kv_budget=kv_budget)
-        # and the greedy answer, the one evaluation scores (at temperature 0 the samples are greedy already)
-        greedy = comps[::n] if temperature == 0 else \
-            sampler.generate(model, prompts, max_new_tokens, eos_ids=stops, pad_id=pad, kv_budget=kv_budget)
         for j, i in enumerate(part):
             rec = records[i]
             passes = sum(right(y, rec) for y in comps[j * n:(j + 1) * n])
             out.append((i, dict(id=rec["id"], difficulty=rec.get("difficulty"), passes=passes, n=n,
-                                pass_rate=passes / n, greedy_pass=right(greedy[j], rec))))
+                                pass_rate=passes / n)))
         if prog:
             prog.update(1)
     if world > 1:
@@ -79,7 +74,7 @@ def select_pool(records, rates, threshold=0.5, moderate_share=0.25, max_zero_sha
                 review=()):
     """The hard pool (rules 1-5 in the module docstring). records and rates are aligned lists."""
     review = set(review)
-    rows = [(r, x) for r, x in zip(records, rates) if r["id"] not in review and not x["greedy_pass"]]
+    rows = [(r, x) for r, x in zip(records, rates) if r["id"] not in review and x["passes"] < x["n"]]
     fails = [(r, x) for r, x in rows if x["pass_rate"] <= threshold]
     partial = [(r, x) for r, x in fails if x["passes"] > 0]
     zero = sorted([(r, x) for r, x in fails if x["passes"] == 0], key=lambda rx: TIER.get(rx[0]["difficulty"], 3))

@@ -538,15 +538,25 @@ def _local(t):
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def _sharded_params(model):
+    """named_parameters() as the optimizer holds them: an FSDP2 unit left unsharded by its last forward (the root's
+    default) lists its full tensors instead, which the optimizer does not know; reshard first."""
+    for m in model.modules():
+        if hasattr(m, "reshard") and hasattr(m, "unshard"):  # an FSDPModule
+            m.reshard()
+    return dict(model.named_parameters())
+
+
 def save_state(dir, model, optimizer, extra: dict):
     """Resumable checkpoint, sharded: each rank writes its own shards of the fp32 weights and of the optimizer state
     to rank<r>.safetensors ("model/<fqn>", "optim/<fqn>/<key>"); rank 0 then writes state.json (world size,
     param_groups, non-tensor state, per-rank RNG, `extra`) and swaps the folder into place. No pickle, and no rank
     gathers the model (7B: 11 GB a rank, instead of 91 GB on rank 0). Collective; needs a filesystem all ranks share."""
     rank, world = _rank(), torch.distributed.get_world_size() if _is_dist() else 1
-    names = {p: n for n, p in model.named_parameters()}
+    named = _sharded_params(model)
+    names = {p: n for n, p in named.items()}
     params = [p for g in optimizer.param_groups for p in g["params"]]  # the optimizer's own numbering
-    tensors, scalars = {f"model/{n}": _local(p) for n, p in model.named_parameters()}, {}
+    tensors, scalars = {f"model/{n}": _local(p) for n, p in named.items()}, {}
     osd = optimizer.state_dict()
     for i, st in osd["state"].items():
         for key, v in st.items():
@@ -587,7 +597,7 @@ def load_state(dir, model, optimizer):
     if meta.get("world") != world:
         raise ValueError(f"{dir}: saved by {meta.get('world')} ranks, this run has {world}: resume with as many")
     sd = load_file(os.path.join(dir, f"rank{rank}.safetensors"))
-    named = dict(model.named_parameters())
+    named = _sharded_params(model)
     with torch.no_grad():
         for n, p in named.items():
             _local(p).copy_(sd.pop(f"model/{n}"))

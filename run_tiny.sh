@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # The whole Fleming-R1 recipe at toy scale on a CPU, every stage through the real scripts and their --tiny presets:
-#   kg.py -> synth.py -> filter.py -> distill.py (KG-path teacher) -> tiny.py base (tokenizer, model, pretraining
-#   corpus) -> sft.py (pretrain Base) -> per seed: sft.py (CoT cold start) -> grpo.py --stage 1 -> mine.py ->
-#   grpo.py --stage 2 -> eval.py of every model on the held-out test set -> tiny.py report (the ablation table).
-# Usage: bash run_tiny.sh            (RUN=runs/tiny SEEDS="0 1 2" by default; SMOKE=1 for the CI-sized run)
+#   kg.py -> synth.py -> filter.py (RL pool + cold-start subset) -> distill.py (KG teacher, on the subset) -> tiny.py
+#   base (tokenizer, model, pretraining corpus) -> sft.py (pretrain Base) -> tiny.py probe -> per seed: sft.py (CoT
+#   cold start) -> grpo.py --stage 1 -> mine.py -> grpo.py --stage 2 -> eval.py of every model on the held-out test
+#   set -> tiny.py report (the ablation table) -> report.py (the audit page).
+# Usage: bash run_tiny.sh            (RUN=runs/tiny SEEDS="0 1 2" by default; SMOKE=1 for the CI-sized run;
+#        CONTROLS=1 adds issue #36's controls: per seed the cold start trained on for RL stage 1's time, and on the
+#        first seed RL stage 1 with shuffled rewards)
 # Re-running skips every stage whose output exists; the training stages resume from their last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -21,9 +24,11 @@ TORCHRUN="torchrun --standalone --nproc_per_node 2"
 EVAL="env OMP_NUM_THREADS=2 python eval.py"  # one process alone: both cores (the same predictions as one thread)
 # every size of the tiny run is in the stages' TINY presets (--tiny) and tiny.py's defaults; SMOKE=1 makes them a
 # few steps each: it checks the plumbing and every artifact, not the numbers (an untrained model never stops early)
-SYNTH=""; BASE=""; PRE=""; SFT=""; RL=""; MINE=""; TOK=""
+SYNTH=""; FILTER=""; BASE=""; PRE=""; SFT=""; RL=""; MINE=""; TOK=""
+MATCH="--steps 1870"  # the matched-compute control: RL stage 1's wall-clock in cold-start steps (docs/tiny_runs.md#controls)
 if [ -n "${SMOKE:-}" ]; then
-  SYNTH="--n 600 --test-n 100 --val-n 40"; BASE="--drills 2000"; PRE="--steps 4"; SFT="--steps 4"
+  SYNTH="--n 600 --test-n 100 --val-n 40"; FILTER="--cold-start 0.3"; BASE="--drills 2000 --passes 2"
+  PRE="--steps 4"; SFT="--steps 4"; MATCH="--steps 2"
   TOK="--max-new-tokens 32"; RL="--max-steps 2 --prompts 4 $TOK"; MINE="--samples 2 --sample 60 $TOK"
   SEEDS=${SEEDS_SMOKE:-"0"}
 fi
@@ -38,16 +43,17 @@ stage "synth.py: KG -> multiple-choice questions (train, held-out val + test)"
 [ -f "$RUN/synth/val.jsonl" ] || python synth.py --tiny --kg "$RUN/kg" --out "$RUN/synth" $SYNTH
 
 stage "filter.py: format filter, dedup, difficulty (heuristic: hops + rarity), mixing"
-[ -f "$RUN/pool/train.jsonl" ] || python filter.py --tiny --synthetic "$RUN/synth/train.jsonl" --out "$RUN/pool"
+[ -f "$RUN/pool/train.jsonl" ] || python filter.py --tiny --synthetic "$RUN/synth/train.jsonl" --out "$RUN/pool" $FILTER
 POOL="$RUN/pool/train.jsonl"; VAL="$RUN/synth/val.jsonl"; TEST="$RUN/synth/test.jsonl"  # val: checkpoint choice only
 
-stage "distill.py: CoT cold-start data from the KG-path teacher"
-python distill.py --data "$POOL" --teacher kg --out "$RUN/sft.jsonl" --tiny
+stage "distill.py: CoT cold-start data from the KG teacher, on the cold-start subset"
+python distill.py --data "$RUN/pool/cold_start.jsonl" --teacher kg --kg "$RUN/kg" --out "$RUN/sft.jsonl" --tiny
 
 stage "tiny.py base + sft.py: tokenizer, random Qwen2-shaped model, pretraining = the Base model"
 [ -f "$RUN/base_init/pretrain.jsonl" ] || python tiny.py base --kg "$RUN/kg" --pool "$POOL" --out "$RUN/base_init" $BASE
 [ -f "$RUN/base/final/config.json" ] || $TORCHRUN sft.py --tiny base --data "$RUN/base_init/pretrain.jsonl" \
   --init "$RUN/base_init/init" --out "$RUN/base" $PRE
+[ -f "$RUN/base_probe.json" ] || python tiny.py probe --model "$RUN/base/final" --kg "$RUN/kg" --out "$RUN/base_probe.json"
 
 for s in $SEEDS; do
   S="$RUN/seed$s"
@@ -63,6 +69,16 @@ for s in $SEEDS; do
   stage "seed $s: grpo.py --stage 2 (hard pool, larger k)"
   [ -f "$S/rl2/final/config.json" ] || $TORCHRUN grpo.py --tiny --stage 2 --data "$POOL" --pool "$S/mine/hard_pool.jsonl" \
     --val "$VAL" --init "$S/rl1/best" --out "$S/rl2" --seed "$s" $RL
+  if [ -n "${CONTROLS:-}" ]; then
+    stage "seed $s: control: the cold start trained on for RL stage 1's time"
+    [ -f "$S/sft_more/final/config.json" ] || $TORCHRUN sft.py --tiny cold --data "$RUN/sft.jsonl" \
+      --init "$S/sft/final" --out "$S/sft_more" --seed "$s" $MATCH
+    if [ "$s" = "${SEEDS%% *}" ]; then
+      stage "seed $s: control: RL stage 1 with shuffled rewards"
+      [ -f "$S/rl1_shuffled/final/config.json" ] || $TORCHRUN grpo.py --tiny --stage 1 --shuffle-rewards \
+        --data "$POOL" --val "$VAL" --init "$S/sft/final" --out "$S/rl1_shuffled" --seed "$s" $RL
+    fi
+  fi
 done
 
 stage "eval.py: every model on the held-out test set (one Base for all seeds: it precedes the recipe)"
@@ -73,6 +89,9 @@ for s in $SEEDS; do  # RL: the checkpoint selected on the validation split
   add "$RUN/seed$s/sft/final" "$RUN/seed$s/eval/sft"
   add "$RUN/seed$s/rl1/best" "$RUN/seed$s/eval/rl1"
   add "$RUN/seed$s/rl2/best" "$RUN/seed$s/eval/rl2"
+  for c in sft_more rl1_shuffled; do  # the controls' last weights: their best/ could be their start
+    [ ! -f "$RUN/seed$s/$c/final/config.json" ] || add "$RUN/seed$s/$c/final" "$RUN/seed$s/eval/$c"
+  done
 done
 [ ${#models[@]} = 0 ] || $EVAL --tiny --model "${models[@]}" --bench "jsonl=$TEST" --out "${outs[@]}" $TOK
 

@@ -35,9 +35,9 @@ from common import MetricsLog, Progress, common_prefix, pad_id, parse_with_prese
 TINY = dict(
     micro_batch=16, fsdp_per_block=False,  # 32 rows were slower (#the-base); one FSDP2 unit (#one-fsdp-unit)
     max_len=512, warmup=0.05,  # the tiny run's rows are far shorter; a tiny model warms up fast
-    val_frac=0.05, eval_every=200, save_every=100,  # a validation loss at the end, few passes over it (#speed)
-    cold=dict(steps=560, batch_size=16, lr=1e-3),  # 1.5 epochs of the chains: the 20-minute budget (#sizes-and-time)
-    base=dict(epochs=1, batch_size=64, lr=2e-3),  # one pass over the pretraining corpus (#the-base)
+    val_frac=0.05, eval_every=200, save_every=100,  # a validation loss at the end, few passes over it
+    cold=dict(steps=1500, batch_size=16, lr=1e-3),  # 12 epochs of 2,000 chains: converged on val (#g3-cold-start)
+    base=dict(epochs=1, batch_size=64, micro_batch=32, lr=3e-3, val_frac=0.01),  # one pass; the facts repeat inside
 )
 
 # ----------------------------------------------------------------------------------------------------------

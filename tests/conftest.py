@@ -22,7 +22,7 @@ def smoke_run(tmp_path_factory):
     report.html in a browser. -> the RUN folder."""
     run = tmp_path_factory.mktemp("smoke") / "run"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {**os.environ, "SMOKE": "1", "NO_INSTALL": "1", "RUN": str(run), "PATH": os.path.dirname(sys.executable)
+    env = {**os.environ, "SMOKE": "1", "CONTROLS": "1", "NO_INSTALL": "1", "RUN": str(run), "PATH": os.path.dirname(sys.executable)
            + os.pathsep + os.environ.get("PATH", "")}
     p = subprocess.run(["bash", "run_tiny.sh"], cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]

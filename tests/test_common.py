@@ -3,9 +3,9 @@ import socket
 
 import pytest
 
-from common import (LETTERS, SYSTEM_PROMPT, MetricsLog, Progress, append_jsonl, build_messages, check_record,
-                    eos_ids, extract_answer, is_well_formed, make_llm, prompt_ids, read_jsonl, read_records,
-                    reward, write_jsonl)
+from common import (LETTERS, RELATION_SENTENCES, SYSTEM_PROMPT, MetricsLog, Progress, append_jsonl, build_messages,
+                    check_record, eos_ids, extract_answer, is_well_formed, make_llm, parse_with_preset, prompt_ids,
+                    read_jsonl, read_records, reward, sentence, write_jsonl)
 from fake_llm_server import FakeLLMServer
 
 REC = {"id": "q1", "source": "test", "question": "Which drug?", "options": {"A": "aspirin", "B": "heparin",
@@ -76,6 +76,7 @@ def test_build_messages_and_prompt_ids():
 
 # ---------------------------------------------------------------------------------------------- the answer rule
 
+OPTS = {"A": "Aspirin", "B": "Heparin", "C": "Low molecular heparin", "D": "E. coli"}
 EXTRACT = [  # (text, letters, expected)
     ("<think>x</think><answer>C</answer>", "ABCD", "C"),
     ("<answer>(C)</answer>", "ABCD", "C"), ("<answer>[C]</answer>", "ABCD", "C"),
@@ -106,6 +107,13 @@ EXTRACT = [  # (text, letters, expected)
     ("<answer>A. E. coli</answer>", {"A": "E. coli", "B": "x", "C": "y", "D": "z", "E": "w"}, "A"),
     ("<answer>A. E. coli</answer>", "ABCDE", None),             # without the texts, E. reads as option E
     ("<answer>A. E. coli B. x</answer>", {"A": "E. coli", "B": "x", "C": "y", "D": "z", "E": "w"}, None),
+    # one option's full text, case and whitespace normalised, is that option (the tiny run's chains answer so)
+    ("<answer> Heparin</answer>", OPTS, "B"), ("<answer>heparin </answer>", OPTS, "B"),
+    ("<answer>Low  molecular heparin</answer>", OPTS, "C"), ("<answer>E. coli</answer>", OPTS, "D"),
+    ("<answer>Heparin</answer>", "ABCD", None),                 # without the texts: no letter, never guessed
+    ("<answer>Hepari</answer>", OPTS, None), ("<answer>Heparin or Aspirin</answer>", OPTS, None),
+    ("<answer>A</answer>", {"A": "B", "B": "A"}, "A"),           # a lone letter stays a letter
+    ("<answer>Twin</answer>", {"A": "Twin", "B": "twin"}, None),  # two options read the same: never guessed
 ]
 
 
@@ -133,6 +141,34 @@ WELL_FORMED = [
 @pytest.mark.parametrize("text,expected", WELL_FORMED)
 def test_is_well_formed(text, expected):
     assert is_well_formed(text, "ABCD") is expected
+
+
+def test_text_answers_are_well_formed_and_rewarded():
+    rec = {"options": OPTS, "answer": "B"}
+    assert is_well_formed("<think>r</think>\n<answer> Heparin</answer>", OPTS)
+    assert reward("<think>r</think>\n<answer> Heparin</answer>", rec) == 1.0
+    assert reward("<think>r</think>\n<answer> Aspirin</answer>", rec) == 0.0
+    assert reward("<think>r</think>\n<answer> Warfarin</answer>", rec) == -0.5  # no option: malformed
+
+
+def test_sentences_end_at_the_recalled_name():
+    assert sentence("Dengue", "treated_with", "Paracetamol") == "Dengue is treated with Paracetamol"
+    assert sentence("Dengue", "treated_with", "Paracetamol", reverse=True) == "Paracetamol is used to treat Dengue"
+    for rel, (fwd, rev) in RELATION_SENTENCES.items():  # a probe's prompt is the sentence without its last name
+        assert fwd.startswith("{h} ") and fwd.endswith(" {t}") and rev.startswith("{t} ") and rev.endswith(" {h}")
+
+
+def test_preset_variant_overrides_the_shared_value():
+    import argparse
+    p = argparse.ArgumentParser()
+    p.add_argument("--micro-batch", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1.0)
+    tiny = dict(micro_batch=16, lr=0.5, cold=dict(lr=0.1), base=dict(micro_batch=32))  # bare --tiny: the first
+    assert vars(parse_with_preset(p, ["--tiny", "base"], tiny)) == dict(micro_batch=32, lr=0.5, tiny="base")
+    p2 = argparse.ArgumentParser()
+    p2.add_argument("--micro-batch", type=int, default=2)
+    p2.add_argument("--lr", type=float, default=1.0)
+    assert vars(parse_with_preset(p2, ["--tiny", "--lr", "3"], tiny)) == dict(micro_batch=16, lr=3.0, tiny="cold")
 
 
 def test_reward_levels_and_ordering():

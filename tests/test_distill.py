@@ -41,40 +41,54 @@ def write(path, rows):
         f.writelines(json.dumps(r) + "\n" for r in rows)
 
 
-def test_kg_teacher_chains_pass_checks_and_map_entity_to_letter(tmp_path):
+KG = {"disease": ["Dengue", "Malaria", "Typhoid", "Measles"], "symptom": ["Fever", "Rash", "Mosquito bite"],
+      "drug": ["Paracetamol", "Aspirin", "Heparin", "Insulin"], "test": ["NS1 antigen test"], "class": ["Analgesic"]}
+EDGES = [("Dengue", "has_symptom", "Fever"), ("Dengue", "has_symptom", "Rash"), ("Dengue", "risk_factor", "Mosquito bite"),
+         ("Dengue", "treated_with", "Paracetamol"), ("Dengue", "diagnosed_by", "NS1 antigen test"),
+         ("Dengue", "contraindicated_in", "Aspirin"),  # written tail-first, as kg.py may: load_kg turns it round
+         ("Paracetamol", "drug_class", "Analgesic"), ("Malaria", "has_symptom", "Fever"),
+         ("Typhoid", "has_symptom", "Fever"), ("Typhoid", "has_symptom", "Rash"), ("Measles", "has_symptom", "Rash")]
+
+
+def write_kg(d):
+    d.mkdir()
+    write(d / "entities.jsonl", [{"id": n, "name": n, "type": t} for t, ns in KG.items() for n in ns])
+    write(d / "edges.jsonl", [{"head": h, "relation": r, "tail": t} for h, r, t in EDGES])
+    return str(d)
+
+
+def test_kg_teacher_chains_check_the_options_and_answer_with_the_text(tmp_path):
     nopath = dict(RECORDS[0], id="real-1", source="medqa", meta={})
     write(tmp_path / "train.jsonl", RECORDS + [nopath])
-    out = tmp_path / "sft.jsonl"
-    distill.main(["--data", str(tmp_path / "train.jsonl"), "--teacher", "kg", "--out", str(out), "--k", "4",
-                  "--tiny"])
+    out, kg = tmp_path / "sft.jsonl", write_kg(tmp_path / "kg")
+    argv = ["--data", str(tmp_path / "train.jsonl"), "--teacher", "kg", "--kg", kg, "--out", str(out), "--tiny"]
+    distill.main(argv)
     rows = {r["id"]: r for r in read_jsonl(out)}
     assert sorted(rows) == [r["id"] for r in RECORDS]
+    chain = {i: r["messages"][2]["content"] for i, r in rows.items()}
     for r in RECORDS:
-        msgs = rows[r["id"]]["messages"]
-        assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
-        text = msgs[2]["content"]
-        assert distill.check(text, r, 600) == [] and is_well_formed(text, "ABCDE")
-        assert extract_answer(text, "ABCDE") == r["answer"]
-        think = text.split("</think>")[0]
-        # the chain concludes the answer's name, then scans the options up to it: letter, name, verdict; the
-        # scan stops at the one "yes", the answer's letter (why this shape: distill.py)
-        ans, before = r["options"][r["answer"]], [x for x in r["options"] if x < r["answer"]]
-        scan = " ".join([f"{x}. {r['options'][x]} no." for x in before] + [f"{r['answer']}. {ans} yes."])
-        assert think.endswith(f"So the answer is {ans}. {scan}"), think
-        assert think.count(" yes.") == 1 and think.count(" no.") == len(before)
-        assert 10 <= len(think.split()) <= 80, think  # short enough for the tiny model to write
-        if r["meta"]["hidden"]:
-            assert r["meta"]["hidden"] in think
-        assert rows[r["id"]]["meta"]["teacher"] == "kg" and rows[r["id"]]["meta"]["round"] == 0
-    assert "Dengue is treated with Paracetamol. So the answer is" in rows["syn-1"]["messages"][2]["content"]
-    # the kept chain is the shortest of the k variants
-    assert len(rows["syn-1"]["messages"][2]["content"]) == min(map(len, distill.kg_chains(RECORDS[1], 4)))
+        assert [m["role"] for m in rows[r["id"]]["messages"]] == ["system", "user", "assistant"]
+        text, name = chain[r["id"]], r["options"][r["answer"]]
+        assert distill.check(text, r, 800) == [] and is_well_formed(text, r["options"])
+        # the answer block holds the option's text, read as its letter; the chain concludes with that name
+        assert text.endswith(f"So the answer is {name}.</think>\n<answer> {name}</answer>"), text
+        assert extract_answer(text, r["options"]) == r["answer"] and extract_answer(text, "ABCDE") is None
+        assert text.startswith("<think>Findings: fever") and rows[r["id"]]["meta"]["teacher"] == "kg"
+    # a diagnosis: a differential, each option checked against the findings up to the first it lacks
+    assert ("A. Malaria: fever yes, rash no. B. Dengue: fever yes, rash yes, mosquito bite yes. C. Typhoid: fever "
+            "yes, rash yes, mosquito bite no. D. Measles: fever no.") in chain["syn-0"]
+    # later hops: the disease the findings point to, the hops, then every option on the asked relation
+    assert ("They point to Dengue. Dengue is treated with: A. Heparin no, B. Insulin no, C. Aspirin no, "
+            "D. Paracetamol yes.") in chain["syn-1"]
+    assert "Dengue is diagnosed with: A. NS1 antigen test yes, B. Blood smear no, C. Widal test no." in chain["syn-2"]
+    assert "Dengue contraindicates: A. Paracetamol no, B. Aspirin yes, C. Fluids no" in chain["syn-3"]
+    assert "Dengue is treated with Paracetamol. Paracetamol is a: A. Antibiotic no, B. Analgesic yes" in chain["syn-4"]
     rej = read_jsonl(tmp_path / "sft.rejects.jsonl")
     assert [r["id"] for r in rej] == ["real-1"] and "no candidate" in rej[0]["reasons"][0]
     # resume: a torn last line (a kill mid-write) is dropped, done ids are skipped, the missing one redone
     lines = open(out).read().splitlines(True)
     open(out, "w").writelines(lines[:3] + [lines[3][:40]])
-    distill.main(["--data", str(tmp_path / "train.jsonl"), "--teacher", "kg", "--out", str(out), "--tiny"])
+    distill.main(argv)
     again = read_jsonl(out)
     assert sorted(r["id"] for r in again) == sorted(rows) and len(again) == len(RECORDS)
     assert len(read_jsonl(tmp_path / "sft.rejects.jsonl")) == 1

@@ -302,7 +302,7 @@ def test_local_tiny_model_end_to_end(tmp_path):
     with pytest.raises(SystemExit):  # one --out per --model
         main(["--model", other, folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "m3"), "--tiny"])
     # the same folder with other sampling settings is refused, not resumed with the old predictions
-    with pytest.raises(SystemExit, match="max_new_tokens 5, now 96"):
+    with pytest.raises(SystemExit, match="max_new_tokens 5, now 112"):
         main(["--model", folder, "--bench", f"jsonl={data}", "--out", str(tmp_path / "o2"), "--tiny"])
     if os.path.isdir(BENCH):  # one real item of each benchmark through the local model (long prompts, 10 options)
         real = []

@@ -278,6 +278,16 @@ def test_heuristic_difficulty_and_mix(tmp_path):
         Counter(r["source"] for r in F.mix_pool(syn + pub, {"medqa": 10, "synthetic": 5})) == {"medqa": 10, "synthetic": 5}
 
 
+def test_cold_start_subset_is_disjoint_from_the_rl_pool(tmp_path):
+    write(tmp_path / "syn.jsonl", [rec(i, hops=1 + i % 3, inlinks=i) for i in range(40)])
+    stats = F.run([("synthetic", str(tmp_path / "syn.jsonl"))], str(tmp_path / "out"), cold_start=0.25)
+    pool, cold = read_records(tmp_path / "out" / "train.jsonl"), read_records(tmp_path / "out" / "cold_start.jsonl")
+    assert (stats["pool"], stats["cold_start"], len(pool), len(cold)) == (30, 10, 30, 10)
+    assert sorted(r["id"] for r in pool + cold) == sorted(f"r{i}" for i in range(40))
+    F.run([("synthetic", str(tmp_path / "syn.jsonl"))], str(tmp_path / "again"), cold_start=0.25)
+    assert read_records(tmp_path / "again" / "cold_start.jsonl") == cold  # seeded: the same subset
+
+
 @needs_bench
 def test_cli_tiny(tmp_path):
     rows = [rec(i, hops=1 + i % 3, inlinks=i) for i in range(30)] + [rec(0)]  # the last one is an exact duplicate
@@ -285,10 +295,12 @@ def test_cli_tiny(tmp_path):
     write(tmp_path / "syn.jsonl", rows)
     r = subprocess.run([sys.executable, "filter.py", "--synthetic", str(tmp_path / "syn.jsonl"), "--public",
                         f"medqa={MEDQA_TRAIN}", "--no-decontaminate", "--out", str(tmp_path / "out"), "--tiny",
-                        "--mix", "public=0.5,synthetic=0.5"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+                        "--mix", "public=0.5,synthetic=0.5", "--cold-start", "10"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    pool = read_records(tmp_path / "out" / "train.jsonl")
-    assert Counter(p["source"] for p in pool) == {"medqa": 30, "synthetic": 30}
+    pool, cold = read_records(tmp_path / "out" / "train.jsonl"), read_records(tmp_path / "out" / "cold_start.jsonl")
+    assert len(cold) == 10 and len(pool) == 50 and not {p["id"] for p in pool} & {p["id"] for p in cold}
+    assert Counter(p["source"] for p in pool + cold) == {"medqa": 30, "synthetic": 30}
     assert "| synthetic |" in r.stdout and (tmp_path / "out" / "stats.md").exists()
     assert any(x["id"] == "dup" and x["reason"].startswith("duplicate") for x in read_jsonl(tmp_path / "out" / "rejects.jsonl"))
 

@@ -64,11 +64,10 @@ def test_pass_rates_direct_count(tok, monkeypatch):
     rows = mine.mine(None, tok, recs, n=5, batch_size=3)
     assert [r["id"] for r in rows] == [r["id"] for r in recs]
     assert [r["passes"] for r in rows] == [expected_passes(i, 5) for i in range(len(recs))]
-    assert [r["greedy_pass"] for r in rows] == [i % 3 == 0 for i in range(len(recs))]
-    assert rows[4] == dict(id="q4", difficulty="moderate", passes=4, n=5, pass_rate=0.8, greedy_pass=False)
-    assert calls == [3, 3, 3, 3, 3, 3, 2, 2]  # per batch: the samples, then the greedy answers
+    assert rows[4] == dict(id="q4", difficulty="moderate", passes=4, n=5, pass_rate=0.8)
+    assert calls == [3, 3, 3, 2]  # one generate call per batch: k samples of each prompt
     greedy = mine.mine(None, tok, recs, n=1, batch_size=11, temperature=0.0)  # validation: greedy only, 1 call
-    assert calls[8:] == [11] and [r["greedy_pass"] for r in greedy] == [r["passes"] == 1 for r in greedy]
+    assert calls[4:] == [11] and [r["passes"] for r in greedy] == [int(i % 3 == 0) for i in range(len(recs))]
 
 
 def test_two_ranks_gather_in_order(tok, tmp_path):
@@ -81,13 +80,12 @@ def test_two_ranks_gather_in_order(tok, tmp_path):
     got = common.read_jsonl(out)
     assert [r["passes"] for r in got] == [expected_passes(i, 5) for i in range(len(records()))]
     assert [r["id"] for r in got] == [r["id"] for r in records()]
-    assert [r["greedy_pass"] for r in got] == [i % 3 == 0 for i in range(len(records()))]
 
 
 def rated(spec, n=8):
     """spec: [(id, difficulty, passes)] -> records, rates."""
     recs = [dict(id=i, difficulty=d) for i, d, _ in spec]
-    return recs, [dict(id=i, difficulty=d, passes=p, n=n, pass_rate=p / n, greedy_pass=False) for i, d, p in spec]
+    return recs, [dict(id=i, difficulty=d, passes=p, n=n, pass_rate=p / n) for i, d, p in spec]
 
 
 SPEC = [("d1", "difficult", 2), ("d2", "difficult", 0), ("d3", "difficult", 4), ("d4", "difficult", 6),
@@ -106,10 +104,9 @@ def test_pool_rules():
     every = mine.select_pool(recs, rates, max_zero_share=1.0, moderate_share=0.0)
     assert ids(every) == ["r1", "d1", "d3", "d2", "m1", "m2", "e1", "e2"]  # no cap, no extras, r1 not reviewed
     assert mine.select_pool(recs, rates, threshold=-1) == []  # nothing failed: empty pool, no extras
-    for x in rates:  # greedy right: d1 (a partial failure), d2 (all-fail), m4 (a moderate extra); never pooled
-        x["greedy_pass"] = x["id"] in ("d1", "d2", "m4")
-    # left: d3 m1 e1 partial; m2 e2 all-fail, 1 kept (moderate first); ceil(4/3) = 2 extras, only m3 is left
-    assert ids(mine.select_pool(recs, rates, review={"r1"})) == ["d3", "m1", "m3", "m2", "e1"]
+    # the tiny preset: the learnable band, 1-7 passes of 8 (m5, right every time, and the all-fail items out)
+    band = mine.select_pool(recs, rates, threshold=0.875, moderate_share=0.0, max_zero_share=0.0, review={"r1"})
+    assert ids(band) == ["d1", "d3", "d4", "m1", "m4", "m3", "e1"]
     text = mine.composition(pool, rates)
     assert "7 items of 12" in text and "difficult: 3 (1 all-fail)" in text and "moderate: 3 (0 all-fail)" in text
 
@@ -141,7 +138,7 @@ if __name__ == "__main__":  # torchrun worker of test_two_ranks_gather_in_order
         rows = mine.mine(None, tk, recs, n=5, batch_size=2)
         counts = [None] * world
         dist.all_gather_object(counts, len(calls))
-        assert counts == [6, 6], counts  # 11 items, 6 and 5 per rank, 2 per call: 3 calls each (+ greedy)
+        assert counts == [3, 3], counts  # 11 items, 6 and 5 per rank, 2 per call: 3 calls each
         if rank == 0:
             common.write_jsonl(sys.argv[2], rows)
     finally:
