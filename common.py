@@ -221,8 +221,8 @@ def extract_answer(text, letters):
     `letters`, several options ("A or B", "A, C", "A. x B. y"), a letter inside a word ("Aspirin", "I think").
     Only the block is read, so words like "I" or "A" in the reasoning can never be taken for options (JMED: A..U).
     With the options dict, a block that is exactly one option's full text (norm_text: case and whitespace) is that
-    option's letter ("Heparin" -> "B"; the tiny run's chains conclude with a name, docs/tiny_runs.md#checking-
-    chains); a lone letter stays a letter even if some option reads "C".
+    option's letter ("Heparin" -> "B": the tiny run's chains conclude with a name, docs/tiny_runs.md#checking-chains);
+    a lone letter stays a letter even if some option reads "C".
     """
     if not isinstance(text, str):
         return None

@@ -386,7 +386,7 @@ def load_data(args, world):
 def train(args, rank, world, device):
     from transformers import AutoTokenizer
     torch.manual_seed(args.seed)
-    # CPU: loss-scaled gradients reach fp32 denormals, ~20x slower; flushed to zero (docs/tiny_runs.md#speed)
+    # CPU: loss-scaled gradients reach fp32 denormals, ~20x slower; flushed to zero (docs/old_design.md#speed)
     torch.set_flush_denormal(True)
     os.makedirs(args.out, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(args.init)

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export TRITON_INTERPRET=1 OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 # glibc keeps freed buffers (logits, KV caches, activations) instead of unmapping and re-faulting them every step:
-# the same results bit for bit, faster (docs/tiny_runs.md#speed)
+# the same results bit for bit, faster (docs/old_design.md#speed)
 export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824
 if [ -z "${NO_INSTALL:-}" ]; then
   python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0

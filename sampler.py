@@ -83,7 +83,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, eos_ids, gen, 
     # The prompts' common prefix (system prompt and chat template) runs once, for one row, and its keys/values are
     # copied to every row; each suffix is left-padded after it. Positions come from the mask, so the pads between a
     # row's prefix and suffix shift no position. Every row keeps a suffix token (its first logits). Not in group
-    # mode, whose prefill is 1/k of the rows already (docs/tiny_runs.md#speed)
+    # mode, whose prefill is 1/k of the rows already (docs/old_design.md#speed)
     Ls = common_prefix(prompts, min(len(p) for p in prompts) - 1)
     Ls = Ls if Ls >= min_shared and k == 1 else 0
     B, N, P = len(prompts), len(prompts) * k, max(map(len, prompts))

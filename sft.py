@@ -12,8 +12,8 @@ give the same update, and a killed run resumes to where an uninterrupted one end
 Deliberate departures from the paper:
   1. {"text"} rows train every token (in --max-len windows): the tiny run pretrains its Base with this file.
   2. A chat row longer than --max-len is rejected, not truncated: a cut chain loses its answer.
-  3. The tiny cold start (--tiny cold: 560 steps, 1.5 epochs of the chains) fits a 20-minute run and is
-     under-trained (docs/tiny_runs.md#the-cold-start-is-under-trained).
+  3. The tiny cold start (--tiny cold: 1,500 steps, 12 epochs of 2,000 chains) is trained to convergence on the
+     validation split (docs/tiny_runs.md#g3-cold-start).
 
     torchrun --standalone --nproc_per_node 8 sft.py --data sft.jsonl --init Qwen2.5-7B --out runs/sft
 """
@@ -33,7 +33,7 @@ from common import MetricsLog, Progress, common_prefix, pad_id, parse_with_prese
 # sft.py trains two stages of the tiny run, so --tiny names one: cold (the default: this file's stage, the cold start)
 # or base (pretraining the stand-in for a pretrained model on tiny.py base's corpus). Evidence: docs/tiny_runs.md
 TINY = dict(
-    micro_batch=16, fsdp_per_block=False,  # 32 rows were slower (#the-base); one FSDP2 unit (#one-fsdp-unit)
+    micro_batch=16, fsdp_per_block=False,  # 32 rows were slower (old_design.md#the-base); one FSDP2 unit
     max_len=512, warmup=0.05,  # the tiny run's rows are far shorter; a tiny model warms up fast
     val_frac=0.05, eval_every=200, save_every=100,  # a validation loss at the end, few passes over it
     cold=dict(steps=1500, batch_size=16, lr=1e-3),  # 12 epochs of 2,000 chains: converged on val (#g3-cold-start)

@@ -81,7 +81,7 @@ def base(a):
     # token each: a tiny model recalls and copies one symbol far sooner than a span
     names = {e["name"] for e in read_jsonl(os.path.join(a.kg, "entities.jsonl")) if len(e["name"]) >= 4}
     words = [f"{x}." for x in "ABCDEF"] + sorted({" " + v for n in names for v in (n, plain(n))})
-    # the system prompt stays text: the model copies its tags from it (docs/old_design.md#the-system-prompt)
+    # the system prompt stays text: the model copies its tags from it (docs/old_design.md#the-system-prompt-stays-text)
     tok = train_tokenizer(tok_corpus, os.path.join(a.out, "tokenizer"), vocab_size=a.vocab, words=words)
     # RoPE base 1e4, not Qwen's 1e6: 32-dim heads over short contexts need fast-rotating frequencies to copy
     init_model(os.path.join(a.out, "init"), len(tok), seed=a.seed, tokenizer=tok, hidden_size=a.dim,
