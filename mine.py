@@ -12,8 +12,9 @@ partial failures first; --pool-size keeps the first N.
 
 Deliberate departures from the paper:
   1. Rules 3 and 4 keep groups that carry a gradient; the paper names no such shares.
-  2. The tiny preset pools the learnable band, 1-7 passes of 8, and no all-fail item: all-fail groups give no
-     gradient, and a pool of greedy failures lost 5 points where this band gained (docs/tiny_runs.md#stage-2).
+  2. The tiny preset mines at the rollouts' temperature (0.7) and pools the learnable band, 1-7 passes of 8, and no
+     all-fail item: all-fail groups give no gradient, and a pool of greedy failures lost 5 points where this band
+     gained (docs/tiny_runs.md#stage-2).
 
     python mine.py --model runs/stage1/best --data pool.jsonl --out runs/mine    # torchrun for several ranks
 """
@@ -33,6 +34,7 @@ import sampler
 TIER = {"difficult": 0, "moderate": 1, "easy": 2}
 TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); evidence in docs/tiny_runs.md#stage-2
     max_new_tokens=112, sample=800,  # ~400 pooled: stage 2's 60 steps x 8 prompts see most once
+    temperature=0.7,  # grpo.py --tiny's rollouts: "some samples right" then means a group with a gradient
     threshold=0.875, max_zero_share=0.0, moderate_share=0.0,  # the learnable band: 1-7 passes of 8
 )
 
