@@ -222,8 +222,8 @@ def controls(run, seeds, rows):
         have = [s for s in seeds if os.path.exists(os.path.join(run, f"seed{s}", "eval", name, "predictions.jsonl"))]
         if not have:
             continue
-        ctl = {s: {i: r["correct"] for i, r in read_jsonl(os.path.join(run, f"seed{s}", "eval", name,
-                                                                             "predictions.jsonl")) if r["sample"] == 0}
+        ctl = {s: {r["id"]: r["correct"] for r in read_jsonl(os.path.join(run, f"seed{s}", "eval", name,
+                                                                          "predictions.jsonl")) if r["sample"] == 0}
                for s in have}
         res = {"label": label, "seeds": have,
                "accuracy": sum(100 * sum(ctl[s].values()) / len(ctl[s]) for s in have) / len(have)}
