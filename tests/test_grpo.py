@@ -307,8 +307,9 @@ def test_stage2_mines_and_remines_with_every_variant(assets):
         rates = {x["id"]: x for x in common.read_jsonl(os.path.join(out, f"mine_{s}", "pass_rates.jsonl"))}
         pool = common.read_jsonl(os.path.join(out, f"mine_{s}", "hard_pool.jsonl"))
         assert len(rates) == 48 and all(x["n"] == 4 for x in rates.values())
-        assert pool and all(rates[r["id"]]["passes"] < 4 and (rates[r["id"]]["pass_rate"] <= 0.5 or
-                                                              r["difficulty"] == "moderate") for r in pool)
+        # --tiny's rule: the learnable band, pass rate <= 0.875 and not every sample right (all-fail allowed here)
+        assert pool and all(rates[r["id"]]["passes"] < 4 for r in pool)
+        assert {r["id"] for r in pool} == {i for i, x in rates.items() if x["passes"] < 4}
     m = metrics(out)
     assert [r["step"] for r in m] == [0, 1, 2] and all(r["skipped"] or r["grad_norm"] > 0 for r in m)
     # the logged KL to the init: 0 while the policy is the init, > 0 once an update has moved it
