@@ -115,8 +115,12 @@ def ablation_html(path):
                                                else "") for t in tiers] for row in res["stages"].values()]
     head = ["stage", "accuracy (all)", "gain vs previous (paired, ± SE)"] + [
         f"{t} (n={res['stages']['base'][t]['n']}): acc. (gain)" for t in tiers]
+    ctl = [[c["label"], " ".join(map(str, c["seeds"])), f"{c['accuracy']:.1f}",
+            "; ".join(f"{pm(*v)} vs {k[3:]}" for k, v in c.items() if k.startswith("vs_"))]
+           for c in res.get("controls", {}).values()]  # beside the table, never tuned on (docs/tiny_runs.md#controls)
     return (f"<h2>Ablation (tiny.py report: {res['n_test']} test items, seeds {res['seeds']}, accuracy = mean over "
-            f"seeds)</h2>" + table(head, rows))
+            f"seeds)</h2>" + table(head, rows)
+            + (table(["control", "seeds", "accuracy", "paired gain (± SE)"], ctl) if ctl else ""))
 
 
 def summary_html(data, run, seeds, files):

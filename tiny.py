@@ -195,12 +195,15 @@ def plot(run, seeds, path):
             f = os.path.join(run, f"seed{s}", stage, "metrics.jsonl")
             rows = [r for r in read_jsonl(f) if "reward" in r] if os.path.exists(f) else []
             xs = [x0 + r["step"] for r in rows]
-            axes[0].plot(xs, [r["reward"] for r in rows], style, label=f"seed {s} {stage}")
+            ys, w = [r["reward"] for r in rows], 20  # faint per step, bold the 20-step moving average
+            line, = axes[0].plot(xs, ys, style, alpha=0.25)
+            axes[0].plot(xs[w - 1:], [sum(ys[i - w:i]) / w for i in range(w, len(ys) + 1)], style,
+                         color=line.get_color(), linewidth=2, label=f"seed {s} {stage}")
             vals = [r for r in read_jsonl(f) if "val_acc" in r] if os.path.exists(f) else []
             axes[1].plot([x0 + r["step"] for r in vals], [100 * r["val_acc"] for r in vals], style + "o",
                          label=f"seed {s} {stage}")
             x0 = max(xs, default=x0)
-    axes[0].set(title="GRPO mean reward per step", xlabel="step (stage 2 after stage 1)")
+    axes[0].set(title="GRPO mean reward (20-step moving average)", xlabel="step (stage 2 after stage 1)")
     axes[1].set(title="validation accuracy (%)", xlabel="step")
     axes[0].legend(fontsize=6)
     fig.tight_layout()
