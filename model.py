@@ -27,7 +27,6 @@ FUSED_SDPA = {"cuda"}
 
 # ----------------------------------------------------------------------------------------------- config
 
-
 @dataclass
 class ModelConfig:
     model_type: str = "qwen2"  # "qwen2" (q/k/v bias) | "qwen3" (per-head q_norm/k_norm, explicit head_dim)
@@ -74,7 +73,6 @@ class ModelConfig:
 
 
 # ----------------------------------------------------------------------------------------------- modules
-
 
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps):
@@ -198,15 +196,11 @@ class Transformer(nn.Module):
     def forward(self, input_ids, position_ids=None, attention_mask=None, return_hidden=False,
                 kv_cache=None, cache_pos=0, segment_ids=None):
         """input_ids (B, T) -> logits (B, T, V) fp32, or final-normed hidden states (B, T, D) if return_hidden.
-
-        position_ids (B, T): defaults to cumsum(attention_mask) - 1 (left padding works), else 0..T-1.
-        attention_mask (B, S) 1=real 0=pad, over all keys: S = T, or cache_pos + T when decoding with a cache.
-        kv_cache = (k, v), each (L, B, K, T_max, head_dim), preallocated by the caller (see sampler.py); this
-        call writes keys/values for slots cache_pos .. cache_pos+T-1. A cache of exactly cache_pos slots is a
-        read-only prefix instead: attended over, never written (group_logprobs trains through it).
-        segment_ids (B, T), no cache: several rows packed into one (sft.pack_batch); a token sees only earlier tokens
-        of its own segment (pass each segment's own position_ids).
-        """
+        position_ids (B, T): default cumsum(attention_mask) - 1 (left padding works), else cache_pos + 0..T-1.
+        attention_mask (B, S) 1=real 0=pad over all keys: S = cache_pos + T. kv_cache = (k, v), each (L, B, K, T_max,
+        head_dim), preallocated (sampler.py): slots cache_pos.. are written; a cache of exactly cache_pos slots is a
+        read-only prefix (group_logprobs trains through it). segment_ids (B, T), no cache: rows packed into one
+        (sft.pack_batch), a token sees only its own segment (pass each segment's own position_ids)."""
         B, T = input_ids.shape
         dev = input_ids.device
         S = cache_pos + T
@@ -247,9 +241,8 @@ class Transformer(nn.Module):
     # (shard_model), so that lm_head.weight is unsharded while token_logprobs uses it
 
     def _logprobs_at(self, h, tgt, temperature, entropy):
-        """h (B, T, D) hidden states, tgt (B, T) the token each position predicts (IGNORE: none) -> log-probs (B, T)
-        (0 where IGNORE) and the entropy (N,) of the selected positions (None if not `entropy`). Only the selected
-        positions go through lm_head, in the fused kernel: no (B, T, V) logits, no lm_head FLOPs for prompt tokens."""
+        """h (B, T, D), tgt (B, T) the token each position predicts -> log-probs (B, T) (0 where IGNORE), entropy (N,)
+        of the selected positions or None. Only those go through lm_head (the fused kernel): no (B, T, V) logits."""
         sel = tgt != IGNORE
         out = token_logprobs(h[sel], self.lm_head.weight, tgt[sel], temperature, return_entropy=entropy,
                              backend="triton" if h.is_cuda else "torch")  # (N,)
@@ -257,22 +250,16 @@ class Transformer(nn.Module):
         return torch.zeros(tgt.shape, device=h.device).masked_scatter(sel, logp), ent.detach() if entropy else None
 
     def seq_logprobs(self, ids, tgt, temperature=1.0, entropy=True, position_ids=None, segment_ids=None):
-        """ids (B, T) right-padded prompt + completion, tgt (B, T) the completion token each position predicts
-        (IGNORE elsewhere: sft.pad_batch; the completion's EOS is in, pads are not, since the mask comes from lengths
-        and a pad id equal to an EOS id is harmless) -> per-token log-probs (B, T) at `temperature` (0 where
-        IGNORE), and the entropy (N,) of the selected positions (None if not `entropy`).
-        position_ids, segment_ids: packed rows (sft.pack_batch)."""
-        h = self.forward(ids, position_ids, return_hidden=True, segment_ids=segment_ids)  # (B, T, D) final-normed
-        # hidden states; right pads are never seen
+        """ids (B, T) right-padded prompt + completion, tgt (B, T) the completion token each position predicts (IGNORE
+        elsewhere: sft.pad_batch) -> _logprobs_at's at `temperature`. position_ids, segment_ids: sft.pack_batch."""
+        h = self.forward(ids, position_ids, return_hidden=True, segment_ids=segment_ids)  # right pads never seen
         return self._logprobs_at(h, tgt, temperature, entropy)
 
     def group_logprobs(self, prompts, pmask, comps, tgt, counts, temperature=1.0, entropy=True):
-        """The same log-probs for GRPO groups, each prompt through the network once for all its completions:
-        prompts (G, P) left-padded (pmask 1 = real), comps (N, C) right-padded completions, the first counts[0]
-        rows of prompt 0, the next counts[1] of prompt 1, ... (counts: (G,) tensor or one int), tgt (N, C) = comps
-        with IGNORE at the pads -> log-probs (N, C) of comps, entropy of the selected positions.
-        As the sampler: prefill the prompts into a KV cache, replicate each prompt's rows, run the completions on
-        top. The gradient reaches the prompt through the replicated keys and values (the copies' gradients add up)."""
+        """The same for GRPO groups, each prompt run once for all its completions: prompts (G, P) left-padded (pmask
+        1 = real), comps (N, C) right-padded, counts[g] rows of prompt g ((G,) tensor or one int), tgt (N, C) = comps
+        with IGNORE at the pads. As the sampler: prefill the prompts into a KV cache, replicate it, run the completions
+        on top; the gradient reaches the prompt through the replicated keys and values (the copies' gradients add)."""
         c, (G, P) = self.config, prompts.shape
         dt = self.lm_head.weight.dtype  # the compute dtype (bf16 under FSDP mixed precision)
         # one tensor per layer: autograd forbids writing layer i+1 into a tensor whose layer-i slice was saved
@@ -288,7 +275,6 @@ class Transformer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- load / save
-
 
 def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
     """Load an HF-format folder (single or sharded safetensors). Errors name the missing/unexpected/bad key."""
@@ -314,8 +300,7 @@ def load_model(path, device="cpu", dtype=torch.float32) -> Transformer:
     if config.tie_word_embeddings:
         expected.pop("lm_head.weight")
         sd.pop("lm_head.weight", None)  # some tied checkpoints still carry a copy
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
+    missing, unexpected = sorted(set(expected) - set(sd)), sorted(set(sd) - set(expected))
     if missing or unexpected:
         raise ValueError(f"{path}: checkpoint does not match config: missing tensors {missing[:8]}"
                          f"{' ...' if len(missing) > 8 else ''}, unexpected tensors {unexpected[:8]}")
@@ -336,19 +321,6 @@ def _rank():
     return torch.distributed.get_rank() if _is_dist() else 0
 
 
-def full_state_dict(model, dtype=None) -> dict:
-    """The full (unsharded) CPU state dict on rank 0 ({} on other ranks), cast to `dtype` if given. Collective under
-    FSDP: gathered tensor by tensor (and cast on the device), so rank 0 holds one copy of the weights in host memory."""
-    sd = {}
-    for k, v in model.state_dict().items():
-        if k == "lm_head.weight" and model.config.tie_word_embeddings:
-            continue  # HF omits the tied copy (and safetensors refuses shared storage)
-        v = v.full_tensor() if hasattr(v, "full_tensor") else v
-        if _rank() == 0:
-            sd[k] = v.detach().to(dtype or v.dtype).cpu()
-    return sd
-
-
 def _swap_in(tmp, path):
     """Replace `path` by the folder `tmp`: readers never see a half-written folder."""
     old = f"{path}.old{os.getpid()}"
@@ -356,16 +328,6 @@ def _swap_in(tmp, path):
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
-
-
-def _atomic_dir(path, write):
-    """Call write(tmp_dir), then swap tmp_dir into place."""
-    path = os.path.normpath(path)  # "out/" must not put the tmp dir inside out/
-    tmp = f"{path}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    write(tmp)
-    _swap_in(tmp, path)
 
 
 def _write_hf(d, model, sd, tokenizer):
@@ -388,10 +350,22 @@ def _write_hf(d, model, sd, tokenizer):
 
 def save_model(model, path, tokenizer=None, dtype=None):
     """Write an HF folder (config.json + model.safetensors [+ tokenizer, generation_config.json]), in `dtype` if
-    given (bf16 after mixed precision training: what HF Qwen checkpoints hold). Every rank calls it; rank 0 writes."""
-    sd = full_state_dict(model, dtype)
+    given (bf16 after mixed precision training: what HF Qwen checkpoints hold). Every rank calls it; rank 0 writes.
+    Collective under FSDP: gathered tensor by tensor (and cast on the device), so rank 0 holds one copy in host memory."""
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k == "lm_head.weight" and model.config.tie_word_embeddings:
+            continue  # HF omits the tied copy (and safetensors refuses shared storage)
+        v = v.full_tensor() if hasattr(v, "full_tensor") else v
+        if _rank() == 0:
+            sd[k] = v.detach().to(dtype or v.dtype).cpu()
     if _rank() == 0:
-        _atomic_dir(path, lambda d: _write_hf(d, model, sd, tokenizer))
+        path = os.path.normpath(path)  # "out/" must not put the tmp dir inside out/
+        tmp = f"{path}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        _write_hf(tmp, model, sd, tokenizer)
+        _swap_in(tmp, path)
     if _is_dist():
         torch.distributed.barrier()
 
@@ -423,7 +397,7 @@ def train_tokenizer(texts, out_dir, vocab_size=4096, words=()):
 
 
 def init_model(out_dir, vocab_size, seed=0, tokenizer=None, **dims) -> Transformer:
-    """Write a freshly initialised tiny Qwen2-shaped model folder (HF init: N(0, 0.02), norms 1, biases 0)."""
+    """Write a freshly initialised (init_weights) tiny Qwen2-shaped model folder."""
     dims = {**dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True), **dims}
     dims.setdefault("head_dim", dims["hidden_size"] // dims["num_attention_heads"])
@@ -446,7 +420,6 @@ def init_weights(model):
 
 
 # ----------------------------------------------------------------------------------------------- optimisation
-
 
 def make_optimizer(model, lr, weight_decay=0.0, betas=(0.9, 0.95)):
     """AdamW; no weight decay on norms and biases (1-D tensors)."""
@@ -472,7 +445,6 @@ def lr_at(step, total, warmup, peak, min_ratio=0.1):
 
 # ----------------------------------------------------------------------------------------------- distributed
 
-
 def setup_dist():
     """-> (rank, world_size, device). torchrun sets WORLD_SIZE: gloo on CPU, nccl on CUDA; else one process."""
     cuda = torch.cuda.is_available()
@@ -488,11 +460,10 @@ def setup_dist():
 
 
 def exit_worker():
-    """The last call of a torchrun worker whose main() returned (its process group destroyed): leave without
-    interpreter finalization. FSDP2's DTensor caches keep the process group alive past destroy_process_group, so its
-    threads may still be releasing the last collective (gloo: the final barrier's work and the all-gather work it
-    holds, whose tensors need the GIL) while Python finalizes; taking the GIL then ends the thread inside a C++
-    destructor: SIGABRT, "terminate called without an active exception" (gdb on a core of a 2-rank worker)."""
+    """The last call of a torchrun worker whose main() returned: leave without interpreter finalization. FSDP2's
+    DTensor caches keep the process group alive past destroy_process_group, and a gloo thread still releasing the last
+    collective while Python finalizes takes the GIL inside a C++ destructor: SIGABRT, "terminate called without an
+    active exception" (gdb on a 2-rank worker's core)."""
     if "WORLD_SIZE" in os.environ:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -500,8 +471,8 @@ def exit_worker():
 
 
 def all_sum(values, device):
-    """Floats summed over ranks -> a list of Python floats (the values themselves in one process). The one tensor
-    collective of the project: built on `device`, the model's, as NCCL reduces GPU tensors only."""
+    """Floats summed over ranks -> Python floats. The project's one tensor collective: on the model's `device`, as
+    NCCL reduces GPU tensors only."""
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     if _is_dist():
         torch.distributed.all_reduce(t)
@@ -509,10 +480,9 @@ def all_sum(values, device):
 
 
 def shard_model(model, mixed_precision=False, per_block=True):
-    """FSDP2. per_block (the real run): each block, then the root, so only one block's full weights are held at a
-    time; else (tiny models) one unit, gathered once a step: the per-block collectives cost more time than the memory
-    they save. Same values either way. No-op without a process group, and in one process without mixed precision
-    (torchrun --nproc_per_node 1 with mixed_precision: FSDP2 over one rank, for its bf16 compute)."""
+    """FSDP2. per_block (the real run): each block, then the root, so one block's full weights are held at a time;
+    else (tiny models, where its collectives cost more than they save) one unit. Same values either way. No-op without a process group, and in
+    one process without mixed precision (with it: FSDP2 over one rank, for its bf16 compute)."""
     if not _is_dist() or (torch.distributed.get_world_size() == 1 and not mixed_precision):
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
@@ -540,7 +510,7 @@ def _local(t):
 
 def _sharded_params(model):
     """named_parameters() as the optimizer holds them: an FSDP2 unit left unsharded by its last forward (the root's
-    default) lists its full tensors instead, which the optimizer does not know; reshard first."""
+    default) would list full tensors the optimizer does not know."""
     for m in model.modules():
         if hasattr(m, "reshard") and hasattr(m, "unshard"):  # an FSDPModule
             m.reshard()
@@ -548,10 +518,10 @@ def _sharded_params(model):
 
 
 def save_state(dir, model, optimizer, extra: dict):
-    """Resumable checkpoint, sharded: each rank writes its own shards of the fp32 weights and of the optimizer state
-    to rank<r>.safetensors ("model/<fqn>", "optim/<fqn>/<key>"); rank 0 then writes state.json (world size,
-    param_groups, non-tensor state, per-rank RNG, `extra`) and swaps the folder into place. No pickle, and no rank
-    gathers the model (7B: 11 GB a rank, instead of 91 GB on rank 0). Collective; needs a filesystem all ranks share."""
+    """Resumable checkpoint, sharded: each rank writes its shards of the fp32 weights and optimizer state to
+    rank<r>.safetensors ("model/<fqn>", "optim/<fqn>/<key>"); rank 0 writes state.json (world size, param_groups,
+    non-tensor state, per-rank RNG, `extra`) and swaps the folder in. No pickle, no gathered model (7B: 11 GB a rank,
+    not 91 GB on rank 0). Collective; needs a filesystem all ranks share."""
     rank, world = _rank(), torch.distributed.get_world_size() if _is_dist() else 1
     named = _sharded_params(model)
     names = {p: n for n, p in named.items()}
@@ -587,8 +557,7 @@ def save_state(dir, model, optimizer, extra: dict):
 
 
 def load_state(dir, model, optimizer):
-    """Restore what save_state wrote into the same model, sharded over as many ranks; -> extra, or None if there is
-    no state."""
+    """Restore what save_state wrote into the same model over as many ranks; -> extra, or None without a state."""
     if not os.path.isfile(os.path.join(dir, "state.json")):
         return None
     with open(os.path.join(dir, "state.json")) as f:
