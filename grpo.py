@@ -36,7 +36,6 @@ import random
 import time
 
 import torch
-import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 import common
@@ -475,12 +474,7 @@ def train(args, rank, world, device):
 @record
 def main(argv=None):
     args = get_args(argv)
-    rank, world, device = M.setup_dist()
-    try:
-        train(args, rank, world, device)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    M.run_worker(train, args, *M.setup_dist())
 
 
 if __name__ == "__main__":

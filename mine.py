@@ -131,6 +131,25 @@ def pool_kwargs(args, prefix=""):
     return {k: getattr(args, prefix + k) for k in ("threshold", "moderate_share", "max_zero_share", "pool_size")}
 
 
+def run(args, rank, world, device):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(args.model)
+    records = common.read_records(args.data)
+    if 0 < args.sample < len(records):  # the same sample on every rank: it depends on the seed only
+        records = random.Random(args.seed).sample(records, args.sample)
+    # bf16 weights on GPUs (7B: 15 GB gathered, not 30, and a bf16 KV cache), fp32 on the CPU
+    model = M.load_model(args.model, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    M.shard_model(model)
+    with torch.no_grad():
+        rates = mine(model, tok, records, args.samples, args.batch_size, args.max_new_tokens, args.temperature,
+                     args.seed, args.kv_cache_gb * 2**30)
+    pool = select_pool(records, rates, review=review_ids(args.review), **pool_kwargs(args))
+    if rank == 0:
+        write_outputs(args.out, rates, pool)
+    if dist.is_initialized():  # leave together: no rank exits while another could still communicate
+        dist.barrier()
+
+
 @record
 def main(argv=None):
     p = argparse.ArgumentParser(description="mine the stage-2 hard pool (Fleming-R1 sec. 3.3)")
@@ -147,27 +166,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     add_pool_args(p)
     args = common.parse_with_preset(p, argv, TINY)
-    rank, world, device = M.setup_dist()
-    try:
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(args.model)
-        records = common.read_records(args.data)
-        if 0 < args.sample < len(records):  # the same sample on every rank: it depends on the seed only
-            records = random.Random(args.seed).sample(records, args.sample)
-        # bf16 weights on GPUs (7B: 15 GB gathered, not 30, and a bf16 KV cache), fp32 on the CPU
-        model = M.load_model(args.model, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-        M.shard_model(model)
-        with torch.no_grad():
-            rates = mine(model, tok, records, args.samples, args.batch_size, args.max_new_tokens, args.temperature,
-                         args.seed, args.kv_cache_gb * 2**30)
-        pool = select_pool(records, rates, review=review_ids(args.review), **pool_kwargs(args))
-        if rank == 0:
-            write_outputs(args.out, rates, pool)
-        if dist.is_initialized():  # leave together: no rank exits while another could still communicate
-            dist.barrier()
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    M.run_worker(run, args, *M.setup_dist())
 
 
 if __name__ == "__main__":

@@ -470,6 +470,15 @@ def exit_worker():
         os._exit(0)
 
 
+def run_worker(fn, *args):
+    """fn(*args), then the process group destroyed whatever happens: the body of a torchrun worker's main()."""
+    try:
+        return fn(*args)
+    finally:
+        if _is_dist():
+            torch.distributed.destroy_process_group()
+
+
 def all_sum(values, device):
     """Floats summed over ranks -> Python floats. The project's one tensor collective: on the model's `device`, as
     NCCL reduces GPU tensors only."""

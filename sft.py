@@ -331,11 +331,7 @@ def parse_args(argv=None):
 
 @record
 def main(argv=None):
-    try:
-        train(parse_args(argv))
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    M.run_worker(train, parse_args(argv))
 
 
 if __name__ == "__main__":
