@@ -165,7 +165,6 @@ def main(argv=None):
 
 def run(a, model, out, benches, temperature, paper):
     """One model on every --bench: writes OUT/{setup.json, predictions.jsonl, rejects.jsonl, results.json/.md}."""
-    os.makedirs(out, exist_ok=True)
     # resume only the same evaluation: predictions of another model or other sampling settings are never reused
     setup = {"model": model, "model_name": a.model_name, "n": a.n, "temperature": temperature,
              "max_new_tokens": a.max_new_tokens, "seed": a.seed}

@@ -108,7 +108,6 @@ def composition(pool, rates):
 
 
 def write_outputs(out, rates, pool):
-    os.makedirs(out, exist_ok=True)
     common.write_jsonl(os.path.join(out, "pass_rates.jsonl"), rates)
     common.write_jsonl(os.path.join(out, "hard_pool.jsonl"), pool)
     print(composition(pool, rates), flush=True)

@@ -391,7 +391,6 @@ def train_tokenizer(texts, out_dir, vocab_size=4096, words=()):
     tok.add_tokens([AddedToken(t, normalized=False) for t in ("<think>", "</think>", "<answer>", "</answer>", *words)])
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                  chat_template=CHATML)
-    os.makedirs(out_dir, exist_ok=True)
     hf.save_pretrained(out_dir)
     return hf
 

@@ -247,7 +247,6 @@ def train(a):
                          f"this run has total={total} batch_size={bs}: use a new --out")
     log = MetricsLog(os.path.join(a.out, "metrics.jsonl")) if rank == 0 else None
     if rank == 0:
-        os.makedirs(a.out, exist_ok=True)
         if os.path.exists(log.path):  # drop the rows of steps after the saved state: they are redone now
             write_jsonl(log.path, [r for r in read_jsonl(log.path) if r.get("step", 0) <= step])
         write_jsonl(os.path.join(a.out, "rejects.jsonl"), rejects)
