@@ -21,18 +21,21 @@ class Reject(Exception):
     pass
 
 
-def _rec(source, id, question, options, answer, difficulty=None, **meta):
-    """A unified record from parts; `options` is a list (lettered A, B, ...) or a dict letter -> text."""
-    if isinstance(options, list):
-        options = dict(zip(LETTERS, options))
-    options = {k: (v.strip() if isinstance(v, str) else v) for k, v in options.items()}
-    rec = {"id": f"{source}-{id}", "source": source, "question": question.strip() if isinstance(question, str)
-           else question, "options": options, "answer": answer, "difficulty": difficulty,
-           "meta": {k: v for k, v in meta.items() if v is not None}}
+def _checked(rec):
     problem = check_record(rec)
     if problem:
         raise Reject(problem)
     return rec
+
+
+def _rec(source, id, question, options, answer, **meta):
+    """A unified record from parts; `options` is a list (lettered A, B, ...) or a dict letter -> text."""
+    if isinstance(options, list):
+        options = dict(zip(LETTERS, options))
+    options = {k: (v.strip() if isinstance(v, str) else v) for k, v in options.items()}
+    return _checked({"id": f"{source}-{id}", "source": source,
+                     "question": question.strip() if isinstance(question, str) else question, "options": options,
+                     "answer": answer, "difficulty": None, "meta": {k: v for k, v in meta.items() if v is not None}})
 
 
 def _one_letter(label):
@@ -151,13 +154,6 @@ def load_cmexam(i, r, name):
     return _rec(name, i, r.get("Question") or "", opts, ans)
 
 
-def load_jsonl(i, r, name):
-    problem = check_record(r)
-    if problem:
-        raise Reject(problem)
-    return r
-
-
 def _pubmedqa(path, name):
     """ori_pqal.json (PMID -> record) as yes/no/maybe questions A/B/C with the abstract's contexts in the
     question. `pubmedqa`: all 1000 items (as the paper); `pubmedqa500`: the official test split, taken from
@@ -186,7 +182,7 @@ LOADERS = {"medqa": (load_medqa, _jsonl_rows), "medmcqa": (load_medmcqa, _jsonl_
            "medxpertqa": (load_medxpertqa, _jsonl_rows), "mmlu_pro_biology": (load_mmlu_pro, _jsonl_rows),
            "mmlu_pro_health": (load_mmlu_pro, _jsonl_rows), "medbullets": (load_medbullets, _csv_rows),
            "careqa": (load_careqa, _jsonl_rows), "jmed": (load_jmed, _jsonl_rows),
-           "cmexam": (load_cmexam, _csv_rows), "jsonl": (load_jsonl, _jsonl_rows),
+           "cmexam": (load_cmexam, _csv_rows), "jsonl": (lambda i, r, n: _checked(r), _jsonl_rows),
            "pubmedqa": (None, None), "pubmedqa500": (None, None)}
 
 
