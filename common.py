@@ -323,6 +323,12 @@ def sentence(h, rel, t, reverse=False):
     return (rev if reverse else fwd).format(h=h, t=t)
 
 
+def check_line(options, right):
+    """A checking chain's last step (distill.kg_chain; tiny.py's drills): every option with its verdict, "yes" for
+    the names in `right` -> "A. Aspirin no, B. Heparin yes"."""
+    return ", ".join(f"{L}. {x} {'yes' if x in right else 'no'}" for L, x in options.items())
+
+
 def plain(name, keep_suffix=False):
     """An entity name in running text: 'Fever' -> 'fever', 'Anorexia (symptom)' -> 'anorexia' (Wikipedia's
     disambiguation suffix dropped unless keep_suffix); acronyms and proper names (second letter upper) are kept."""

@@ -23,8 +23,8 @@ import argparse
 import os
 import re
 
-from common import (Progress, append_jsonl, build_messages, extract_answer, is_well_formed, join, kg_facts, make_llm,
-                    options_text, parse_with_preset, plain, read_appended, read_records, sentence)
+from common import (Progress, append_jsonl, build_messages, check_line, extract_answer, is_well_formed, join,
+                    kg_facts, make_llm, options_text, parse_with_preset, plain, read_appended, read_records, sentence)
 
 TINY = dict(max_chars=800)  # --tiny: a checking chain of six options fits in 800 characters
 
@@ -98,8 +98,7 @@ def kg_chain(record, facts):
         # the asked side of the last edge is the answer's: the tail (a treatment), or the head (a drug contraindicated)
         ask = (sentence(last["head"], last["relation"], "") if last["tail"] == name
                else sentence("", last["relation"], last["tail"], reverse=True)).strip()
-        sents.append(f"{ask}: " + ", ".join(f"{L}. {x} {'yes' if x in correct else 'no'}" for L, x in opts.items())
-                     + ".")
+        sents.append(f"{ask}: {check_line(opts, correct)}.")
     sents.append(f"So the answer is {name}.")
     return f"<think>{' '.join(sents)}</think>\n<answer> {name}</answer>"  # " Name": one token in tiny.py's vocab
 

@@ -16,8 +16,8 @@
 """
 import argparse, json, os, random
 
-from common import (HEAD_TYPE, atomic_write, build_messages, kg_facts, mean_se, options_text, pad_id, plain, read_jsonl,
-                    sentence, write_jsonl)
+from common import (HEAD_TYPE, atomic_write, build_messages, check_line, kg_facts, mean_se, options_text, pad_id,
+                    plain, read_jsonl, sentence, write_jsonl)
 
 
 def fact_texts(facts, passes, rng, per_row=2):
@@ -35,11 +35,6 @@ def fact_texts(facts, passes, rng, per_row=2):
     return rows
 
 
-def check_line(options, name):
-    """How a checking chain's last step reads (distill.kg_chain): every option with its verdict."""
-    return ", ".join(f"{L}. {x} {'yes' if x == name else 'no'}" for L, x in options.items())
-
-
 def format_practice(pool, n, rng):
     """Chat rows that teach the answer format, and nothing about medicine: the question asks which option reads a
     quoted name; the answer checks the options, concludes, and puts the option's text in the answer block."""
@@ -48,7 +43,7 @@ def format_practice(pool, n, rng):
         opts = rng.choice(pool)["options"]
         name = opts[rng.choice(list(opts))]
         q = {"question": f"Which of the following options reads \"{name}\"?", "options": opts}
-        think = f"Looking for {name}: {check_line(opts, name)}. So the answer is {name}."
+        think = f"Looking for {name}: {check_line(opts, {name})}. So the answer is {name}."
         rows.append({"id": f"format-{i}", "messages": build_messages(q) + [
             {"role": "assistant", "content": f"<think>{think}</think>\n<answer> {name}</answer>"}]})
     return rows
@@ -60,7 +55,7 @@ def scan_drills(pool, n, rng, per_row=2):
     rows = []
     for i in range(n):
         opts = rng.choice(pool)["options"]
-        checks = [f"Looking for {x}: {check_line(opts, x)}." for x in (opts[rng.choice(list(opts))]
+        checks = [f"Looking for {x}: {check_line(opts, {x})}." for x in (opts[rng.choice(list(opts))]
                                                                          for _ in range(per_row))]
         rows.append({"id": f"drill-{i}", "text": "\n".join([options_text(opts)] + checks)})
     return rows
@@ -127,10 +122,14 @@ STAGES = [("base", "Base (pretrained tiny model)"), ("sft", "+ CoT cold start"),
           ("rl2", "+ RL stage 2")]
 
 
+def greedy(path):
+    """{id: row} of an eval.py predictions.jsonl, sample 0 (the greedy answer) only."""
+    return {r["id"]: r for r in read_jsonl(path) if r["sample"] == 0}
+
+
 def load_predictions(run, seeds):
     """{(seed, stage): {id: greedy prediction row}} from RUN's eval folders; one Base for all seeds (it precedes
     the recipe)."""
-    greedy = lambda path: {r["id"]: r for r in read_jsonl(path) if r["sample"] == 0}
     base = greedy(os.path.join(run, "eval_base", "predictions.jsonl"))
     return {(s, st): base if st == "base" else greedy(os.path.join(run, f"seed{s}", "eval", st, "predictions.jsonl"))
             for s in seeds for st, _ in STAGES}
@@ -225,9 +224,8 @@ def controls(run, seeds, rows):
         have = [s for s in seeds if os.path.exists(os.path.join(run, f"seed{s}", "eval", name, "predictions.jsonl"))]
         if not have:
             continue
-        ctl = {s: {r["id"]: r["correct"] for r in read_jsonl(os.path.join(run, f"seed{s}", "eval", name,
-                                                                          "predictions.jsonl")) if r["sample"] == 0}
-               for s in have}
+        ctl = {s: {i: r["correct"] for i, r in greedy(os.path.join(run, f"seed{s}", "eval", name,
+                                                                    "predictions.jsonl")).items()} for s in have}
         res = {"label": label, "seeds": have,
                "accuracy": sum(100 * sum(ctl[s].values()) / len(ctl[s]) for s in have) / len(have)}
         for other in (ref, "rl1") if name == "sft_more" else (ref,):

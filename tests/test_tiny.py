@@ -3,8 +3,8 @@ teacher's chains do and answer with the option's text; the probe's prompts end w
 import random
 import re
 
-from common import extract_answer, is_well_formed, sentence
-from tiny import check_line, fact_texts, format_practice, scan_drills
+from common import check_line, extract_answer, is_well_formed, sentence
+from tiny import fact_texts, format_practice, scan_drills
 
 POOL = [{"options": {"A": "Aspirin", "B": "Heparin", "C": "Paracetamol", "D": "Warfarin"}},
         {"options": {"A": "Fever", "B": "Rash", "C": "Cough", "D": "Dyspnea", "E": "Pallor", "F": "Itch"}}]
@@ -54,4 +54,5 @@ def test_format_practice_and_drills_check_the_options_and_answer_with_the_text()
 
 
 def test_check_line_is_the_chains_last_step():
-    assert check_line(POOL[0]["options"], "Heparin") == "A. Aspirin no, B. Heparin yes, C. Paracetamol no, D. Warfarin no"
+    assert check_line(POOL[0]["options"], {"Heparin"}) == "A. Aspirin no, B. Heparin yes, C. Paracetamol no, D. Warfarin no"
+    assert check_line(POOL[0]["options"], {"Heparin", "Warfarin"}).endswith("D. Warfarin yes")  # every right name
