@@ -1,20 +1,23 @@
 """kg.py: a medical knowledge graph with provenance from Wikipedia (Fleming-R1, arXiv 2509.15279, sec. 3.1).
 
-Reads  a MediaWiki XML export (--dump, streamed: constant memory per page) or the live Action API (--api).
-Writes OUT/entities.jsonl, OUT/edges.jsonl (with page, revision, field), OUT/stats.json, OUT/rejects.jsonl, and for
-       --api OUT/api_cache/ (every raw response: a killed crawl resumes).
+Reads  a MediaWiki XML export (--dump, .xml or .xml.bz2, streamed: constant memory per page).
+Writes OUT/entities.jsonl, OUT/edges.jsonl (with page, revision, field), OUT/stats.json, OUT/rejects.jsonl.
 
-One parser (parse_page, mwparserfromhell) reads both: relations from medical infobox fields (typed by field), from
-wikilinks in article sections (typed by section) and drug classes from the lead ("is a [[beta blocker]]"); entities
-linked through wikilinks, redirects and first-letter case, typed by their own infobox, else by the slot they fill.
+One parser (parse_page, mwparserfromhell) reads each page: relations from medical infobox fields (typed by field),
+from wikilinks in article sections (typed by section) and drug classes from the lead ("is a [[beta blocker]]");
+entities linked through wikilinks, redirects and first-letter case, typed by their own infobox, else by the slot
+they fill.
 
 Deliberate departures from the paper:
   1. No autonomous agent: a parser reads infoboxes and sections; --llm optionally reads the lead as well, and its
      relations are kept only when the tail is a page the lead links.
-  2. The tiny run reads the shipped sample dump (data/sample_wiki.xml, --tiny) instead of crawling.
+  2. A snapshot, not live pages: the paper's agent browses Wikipedia; we read a dump, fixed and auditable (every
+     edge cites page + revision). For the medical pages only, export them with Special:Export (e.g. the members
+     of a Category:, or the pages transcluding Template:Infobox medical condition) and pass that XML.
+  3. The tiny run reads the shipped sample dump (data/sample_wiki.xml, --tiny).
 
   python kg.py --dump pages-articles.xml[.bz2] --out OUT
-  python kg.py --api https://en.wikipedia.org/w/api.php --user-agent "nano-fleming/0.1 (you@example.org)" --out OUT
+  python kg.py --dump medical-pages-export.xml --out OUT
 """
 import argparse, hashlib, json, os, re, sys, time
 from array import array
@@ -262,7 +265,7 @@ class KG:
                 self.redirects[src] = dst
 
     def add_page(self, title, revid, text):
-        """Parse one article and record it; returns parse_page's dict (the crawler follows its edges)."""
+        """Parse one article and record it (or its reject)."""
         self.stats["pages_read"] += 1
         try:
             r = parse_page(title, text or "", self.plain)
@@ -271,14 +274,14 @@ class KG:
         title = norm_title(title)
         if r["error"]:
             self.reject(title, r["error"])
-            return r
+            return
         if r["type"] is None:
             if r.get("pathogen"):
                 self.hint[title] = "pathogen"
             self.nonmed.append(thash(title))
             dab = re.search(r"\{\{\s*(disambig|dab\b|hndis|set index)", text or "", re.I)
             self.reject(title, "disambiguation page" if dab else "non-medical: no medical infobox")
-            return r
+            return
         self.stats["pages_medical"] += 1
         self.pages[title] = {"type": r["type"], "revid": revid, "length": len(text)}
         if r["aliases"]:
@@ -292,7 +295,6 @@ class KG:
             self.llm_buf.append((title, revid, r["lead"], r["lead_links"]))
             if len(self.llm_buf) >= 32:
                 self.flush_llm()
-        return r
 
     def flush_llm(self):
         for h, rel, t, src in llm_edges(self.llm, self.llm_buf) if self.llm_buf else []:
@@ -440,160 +442,23 @@ def build_from_dump(path, out, llm=None, limit=None, plain=True):
     return st
 
 
-# ----------------------------------------------------------------------------- live API path
-def api_get(url, params, cache_dir, user_agent, session=None, backoff=5.0, max_tries=8):
-    """One Action API GET with format=json&formatversion=2&maxlag=5. The raw response is cached at
-    cache_dir/<sha256 of params>.json (atomic), so a re-run after a kill never refetches it. Backs off on
-    429 / 5xx / maxlag (Retry-After honoured, at least `backoff` seconds)."""
-    import requests
-    params = {**params, "format": "json", "formatversion": "2", "maxlag": "5"}
-    key = hashlib.sha256(json.dumps([url, sorted(params.items())]).encode()).hexdigest()
-    path = os.path.join(cache_dir, key[:2], key + ".json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    sess = session or requests
-    for attempt in range(max_tries):
-        try:
-            r = sess.get(url, params=params, headers={"User-Agent": user_agent}, timeout=60)
-        except (requests.ConnectionError, requests.Timeout) as e:
-            r, why = None, str(e)
-        if r is not None:
-            retry = r.headers.get("Retry-After")
-            if r.status_code == 429 or r.status_code >= 500:
-                why = f"HTTP {r.status_code}"
-            else:
-                r.raise_for_status()
-                d = r.json()
-                err = d.get("error")
-                if not err:
-                    atomic_write(path, json.dumps(d))
-                    return d
-                if err.get("code") != "maxlag":
-                    raise RuntimeError(f"API error {err.get('code')}: {err.get('info')} (params {params})")
-                why = f"maxlag: {err.get('info')}"
-        wait = max(backoff, float(retry) if r is not None and retry and retry.isdigit() else 0) * 2 ** min(attempt, 5)
-        print(f"kg api: {why}; retry in {wait:.1f}s", file=sys.stderr, flush=True)
-        time.sleep(wait)
-    raise RuntimeError(f"API {url}: gave up after {max_tries} tries ({why})")
-
-
-def list_members(get, kind, title, limit, ns="0"):
-    """list=embeddedin|categorymembers with `continue` -> [{"title", "ns"}], at most `limit`."""
-    p = {"embeddedin": "ei", "categorymembers": "cm"}[kind]
-    params, cont, out = {"action": "query", "list": kind, p + "title": title, p + "limit": "500",
-                         p + "namespace": ns}, {}, []
-    while len(out) < limit:
-        d = get({**params, **cont})
-        out += d.get("query", {}).get(kind, [])
-        if "continue" not in d:
-            break
-        cont = d["continue"]  # copy every key, as the API asks
-    return out[:limit]
-
-
-def crawl(api, seeds, out, user_agent, max_pages=1000, cat_depth=1, cache_dir=None, backoff=5.0, llm=None,
-          plain=True):
-    """Seeds (Template:… -> pages embedding it, Category:… -> members to cat_depth, else a title) -> fetch
-    50 titles a request -> parse; medical pages enqueue the pages their edges link to, unseen ones get fetched
-    and judged medical or rejected from their own text, up to max_pages fetched pages."""
-    import requests
-    cache_dir = cache_dir or os.path.join(out, "api_cache")
-    sess, kg, t0 = requests.Session(), KG(out, plain, llm), time.time()
-    get = lambda p: api_get(api, p, cache_dir, user_agent, sess, backoff)
-    queue, seen, done = [], set(), set()
-
-    def push(t):
-        t = norm_title(t)
-        if is_entity(t) and t not in seen:
-            seen.add(t)
-            queue.append(t)
-    for s in seeds:
-        if s.lower().startswith("template:"):
-            for m in list_members(get, "embeddedin", s, max_pages):
-                push(m["title"])
-        elif s.lower().startswith("category:"):
-            level, cats = 0, [s]
-            while cats and level <= cat_depth:
-                sub = []
-                for c in cats:
-                    for m in list_members(get, "categorymembers", c, max_pages, "0|14"):
-                        sub.append(m["title"]) if m.get("ns") == 14 else push(m["title"])
-                cats, level = sub, level + 1
-        else:
-            push(s)
-    i, fetched, err = 0, 0, None
-    try:
-        while i < len(queue) and fetched < max_pages:
-            batch = []
-            while i < len(queue) and len(batch) < min(50, max_pages - fetched):
-                batch += [queue[i]] if queue[i] not in done else []
-                i += 1
-            params, d = {"action": "query", "prop": "revisions", "rvprop": "content|ids", "rvslots": "main",
-                         "redirects": "1", "titles": "|".join(batch)}, {"continue": {}} if batch else {}
-            pages = []
-            while "continue" in d:  # a big batch may come in parts (rvcontinue): pages without content yet
-                d = get({**params, **d["continue"]})
-                for rd in d.get("query", {}).get("redirects", []):
-                    kg.add_redirect(rd["from"], rd["to"])
-                    seen.add(norm_title(rd["to"]))  # the target comes in this same response
-                pages += d.get("query", {}).get("pages", [])
-            for p in pages:
-                title = norm_title(p.get("title", ""))
-                kg.stats["pages_missing"] += bool(p.get("missing"))
-                if not p.get("revisions") or title in done:
-                    continue
-                done.add(title)
-                fetched += 1
-                rev = p["revisions"][0]
-                r = kg.add_page(title, rev.get("revid"), rev.get("slots", {}).get("main", {}).get("content", ""))
-                for h, _, t, _ in r.get("edges", []):
-                    push(t if h == title else h)
-            print(f"kg crawl {fetched}/{max_pages} pages, queue {len(queue) - i}, medical "
-                  f"{kg.stats['pages_medical']}, {fetched / (time.time() - t0):.1f} pages/s", file=sys.stderr, flush=True)
-    except (RuntimeError, OSError) as e:  # keep what was built; the cache lets a re-run resume
-        err = e
-    st = kg.write({"source": api, "seconds": round(time.time() - t0, 2), "pages_fetched": fetched,
-                   "error": str(err) if err else None})
-    if err:
-        raise RuntimeError(f"{err} (the graph built so far is written to {out}; re-run to resume from the cache)")
-    return st
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--dump", help="pages-articles .xml or .xml.bz2")
-    ap.add_argument("--api", help="Action API endpoint, e.g. https://en.wikipedia.org/w/api.php")
-    ap.add_argument("--seed", action="append", default=[], help="Template:…, Category:… or a title (repeatable)")
+    ap.add_argument("--dump", help="pages-articles .xml or .xml.bz2 (or a Special:Export of the medical pages)")
     ap.add_argument("--out", help="output directory")
-    ap.add_argument("--user-agent", default=os.environ.get("KG_USER_AGENT"),
-                    help="descriptive UA with contact (required for --api; or env KG_USER_AGENT)")
-    ap.add_argument("--max-pages", type=int, default=200000, help="pages to fetch (--api)")
     ap.add_argument("--limit", type=int, default=0, help="pages to read from --dump (0 = all)")
-    ap.add_argument("--cat-depth", type=int, default=1, help="subcategory depth for Category: seeds")
-    ap.add_argument("--cache", help="API response cache dir (default OUT/api_cache)")
-    ap.add_argument("--backoff", type=float, default=5.0, help="minimum wait (s) on 429/5xx/maxlag")
     ap.add_argument("--links-only", action="store_true", help="drop unlinked plain-text infobox items")
     ap.add_argument("--llm", help="OpenAI-compatible base URL or local model dir: relations from the lead")
     ap.add_argument("--llm-model", help="model name for --llm")
     a = parse_with_preset(ap, argv, TINY)
-    if not a.out or bool(a.dump) == bool(a.api):
-        ap.error("give --out and exactly one of --dump / --api (or --tiny)")
+    if not a.out or not a.dump:
+        ap.error("give --dump and --out (or --tiny)")
     llm = make_llm(a.llm, model_name=a.llm_model, cache_dir=os.path.join(a.out, "llm_cache")) if a.llm else None
     try:
-        if a.dump:
-            st = build_from_dump(a.dump, a.out, llm, a.limit or None, not a.links_only)
-        else:
-            if not a.user_agent:
-                ap.error("--api needs --user-agent (or env KG_USER_AGENT): Wikimedia requires a descriptive one")
-            seeds = a.seed or ["Template:Infobox medical condition (new)", "Template:Infobox medical condition",
-                               "Template:Infobox drug"]
-            st = crawl(a.api, seeds, a.out, a.user_agent, a.max_pages, a.cat_depth, a.cache, a.backoff, llm,
-                       not a.links_only)
-    except (DumpError, RuntimeError) as e:
+        st = build_from_dump(a.dump, a.out, llm, a.limit or None, not a.links_only)
+    except DumpError as e:
         sys.exit(f"kg: error: {e}")
     print(json.dumps({k: st[k] for k in ("pages_read", "pages_medical", "pages_rejected", "entities", "edges")}))
-
 
 if __name__ == "__main__":
     main()
