@@ -27,8 +27,8 @@ import numpy as np
 
 from common import DumpError, atomic_write, iter_dump, make_llm, parse_with_preset
 
-TINY = dict(dump=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sample_wiki.xml"),  # --tiny:
-            out="out/kg_tiny")  # the shipped sample dump (data/README.md)
+# --tiny: the shipped sample dump (data/README.md)
+TINY = dict(dump=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sample_wiki.xml"), out="out/kg_tiny")
 TYPES = ("disease", "symptom", "test", "drug", "drug_class", "treatment", "anatomy", "pathogen", "gene",
          "specialty", "mechanism", "other")
 RELATIONS = ("has_symptom", "has_complication", "caused_by", "risk_factor", "diagnosed_by", "differential",
@@ -116,25 +116,18 @@ def tname(t):
     return re.sub(r"[\s_]+", " ", str(t.name).split("<!--")[0]).strip().lower().removeprefix("template:").strip()
 
 
+# comments and <ref>s (their citations link publishers, not entities), dropped before parsing. A regex, for speed
+# only: mwparserfromhell's node removal is quadratic on long pages; an unclosed <ref> is left for the parser.
 NOISE_RE = re.compile(r"<!--.*?(?:-->|$)|<ref[^>]*/\s*>|<ref(?:\s[^>]*)?>.*?</ref\s*>|<references\s*/>", re.S | re.I)
-
-
-def strip_noise(text):
-    """Drop comments and <ref>s (their citations link publishers, not entities). A regex, for speed only:
-    mwparserfromhell's node removal is quadratic on long pages; an unclosed <ref> is left for the parser."""
-    return NOISE_RE.sub("", text)
 
 
 def field_items(value, plain=True):
     """Infobox value -> entity titles. Lists come as <br>, commas, {{ubl}}, {{plainlist}}, {{hlist}}, bullet
     lines, with refs/comments/nested templates: list templates are flattened, others dropped, wikilinks kept;
     with plain=True an unlinked item of 1-4 plain words is kept too (many infobox symptoms are plain text)."""
-    code = mwp.parse(strip_noise(str(value)))
+    code = mwp.parse(NOISE_RE.sub("", str(value)))
     for _ in range(4):  # list templates may nest ({{plainlist| * {{nowrap|[[a]]}} }})
-        tpls = code.filter_templates(recursive=False)
-        if not tpls:
-            break
-        for t in tpls:
+        for t in code.filter_templates(recursive=False):
             keep = tname(t) in LIST_TEMPLATES
             code.replace(t, "\n".join(str(p.value) for p in t.params if not p.showkey) if keep else "")
     links = []
@@ -178,7 +171,7 @@ def parse_page(title, text, plain=True):
     if not m:  # no medical infobox ({{Infobox medical person}} is not one)
         r["pathogen"] = bool(TAXO_RE.search(text))
         return r
-    code = mwp.parse(strip_noise(text))
+    code = mwp.parse(NOISE_RE.sub("", text))
     box = next((t for t in code.filter_templates(recursive=False) if tname(t) in INFOBOX_TYPE), None)
     if box is None:
         line = text.count("\n", 0, m.start()) + 1
@@ -268,7 +261,7 @@ class KG:
         """Parse one article and record it (or its reject)."""
         self.stats["pages_read"] += 1
         try:
-            r = parse_page(title, text or "", self.plain)
+            r = parse_page(title, text, self.plain)
         except Exception as e:  # one bad page must never lose the graph
             r = {"type": None, "error": f"parser failed: {type(e).__name__}: {e}"}
         title = norm_title(title)
@@ -279,7 +272,7 @@ class KG:
             if r.get("pathogen"):
                 self.hint[title] = "pathogen"
             self.nonmed.append(thash(title))
-            dab = re.search(r"\{\{\s*(disambig|dab\b|hndis|set index)", text or "", re.I)
+            dab = re.search(r"\{\{\s*(disambig|dab\b|hndis|set index)", text, re.I)
             self.reject(title, "disambiguation page" if dab else "non-medical: no medical infobox")
             return
         self.stats["pages_medical"] += 1
@@ -303,8 +296,8 @@ class KG:
         self.stats["llm_pages"] += len(self.llm_buf)
         self.llm_buf = []
 
-    def add_edge(self, h, rel, t, src, n=1):  # dedupe: the first provenance is kept, plus a count
-        self.edges.setdefault((h, rel, t), [src, 0])[1] += n
+    def add_edge(self, h, rel, t, src):  # dedupe: the first provenance is kept, plus a count
+        self.edges.setdefault((h, rel, t), [src, 0])[1] += 1
 
     def canon(self, t):
         for _ in range(5):  # double redirects exist; cycles end here
@@ -358,10 +351,10 @@ class KG:
             for a in aliases.get(t, []) + self.aliases.get(t, []):  # first spelling wins, case-insensitively
                 al.setdefault(a.lower(), a)
             al.pop(t.lower(), None)
-            ents.append({"id": eid(t), "name": t, "type": self.type_of(t), "aliases": list(al.values()), "inlinks": inl[t],
-                         "length": p.get("length", 0),
-                         # an entity without its own page: the page that first mentioned it
-                         "source": {"page": t, "revid": p["revid"]} if p else {k: first[t][k] for k in ("page", "revid")}})
+            # an entity without its own page cites the page that first mentioned it
+            source = {"page": t, "revid": p["revid"]} if p else {k: first[t][k] for k in ("page", "revid")}
+            ents.append({"id": eid(t), "name": t, "type": self.type_of(t), "aliases": list(al.values()),
+                         "inlinks": inl[t], "length": p.get("length", 0), "source": source})
         out_edges = [{"head": eid(h), "relation": rel, "tail": eid(t), "source": src, "count": n}
                      for (h, rel, t), (src, n) in edges.items()]
         st = dict(self.stats, entities=len(ents), edges=len(out_edges),
@@ -371,9 +364,9 @@ class KG:
             st.setdefault(k, 0)
         return ents, out_edges, st
 
-    def write(self, extra=None):
+    def write(self, extra):
         ents, edges, st = self.finish()
-        st.update(extra or {})
+        st.update(extra)
         self.rejects.flush()
         for name, rows in (("entities.jsonl", ents), ("edges.jsonl", edges)):
             atomic_write(os.path.join(self.out, name), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -395,7 +395,8 @@ def main(argv=None):
         if items or name != "val":  # no val.jsonl without --val-n
             write_jsonl(os.path.join(a.out, f"{name}.jsonl"), items)
     atomic_write(os.path.join(a.out, "stats.json"), json.dumps(stats, indent=1))
-    print(json.dumps({k: stats[k] for k in ("n_train", "n_test", "n_val", "supported_instances", "sampled", "uniform")}))
+    shown = ("n_train", "n_test", "n_val", "supported_instances", "sampled", "uniform")
+    print(json.dumps({k: stats[k] for k in shown}))
 
 
 if __name__ == "__main__":
