@@ -106,8 +106,8 @@ def is_entity(title):
     """False for namespaced/interwiki links, years, dates, units and generic words (never written anywhere)."""
     if not title:
         return False
-    pre = title.split(":", 1)[0].strip().lower() if ":" in title else None
-    if pre is not None and (pre in NAMESPACES or re.fullmatch(r"[a-z]{2,3}(-[a-z]+)?", pre)):
+    pre = title.split(":", 1)[0].strip().lower()
+    if ":" in title and (pre in NAMESPACES or re.fullmatch(r"[a-z]{2,3}(-[a-z]+)?", pre)):
         return False
     return title.lower() not in STOP and not NONENTITY_RE.match(title)
 

@@ -152,6 +152,12 @@ def build_candidates(ents, out, families, alpha, hop_weight):
     return fset, cands
 
 
+# a distractor drawn from a rival disease along the question's path, in words (meta.distractors[i].why)
+OF_RIVAL = {"test": "a test for", "treatment": "a treatment of", "complication": "a complication of",
+            "contraindication": "a drug contraindicated in", "drug_class": "the class of a drug for",
+            "mechanism": "the mechanism of a drug for", "comorbidity": "a drug for"}
+
+
 def distractors(c, given, idx, out, ents, k, rng):
     """k names of the answer's type, not correct per the KG: competing hypotheses first, then any of the type.
     -> (names, whys): whys[i] says why names[i] was a candidate (recorded only; it changes no choice)."""
@@ -168,8 +174,10 @@ def distractors(c, given, idx, out, ents, k, rng):
         alts = list(idx["answers"][fam, dd])
         rng.shuffle(alts)
         pool += alts
-        for a in alts:  # the rival's name and the findings it shares with the hidden disease, for report.py
-            why.setdefault(a, (dd, [ents[f]["name"] for f, _ in given if dd in idx["has"][f]]))
+        both = [ents[f]["name"] for f, _ in given if dd in idx["has"][f]]  # for report.py: why this lure
+        rival = f"rival disease {ents[dd]['name']}, which also has {join(both)}"
+        for a in alts:
+            why.setdefault(a, rival if fam == "diagnosis" else f"{OF_RIVAL[fam]} the {rival} (per the KG)")
     typed = idx["bytype"][atype]
     rest = rng.sample(typed, min(len(typed), 8 * k + 32))  # enough almost always; the full list if not
     names, whys, seen = [], [], {ents[x]["name"].strip().lower() for x in list(c["correct"]) + [f for f, _ in given]}
@@ -181,26 +189,10 @@ def distractors(c, given, idx, out, ents, k, rng):
             continue
         seen.add(nm.strip().lower())
         names.append(nm)
-        whys.append(explain(why.get(x), fam, atype, ents))
+        whys.append(why.get(x, f"same type as the answer ({atype}), drawn at random"))
         if len(names) == k:
             return names, whys
     return None, None  # not enough same-type entities: the candidate is skipped
-
-
-def explain(why, fam, atype, ents):
-    """Why a distractor was in the pool, in words (meta.distractors[i].why)."""
-    if why is None:
-        return f"same type as the answer ({atype}), drawn at random"
-    if isinstance(why, str):
-        return why
-    dd, shared = why
-    rival = f"rival disease {ents[dd]['name']}, which also has {join(shared)}"
-    return rival if fam == "diagnosis" else f"{OF_RIVAL[fam]} the {rival} (per the KG)"
-
-
-OF_RIVAL = {"test": "a test for", "treatment": "a treatment of", "complication": "a complication of",
-            "contraindication": "a drug contraindicated in", "drug_class": "the class of a drug for",
-            "mechanism": "the mechanism of a drug for", "comorbidity": "a drug for"}
 
 
 def render(fam, given, ents, rng, comorbid=None):
@@ -252,8 +244,7 @@ def place_answers(items, rng):
     pos = [i % k for i in range(len(items))]
     rng.shuffle(pos)
     for it, p in zip(items, pos):
-        opts = it.pop("_opts")
-        ans, dis = opts[0], opts[1:]
+        ans, *dis = it.pop("_opts")
         rng.shuffle(dis)
         dis.insert(p, ans)
         it["options"] = {LETTERS[i]: o for i, o in enumerate(dis)}
