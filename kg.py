@@ -409,7 +409,7 @@ def llm_edges(llm, batch):
 
 
 # ----------------------------------------------------------------------------- dump path
-def build_from_dump(path, out, llm=None, limit=None, plain=True):
+def build_from_dump(path, out, llm=None, plain=True):
     """Dump -> OUT files. On a broken dump, writes the graph built so far, then raises DumpError."""
     if not os.path.isfile(path):
         raise DumpError(f"{path}: no such file")
@@ -417,8 +417,6 @@ def build_from_dump(path, out, llm=None, limit=None, plain=True):
     tp = t0  # the last progress line
     try:
         for title, ns, revid, red, text in iter_dump(path):
-            if limit and kg.stats["pages_read"] >= limit:
-                break
             if red:
                 kg.add_redirect(title, red)
             elif ns == 0:
@@ -439,7 +437,6 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--dump", help="pages-articles .xml or .xml.bz2 (or a Special:Export of the medical pages)")
     ap.add_argument("--out", help="output directory")
-    ap.add_argument("--limit", type=int, default=0, help="pages to read from --dump (0 = all)")
     ap.add_argument("--links-only", action="store_true", help="drop unlinked plain-text infobox items")
     ap.add_argument("--llm", help="OpenAI-compatible base URL or local model dir: relations from the lead")
     ap.add_argument("--llm-model", help="model name for --llm")
@@ -448,7 +445,7 @@ def main(argv=None):
         ap.error("give --dump and --out (or --tiny)")
     llm = make_llm(a.llm, model_name=a.llm_model, cache_dir=os.path.join(a.out, "llm_cache")) if a.llm else None
     try:
-        st = build_from_dump(a.dump, a.out, llm, a.limit or None, not a.links_only)
+        st = build_from_dump(a.dump, a.out, llm, not a.links_only)
     except DumpError as e:
         sys.exit(f"kg: error: {e}")
     print(json.dumps({k: st[k] for k in ("pages_read", "pages_medical", "pages_rejected", "entities", "edges")}))

@@ -370,15 +370,10 @@ def main(argv=None):
     p.add_argument("--alpha", type=float, default=1.0, help="rarity weight 1/(1+inlinks)**alpha; 0 = uniform")
     p.add_argument("--hop-weight", type=float, default=2.0, help="weight factor per extra hop")
     p.add_argument("--num-options", type=int, default=4)
-    p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--llm", default=None, help="URL or model folder for the optional vignette rewrite")
     p.add_argument("--llm-model", default=None)
     a = parse_with_preset(p, argv, TINY)
-    fams = [f for f in a.families.split(",") if f]
-    bad = [f for f in fams if f not in FAMILIES]
-    if bad:
-        p.error(f"unknown families {bad}; choose from {list(FAMILIES)}")
-    splits, stats = synthesize(a.kg, a.n, a.test_n, a.seed, a.alpha, a.hop_weight, a.num_options, fams, val_n=a.val_n)
+    splits, stats = synthesize(a.kg, a.n, a.test_n, a.seed, a.alpha, a.hop_weight, a.num_options, val_n=a.val_n)
     if a.llm:
         stats["llm_rewrites_accepted"] = llm_rewrite(sum(splits.values(), []), a.llm, a.llm_model,
                                                      os.path.join(a.out, "llm_cache"))
