@@ -219,6 +219,11 @@ def parse_page(title, text, plain=True):
     return r
 
 
+LLM_PROMPT = ("Read the opening of the Wikipedia article on {title} and list relations it states between "
+              "{title} (the head) and one of these linked pages (the tail): {links}.\nRelations: {rels}.\n"
+              "Answer with one JSON object per line, {{\"relation\": ..., \"tail\": ...}}, nothing else.\n\n{lead}")
+
+
 class KG:
     """Accumulates pages, redirects and edges; finish() links, types and dedupes; write() saves atomically."""
 
@@ -290,11 +295,24 @@ class KG:
                 self.flush_llm()
 
     def flush_llm(self):
-        for h, rel, t, src in llm_edges(self.llm, self.llm_buf) if self.llm_buf else []:
-            self.slots.setdefault(t, Counter())["other"] += 1
-            self.add_edge(h, rel, t, src)
-        self.stats["llm_pages"] += len(self.llm_buf)
-        self.llm_buf = []
+        """Relations the LLM reads in the buffered leads, kept only when the tail is a page the lead links."""
+        batch, self.llm_buf = self.llm_buf, []
+        self.stats["llm_pages"] += len(batch)
+        if not batch:
+            return
+        convs = [[{"role": "user", "content": LLM_PROMPT.format(title=t, links="; ".join(ls[:60]),
+                                                                rels=", ".join(RELATIONS), lead=lead[:3000])}]
+                 for t, _, lead, ls in batch]
+        for (title, revid, _, links), texts in zip(batch, self.llm(convs, n=1, temperature=0.0, max_tokens=512)):
+            for m in re.finditer(r"\{[^{}]*\}", texts[0] if texts else ""):
+                try:
+                    d = json.loads(m.group(0))
+                    rel, tail = d.get("relation"), norm_title(d.get("tail", ""))
+                except (ValueError, AttributeError):
+                    continue
+                if rel in RELATIONS and tail in links and tail != title:
+                    self.slots.setdefault(tail, Counter())["other"] += 1
+                    self.add_edge(title, rel, tail, {"page": title, "revid": revid, "field": "llm:lead"})
 
     def add_edge(self, h, rel, t, src):  # dedupe: the first provenance is kept, plus a count
         self.edges.setdefault((h, rel, t), [src, 0])[1] += 1
@@ -382,30 +400,6 @@ def thash(title):
 
 def eid(title):
     return title.replace(" ", "_")
-
-
-# ----------------------------------------------------------------------------- LLM relations from the lead
-LLM_PROMPT = ("Read the opening of the Wikipedia article on {title} and list relations it states between "
-              "{title} (the head) and one of these linked pages (the tail): {links}.\nRelations: {rels}.\n"
-              "Answer with one JSON object per line, {{\"relation\": ..., \"tail\": ...}}, nothing else.\n\n{lead}")
-
-
-def llm_edges(llm, batch):
-    """batch: [(title, revid, lead, lead_links)] -> edges [(head, rel, tail, source)], grounded tails only."""
-    convs = [[{"role": "user", "content": LLM_PROMPT.format(title=t, links="; ".join(ls[:60]),
-                                                            rels=", ".join(RELATIONS), lead=lead[:3000])}]
-             for t, _, lead, ls in batch]
-    out = []
-    for (title, revid, _, links), texts in zip(batch, llm(convs, n=1, temperature=0.0, max_tokens=512)):
-        for m in re.finditer(r"\{[^{}]*\}", texts[0] if texts else ""):
-            try:
-                d = json.loads(m.group(0))
-                rel, tail = d.get("relation"), norm_title(d.get("tail", ""))
-            except (ValueError, AttributeError):
-                continue
-            if rel in RELATIONS and tail in links and tail != title:  # grounded: the tail is linked in the lead
-                out.append((title, rel, tail, {"page": title, "revid": revid, "field": "llm:lead"}))
-    return out
 
 
 # ----------------------------------------------------------------------------- dump path
