@@ -348,8 +348,9 @@ class KG:
             h, t = self.canon(h), self.canon(t)
             if h == t:
                 continue
-            if src["field"].startswith("section:") and (isnon(h) or isnon(t)):  # a link in prose to a page
-                self.stats["edges_dropped_nonmedical"] += 1                      # we read: not an entity
+            # a link in prose to a page we read and found non-medical: not an entity
+            if src["field"].startswith("section:") and (isnon(h) or isnon(t)):
+                self.stats["edges_dropped_nonmedical"] += 1
                 continue
             if rel == "treated_by" and self.type_of(t) == "drug":
                 rel = "treated_with"  # a drug linked from a "Treatment" field/section
