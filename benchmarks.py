@@ -14,11 +14,8 @@ import re
 
 from common import LETTERS, check_record, iter_jsonl
 
-# each loader turns one raw row (row number i, dict r) of benchmark `name` into a record, or raises Reject(reason)
-
-
 class Reject(Exception):
-    pass
+    """Raised with the reason by a loader, which turns one raw row (row number i, dict r) into a record."""
 
 
 def _checked(rec):
@@ -52,17 +49,13 @@ def _split_choices(question):
     at = question.rfind("Answer Choices:")
     if at < 0:
         raise Reject("no 'Answer Choices:' block in question")
-    stem, block, opts, pos = question[:at].strip(), question[at + len("Answer Choices:"):], [], 0
-    marks = []
+    block, marks = question[at + len("Answer Choices:"):], []
     for L in LETTERS:  # options in order: "(A) ", then "(B) " after it, ...
-        j = block.find(f"({L}) ", pos)
+        j = block.find(f"({L}) ", marks[-1] + 4 if marks else 0)
         if j < 0:
             break
         marks.append(j)
-        pos = j + 4
-    for a, b in zip(marks, marks[1:] + [len(block)]):
-        opts.append(block[a + 4:b].strip())
-    return stem, opts
+    return question[:at].strip(), [block[a + 4:b].strip() for a, b in zip(marks, marks[1:] + [len(block)])]
 
 
 def _jsonl_rows(path):
@@ -192,7 +185,7 @@ def load_benchmark(name, path, rejects=None):
     if name not in LOADERS:
         raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(sorted(LOADERS))}")
     convert, rows = LOADERS[name]
-    items = _pubmedqa(path, name) if name.startswith("pubmedqa") else ((i, r) for i, r in rows(path))
+    items = _pubmedqa(path, name) if name.startswith("pubmedqa") else rows(path)
     recs, bad, total, seen = [], [], 0, set()
     for i, r in items:
         total += 1

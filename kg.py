@@ -1,20 +1,23 @@
 """kg.py: a medical knowledge graph with provenance from Wikipedia (Fleming-R1, arXiv 2509.15279, sec. 3.1).
 
-Reads  a MediaWiki XML export (--dump, streamed: constant memory per page) or the live Action API (--api).
-Writes OUT/entities.jsonl, OUT/edges.jsonl (with page, revision, field), OUT/stats.json, OUT/rejects.jsonl, and for
-       --api OUT/api_cache/ (every raw response: a killed crawl resumes).
+Reads  a MediaWiki XML export (--dump, .xml or .xml.bz2, streamed: constant memory per page).
+Writes OUT/entities.jsonl, OUT/edges.jsonl (with page, revision, field), OUT/stats.json, OUT/rejects.jsonl.
 
-One parser (parse_page, mwparserfromhell) reads both: relations from medical infobox fields (typed by field), from
-wikilinks in article sections (typed by section) and drug classes from the lead ("is a [[beta blocker]]"); entities
-linked through wikilinks, redirects and first-letter case, typed by their own infobox, else by the slot they fill.
+One parser (parse_page, mwparserfromhell) reads each page: relations from medical infobox fields (typed by field),
+from wikilinks in article sections (typed by section) and drug classes from the lead ("is a [[beta blocker]]");
+entities linked through wikilinks, redirects and first-letter case, typed by their own infobox, else by the slot
+they fill.
 
 Deliberate departures from the paper:
   1. No autonomous agent: a parser reads infoboxes and sections; --llm optionally reads the lead as well, and its
      relations are kept only when the tail is a page the lead links.
-  2. The tiny run reads the shipped sample dump (data/sample_wiki.xml, --tiny) instead of crawling.
+  2. A snapshot, not live pages: the paper's agent browses Wikipedia; we read a dump, fixed and auditable (every
+     edge cites page + revision). For the medical pages only, export them with Special:Export (e.g. the members
+     of a Category:, or the pages transcluding Template:Infobox medical condition) and pass that XML.
+  3. The tiny run reads the shipped sample dump (data/sample_wiki.xml, --tiny).
 
   python kg.py --dump pages-articles.xml[.bz2] --out OUT
-  python kg.py --api https://en.wikipedia.org/w/api.php --user-agent "nano-fleming/0.1 (you@example.org)" --out OUT
+  python kg.py --dump medical-pages-export.xml --out OUT
 """
 import argparse, hashlib, json, os, re, sys, time
 from array import array
@@ -24,8 +27,8 @@ import numpy as np
 
 from common import DumpError, atomic_write, iter_dump, make_llm, parse_with_preset
 
-TINY = dict(dump=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sample_wiki.xml"),  # --tiny:
-            out="out/kg_tiny")  # the shipped sample dump (data/README.md)
+# --tiny: the shipped sample dump (data/README.md)
+TINY = dict(dump=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sample_wiki.xml"), out="out/kg_tiny")
 TYPES = ("disease", "symptom", "test", "drug", "drug_class", "treatment", "anatomy", "pathogen", "gene",
          "specialty", "mechanism", "other")
 RELATIONS = ("has_symptom", "has_complication", "caused_by", "risk_factor", "diagnosed_by", "differential",
@@ -103,8 +106,8 @@ def is_entity(title):
     """False for namespaced/interwiki links, years, dates, units and generic words (never written anywhere)."""
     if not title:
         return False
-    pre = title.split(":", 1)[0].strip().lower() if ":" in title else None
-    if pre is not None and (pre in NAMESPACES or re.fullmatch(r"[a-z]{2,3}(-[a-z]+)?", pre)):
+    pre = title.split(":", 1)[0].strip().lower()
+    if ":" in title and (pre in NAMESPACES or re.fullmatch(r"[a-z]{2,3}(-[a-z]+)?", pre)):
         return False
     return title.lower() not in STOP and not NONENTITY_RE.match(title)
 
@@ -113,25 +116,18 @@ def tname(t):
     return re.sub(r"[\s_]+", " ", str(t.name).split("<!--")[0]).strip().lower().removeprefix("template:").strip()
 
 
+# comments and <ref>s (their citations link publishers, not entities), dropped before parsing. A regex, for speed
+# only: mwparserfromhell's node removal is quadratic on long pages; an unclosed <ref> is left for the parser.
 NOISE_RE = re.compile(r"<!--.*?(?:-->|$)|<ref[^>]*/\s*>|<ref(?:\s[^>]*)?>.*?</ref\s*>|<references\s*/>", re.S | re.I)
-
-
-def strip_noise(text):
-    """Drop comments and <ref>s (their citations link publishers, not entities). A regex, for speed only:
-    mwparserfromhell's node removal is quadratic on long pages; an unclosed <ref> is left for the parser."""
-    return NOISE_RE.sub("", text)
 
 
 def field_items(value, plain=True):
     """Infobox value -> entity titles. Lists come as <br>, commas, {{ubl}}, {{plainlist}}, {{hlist}}, bullet
     lines, with refs/comments/nested templates: list templates are flattened, others dropped, wikilinks kept;
     with plain=True an unlinked item of 1-4 plain words is kept too (many infobox symptoms are plain text)."""
-    code = mwp.parse(strip_noise(str(value)))
+    code = mwp.parse(NOISE_RE.sub("", str(value)))
     for _ in range(4):  # list templates may nest ({{plainlist| * {{nowrap|[[a]]}} }})
-        tpls = code.filter_templates(recursive=False)
-        if not tpls:
-            break
-        for t in tpls:
+        for t in code.filter_templates(recursive=False):
             keep = tname(t) in LIST_TEMPLATES
             code.replace(t, "\n".join(str(p.value) for p in t.params if not p.showkey) if keep else "")
     links = []
@@ -175,7 +171,7 @@ def parse_page(title, text, plain=True):
     if not m:  # no medical infobox ({{Infobox medical person}} is not one)
         r["pathogen"] = bool(TAXO_RE.search(text))
         return r
-    code = mwp.parse(strip_noise(text))
+    code = mwp.parse(NOISE_RE.sub("", text))
     box = next((t for t in code.filter_templates(recursive=False) if tname(t) in INFOBOX_TYPE), None)
     if box is None:
         line = text.count("\n", 0, m.start()) + 1
@@ -223,6 +219,11 @@ def parse_page(title, text, plain=True):
     return r
 
 
+LLM_PROMPT = ("Read the opening of the Wikipedia article on {title} and list relations it states between "
+              "{title} (the head) and one of these linked pages (the tail): {links}.\nRelations: {rels}.\n"
+              "Answer with one JSON object per line, {{\"relation\": ..., \"tail\": ...}}, nothing else.\n\n{lead}")
+
+
 class KG:
     """Accumulates pages, redirects and edges; finish() links, types and dedupes; write() saves atomically."""
 
@@ -262,23 +263,23 @@ class KG:
                 self.redirects[src] = dst
 
     def add_page(self, title, revid, text):
-        """Parse one article and record it; returns parse_page's dict (the crawler follows its edges)."""
+        """Parse one article and record it (or its reject)."""
         self.stats["pages_read"] += 1
         try:
-            r = parse_page(title, text or "", self.plain)
+            r = parse_page(title, text, self.plain)
         except Exception as e:  # one bad page must never lose the graph
             r = {"type": None, "error": f"parser failed: {type(e).__name__}: {e}"}
         title = norm_title(title)
         if r["error"]:
             self.reject(title, r["error"])
-            return r
+            return
         if r["type"] is None:
             if r.get("pathogen"):
                 self.hint[title] = "pathogen"
             self.nonmed.append(thash(title))
-            dab = re.search(r"\{\{\s*(disambig|dab\b|hndis|set index)", text or "", re.I)
+            dab = re.search(r"\{\{\s*(disambig|dab\b|hndis|set index)", text, re.I)
             self.reject(title, "disambiguation page" if dab else "non-medical: no medical infobox")
-            return r
+            return
         self.stats["pages_medical"] += 1
         self.pages[title] = {"type": r["type"], "revid": revid, "length": len(text)}
         if r["aliases"]:
@@ -292,17 +293,29 @@ class KG:
             self.llm_buf.append((title, revid, r["lead"], r["lead_links"]))
             if len(self.llm_buf) >= 32:
                 self.flush_llm()
-        return r
 
     def flush_llm(self):
-        for h, rel, t, src in llm_edges(self.llm, self.llm_buf) if self.llm_buf else []:
-            self.slots.setdefault(t, Counter())["other"] += 1
-            self.add_edge(h, rel, t, src)
-        self.stats["llm_pages"] += len(self.llm_buf)
-        self.llm_buf = []
+        """Relations the LLM reads in the buffered leads, kept only when the tail is a page the lead links."""
+        batch, self.llm_buf = self.llm_buf, []
+        self.stats["llm_pages"] += len(batch)
+        if not batch:
+            return
+        convs = [[{"role": "user", "content": LLM_PROMPT.format(title=t, links="; ".join(ls[:60]),
+                                                                rels=", ".join(RELATIONS), lead=lead[:3000])}]
+                 for t, _, lead, ls in batch]
+        for (title, revid, _, links), texts in zip(batch, self.llm(convs, n=1, temperature=0.0, max_tokens=512)):
+            for m in re.finditer(r"\{[^{}]*\}", texts[0] if texts else ""):
+                try:
+                    d = json.loads(m.group(0))
+                    rel, tail = d.get("relation"), norm_title(d.get("tail", ""))
+                except (ValueError, AttributeError):
+                    continue
+                if rel in RELATIONS and tail in links and tail != title:
+                    self.slots.setdefault(tail, Counter())["other"] += 1
+                    self.add_edge(title, rel, tail, {"page": title, "revid": revid, "field": "llm:lead"})
 
-    def add_edge(self, h, rel, t, src, n=1):  # dedupe: the first provenance is kept, plus a count
-        self.edges.setdefault((h, rel, t), [src, 0])[1] += n
+    def add_edge(self, h, rel, t, src):  # dedupe: the first provenance is kept, plus a count
+        self.edges.setdefault((h, rel, t), [src, 0])[1] += 1
 
     def canon(self, t):
         for _ in range(5):  # double redirects exist; cycles end here
@@ -335,8 +348,9 @@ class KG:
             h, t = self.canon(h), self.canon(t)
             if h == t:
                 continue
-            if src["field"].startswith("section:") and (isnon(h) or isnon(t)):  # a link in prose to a page
-                self.stats["edges_dropped_nonmedical"] += 1                      # we read: not an entity
+            # a link in prose to a page we read and found non-medical: not an entity
+            if src["field"].startswith("section:") and (isnon(h) or isnon(t)):
+                self.stats["edges_dropped_nonmedical"] += 1
                 continue
             if rel == "treated_by" and self.type_of(t) == "drug":
                 rel = "treated_with"  # a drug linked from a "Treatment" field/section
@@ -356,10 +370,10 @@ class KG:
             for a in aliases.get(t, []) + self.aliases.get(t, []):  # first spelling wins, case-insensitively
                 al.setdefault(a.lower(), a)
             al.pop(t.lower(), None)
-            ents.append({"id": eid(t), "name": t, "type": self.type_of(t), "aliases": list(al.values()), "inlinks": inl[t],
-                         "length": p.get("length", 0),
-                         # an entity without its own page: the page that first mentioned it
-                         "source": {"page": t, "revid": p["revid"]} if p else {k: first[t][k] for k in ("page", "revid")}})
+            # an entity without its own page cites the page that first mentioned it
+            source = {"page": t, "revid": p["revid"]} if p else {k: first[t][k] for k in ("page", "revid")}
+            ents.append({"id": eid(t), "name": t, "type": self.type_of(t), "aliases": list(al.values()),
+                         "inlinks": inl[t], "length": p.get("length", 0), "source": source})
         out_edges = [{"head": eid(h), "relation": rel, "tail": eid(t), "source": src, "count": n}
                      for (h, rel, t), (src, n) in edges.items()]
         st = dict(self.stats, entities=len(ents), edges=len(out_edges),
@@ -369,9 +383,9 @@ class KG:
             st.setdefault(k, 0)
         return ents, out_edges, st
 
-    def write(self, extra=None):
+    def write(self, extra):
         ents, edges, st = self.finish()
-        st.update(extra or {})
+        st.update(extra)
         self.rejects.flush()
         for name, rows in (("entities.jsonl", ents), ("edges.jsonl", edges)):
             atomic_write(os.path.join(self.out, name), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
@@ -389,32 +403,8 @@ def eid(title):
     return title.replace(" ", "_")
 
 
-# ----------------------------------------------------------------------------- LLM relations from the lead
-LLM_PROMPT = ("Read the opening of the Wikipedia article on {title} and list relations it states between "
-              "{title} (the head) and one of these linked pages (the tail): {links}.\nRelations: {rels}.\n"
-              "Answer with one JSON object per line, {{\"relation\": ..., \"tail\": ...}}, nothing else.\n\n{lead}")
-
-
-def llm_edges(llm, batch):
-    """batch: [(title, revid, lead, lead_links)] -> edges [(head, rel, tail, source)], grounded tails only."""
-    convs = [[{"role": "user", "content": LLM_PROMPT.format(title=t, links="; ".join(ls[:60]),
-                                                            rels=", ".join(RELATIONS), lead=lead[:3000])}]
-             for t, _, lead, ls in batch]
-    out = []
-    for (title, revid, _, links), texts in zip(batch, llm(convs, n=1, temperature=0.0, max_tokens=512)):
-        for m in re.finditer(r"\{[^{}]*\}", texts[0] if texts else ""):
-            try:
-                d = json.loads(m.group(0))
-                rel, tail = d.get("relation"), norm_title(d.get("tail", ""))
-            except (ValueError, AttributeError):
-                continue
-            if rel in RELATIONS and tail in links and tail != title:  # grounded: the tail is linked in the lead
-                out.append((title, rel, tail, {"page": title, "revid": revid, "field": "llm:lead"}))
-    return out
-
-
 # ----------------------------------------------------------------------------- dump path
-def build_from_dump(path, out, llm=None, limit=None, plain=True):
+def build_from_dump(path, out, llm=None, plain=True):
     """Dump -> OUT files. On a broken dump, writes the graph built so far, then raises DumpError."""
     if not os.path.isfile(path):
         raise DumpError(f"{path}: no such file")
@@ -422,8 +412,6 @@ def build_from_dump(path, out, llm=None, limit=None, plain=True):
     tp = t0  # the last progress line
     try:
         for title, ns, revid, red, text in iter_dump(path):
-            if limit and kg.stats["pages_read"] >= limit:
-                break
             if red:
                 kg.add_redirect(title, red)
             elif ns == 0:
@@ -440,160 +428,22 @@ def build_from_dump(path, out, llm=None, limit=None, plain=True):
     return st
 
 
-# ----------------------------------------------------------------------------- live API path
-def api_get(url, params, cache_dir, user_agent, session=None, backoff=5.0, max_tries=8):
-    """One Action API GET with format=json&formatversion=2&maxlag=5. The raw response is cached at
-    cache_dir/<sha256 of params>.json (atomic), so a re-run after a kill never refetches it. Backs off on
-    429 / 5xx / maxlag (Retry-After honoured, at least `backoff` seconds)."""
-    import requests
-    params = {**params, "format": "json", "formatversion": "2", "maxlag": "5"}
-    key = hashlib.sha256(json.dumps([url, sorted(params.items())]).encode()).hexdigest()
-    path = os.path.join(cache_dir, key[:2], key + ".json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    sess = session or requests
-    for attempt in range(max_tries):
-        try:
-            r = sess.get(url, params=params, headers={"User-Agent": user_agent}, timeout=60)
-        except (requests.ConnectionError, requests.Timeout) as e:
-            r, why = None, str(e)
-        if r is not None:
-            retry = r.headers.get("Retry-After")
-            if r.status_code == 429 or r.status_code >= 500:
-                why = f"HTTP {r.status_code}"
-            else:
-                r.raise_for_status()
-                d = r.json()
-                err = d.get("error")
-                if not err:
-                    atomic_write(path, json.dumps(d))
-                    return d
-                if err.get("code") != "maxlag":
-                    raise RuntimeError(f"API error {err.get('code')}: {err.get('info')} (params {params})")
-                why = f"maxlag: {err.get('info')}"
-        wait = max(backoff, float(retry) if r is not None and retry and retry.isdigit() else 0) * 2 ** min(attempt, 5)
-        print(f"kg api: {why}; retry in {wait:.1f}s", file=sys.stderr, flush=True)
-        time.sleep(wait)
-    raise RuntimeError(f"API {url}: gave up after {max_tries} tries ({why})")
-
-
-def list_members(get, kind, title, limit, ns="0"):
-    """list=embeddedin|categorymembers with `continue` -> [{"title", "ns"}], at most `limit`."""
-    p = {"embeddedin": "ei", "categorymembers": "cm"}[kind]
-    params, cont, out = {"action": "query", "list": kind, p + "title": title, p + "limit": "500",
-                         p + "namespace": ns}, {}, []
-    while len(out) < limit:
-        d = get({**params, **cont})
-        out += d.get("query", {}).get(kind, [])
-        if "continue" not in d:
-            break
-        cont = d["continue"]  # copy every key, as the API asks
-    return out[:limit]
-
-
-def crawl(api, seeds, out, user_agent, max_pages=1000, cat_depth=1, cache_dir=None, backoff=5.0, llm=None,
-          plain=True):
-    """Seeds (Template:… -> pages embedding it, Category:… -> members to cat_depth, else a title) -> fetch
-    50 titles a request -> parse; medical pages enqueue the pages their edges link to, unseen ones get fetched
-    and judged medical or rejected from their own text, up to max_pages fetched pages."""
-    import requests
-    cache_dir = cache_dir or os.path.join(out, "api_cache")
-    sess, kg, t0 = requests.Session(), KG(out, plain, llm), time.time()
-    get = lambda p: api_get(api, p, cache_dir, user_agent, sess, backoff)
-    queue, seen, done = [], set(), set()
-
-    def push(t):
-        t = norm_title(t)
-        if is_entity(t) and t not in seen:
-            seen.add(t)
-            queue.append(t)
-    for s in seeds:
-        if s.lower().startswith("template:"):
-            for m in list_members(get, "embeddedin", s, max_pages):
-                push(m["title"])
-        elif s.lower().startswith("category:"):
-            level, cats = 0, [s]
-            while cats and level <= cat_depth:
-                sub = []
-                for c in cats:
-                    for m in list_members(get, "categorymembers", c, max_pages, "0|14"):
-                        sub.append(m["title"]) if m.get("ns") == 14 else push(m["title"])
-                cats, level = sub, level + 1
-        else:
-            push(s)
-    i, fetched, err = 0, 0, None
-    try:
-        while i < len(queue) and fetched < max_pages:
-            batch = []
-            while i < len(queue) and len(batch) < min(50, max_pages - fetched):
-                batch += [queue[i]] if queue[i] not in done else []
-                i += 1
-            params, d = {"action": "query", "prop": "revisions", "rvprop": "content|ids", "rvslots": "main",
-                         "redirects": "1", "titles": "|".join(batch)}, {"continue": {}} if batch else {}
-            pages = []
-            while "continue" in d:  # a big batch may come in parts (rvcontinue): pages without content yet
-                d = get({**params, **d["continue"]})
-                for rd in d.get("query", {}).get("redirects", []):
-                    kg.add_redirect(rd["from"], rd["to"])
-                    seen.add(norm_title(rd["to"]))  # the target comes in this same response
-                pages += d.get("query", {}).get("pages", [])
-            for p in pages:
-                title = norm_title(p.get("title", ""))
-                kg.stats["pages_missing"] += bool(p.get("missing"))
-                if not p.get("revisions") or title in done:
-                    continue
-                done.add(title)
-                fetched += 1
-                rev = p["revisions"][0]
-                r = kg.add_page(title, rev.get("revid"), rev.get("slots", {}).get("main", {}).get("content", ""))
-                for h, _, t, _ in r.get("edges", []):
-                    push(t if h == title else h)
-            print(f"kg crawl {fetched}/{max_pages} pages, queue {len(queue) - i}, medical "
-                  f"{kg.stats['pages_medical']}, {fetched / (time.time() - t0):.1f} pages/s", file=sys.stderr, flush=True)
-    except (RuntimeError, OSError) as e:  # keep what was built; the cache lets a re-run resume
-        err = e
-    st = kg.write({"source": api, "seconds": round(time.time() - t0, 2), "pages_fetched": fetched,
-                   "error": str(err) if err else None})
-    if err:
-        raise RuntimeError(f"{err} (the graph built so far is written to {out}; re-run to resume from the cache)")
-    return st
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--dump", help="pages-articles .xml or .xml.bz2")
-    ap.add_argument("--api", help="Action API endpoint, e.g. https://en.wikipedia.org/w/api.php")
-    ap.add_argument("--seed", action="append", default=[], help="Template:…, Category:… or a title (repeatable)")
+    ap.add_argument("--dump", help="pages-articles .xml or .xml.bz2 (or a Special:Export of the medical pages)")
     ap.add_argument("--out", help="output directory")
-    ap.add_argument("--user-agent", default=os.environ.get("KG_USER_AGENT"),
-                    help="descriptive UA with contact (required for --api; or env KG_USER_AGENT)")
-    ap.add_argument("--max-pages", type=int, default=200000, help="pages to fetch (--api)")
-    ap.add_argument("--limit", type=int, default=0, help="pages to read from --dump (0 = all)")
-    ap.add_argument("--cat-depth", type=int, default=1, help="subcategory depth for Category: seeds")
-    ap.add_argument("--cache", help="API response cache dir (default OUT/api_cache)")
-    ap.add_argument("--backoff", type=float, default=5.0, help="minimum wait (s) on 429/5xx/maxlag")
     ap.add_argument("--links-only", action="store_true", help="drop unlinked plain-text infobox items")
     ap.add_argument("--llm", help="OpenAI-compatible base URL or local model dir: relations from the lead")
     ap.add_argument("--llm-model", help="model name for --llm")
     a = parse_with_preset(ap, argv, TINY)
-    if not a.out or bool(a.dump) == bool(a.api):
-        ap.error("give --out and exactly one of --dump / --api (or --tiny)")
+    if not a.out or not a.dump:
+        ap.error("give --dump and --out (or --tiny)")
     llm = make_llm(a.llm, model_name=a.llm_model, cache_dir=os.path.join(a.out, "llm_cache")) if a.llm else None
     try:
-        if a.dump:
-            st = build_from_dump(a.dump, a.out, llm, a.limit or None, not a.links_only)
-        else:
-            if not a.user_agent:
-                ap.error("--api needs --user-agent (or env KG_USER_AGENT): Wikimedia requires a descriptive one")
-            seeds = a.seed or ["Template:Infobox medical condition (new)", "Template:Infobox medical condition",
-                               "Template:Infobox drug"]
-            st = crawl(a.api, seeds, a.out, a.user_agent, a.max_pages, a.cat_depth, a.cache, a.backoff, llm,
-                       not a.links_only)
-    except (DumpError, RuntimeError) as e:
+        st = build_from_dump(a.dump, a.out, llm, not a.links_only)
+    except DumpError as e:
         sys.exit(f"kg: error: {e}")
     print(json.dumps({k: st[k] for k in ("pages_read", "pages_medical", "pages_rejected", "entities", "edges")}))
-
 
 if __name__ == "__main__":
     main()

@@ -86,15 +86,13 @@ def findings_of(d, out):
            [(s, "risk_factor") for s in sorted(out["risk_factor"].get(d, {})) if s not in out["has_symptom"].get(d, {})]
 
 
-def unique_subsets(d, fset, has, sizes=(2, 3, 4), max_per_size=2000, rng=None):
-    """Given-sets of disease d (2-4 findings, at least one symptom, at most one risk factor) that no other
-    disease also has in full (has: finding -> diseases). Returns {size: [tuple of (id, rel)]}. Large
-    combinatorics are subsampled."""
+def unique_subsets(d, fset, has, rng, max_per_size=2000):
+    """Given-sets of disease d (2-4 findings, at most one of them a risk factor) that no other disease also has in
+    full (has: finding -> diseases): {size: [tuple of (id, rel)]}, large combinatorics subsampled."""
     res = {}
-    for k in sizes:
-        combos = itertools.combinations(fset[d], k)
+    for k in (2, 3, 4):
         picked = []
-        for c in combos:
+        for c in itertools.combinations(fset[d], k):
             if sum(r == "risk_factor" for _, r in c) > 1:
                 continue
             if len(set.intersection(*[has[f] for f, _ in c])) > 1:
@@ -102,7 +100,7 @@ def unique_subsets(d, fset, has, sizes=(2, 3, 4), max_per_size=2000, rng=None):
             picked.append(c)
             if len(picked) >= max_per_size * 4:
                 break
-        if rng is not None and len(picked) > max_per_size:
+        if len(picked) > max_per_size:
             picked = rng.sample(picked, max_per_size)
         if picked:
             res[k] = picked
@@ -124,20 +122,17 @@ def answers(family, d, out, ents):
     if family == "complication":
         c = set(out["has_complication"].get(d, {})) | {d}
         return [(t, [(d, "has_complication", t)], c) for t in sorted(c - {d})]
-    if family == "contraindication":
-        c = {x for x, tails in out["contraindicated_in"].items() if d in tails}
-        return [(x, [(x, "contraindicated_in", d)], c) for x in sorted(c)]
     contra = lambda y: {x for x, tails in out["contraindicated_in"].items() if y in tails}
+    if family == "contraindication":
+        c = contra(d)
+        return [(x, [(x, "contraindicated_in", d)], c) for x in sorted(c)]
     via = lambda x: "treated_with" if x in out["treated_with"].get(d, {}) else "treated_by"
     if family == "comorbidity":
         return [(x, [(d, via(x), x), (x, "contraindicated_in", C)], contra(C) | contra(d))
                 for x in drugs for C in sorted(out["contraindicated_in"].get(x, {})) if C != d]
-    rel = family  # drug_class / mechanism: any class/mechanism of any drug that treats d is correct
-    c = set().union(set(), *[out[rel].get(x, {}) for x in drugs])
-    rows = []
-    for x in drugs:
-        rows += [(t, [(d, via(x), x), (x, rel, t)], c) for t in sorted(out[rel].get(x, {}))]
-    return rows
+    # drug_class / mechanism: any class/mechanism of any drug that treats d is correct
+    c = set().union(*[out[family].get(x, {}) for x in drugs])
+    return [(t, [(d, via(x), x), (x, family, t)], c) for x in drugs for t in sorted(out[family].get(x, {}))]
 
 
 def build_candidates(ents, out, families, alpha, hop_weight):
@@ -157,6 +152,12 @@ def build_candidates(ents, out, families, alpha, hop_weight):
     return fset, cands
 
 
+# a distractor drawn from a rival disease along the question's path, in words (meta.distractors[i].why)
+OF_RIVAL = {"test": "a test for", "treatment": "a treatment of", "complication": "a complication of",
+            "contraindication": "a drug contraindicated in", "drug_class": "the class of a drug for",
+            "mechanism": "the mechanism of a drug for", "comorbidity": "a drug for"}
+
+
 def distractors(c, given, idx, out, ents, k, rng):
     """k names of the answer's type, not correct per the KG: competing hypotheses first, then any of the type.
     -> (names, whys): whys[i] says why names[i] was a candidate (recorded only; it changes no choice)."""
@@ -173,8 +174,10 @@ def distractors(c, given, idx, out, ents, k, rng):
         alts = list(idx["answers"][fam, dd])
         rng.shuffle(alts)
         pool += alts
-        for a in alts:  # the rival's name and the findings it shares with the hidden disease, for report.py
-            why.setdefault(a, (dd, [ents[f]["name"] for f, _ in given if dd in idx["has"][f]]))
+        both = [ents[f]["name"] for f, _ in given if dd in idx["has"][f]]  # for report.py: why this lure
+        rival = f"rival disease {ents[dd]['name']}, which also has {join(both)}"
+        for a in alts:
+            why.setdefault(a, rival if fam == "diagnosis" else f"{OF_RIVAL[fam]} the {rival} (per the KG)")
     typed = idx["bytype"][atype]
     rest = rng.sample(typed, min(len(typed), 8 * k + 32))  # enough almost always; the full list if not
     names, whys, seen = [], [], {ents[x]["name"].strip().lower() for x in list(c["correct"]) + [f for f, _ in given]}
@@ -186,26 +189,10 @@ def distractors(c, given, idx, out, ents, k, rng):
             continue
         seen.add(nm.strip().lower())
         names.append(nm)
-        whys.append(explain(why.get(x), fam, atype, ents))
+        whys.append(why.get(x, f"same type as the answer ({atype}), drawn at random"))
         if len(names) == k:
             return names, whys
     return None, None  # not enough same-type entities: the candidate is skipped
-
-
-def explain(why, fam, atype, ents):
-    """Why a distractor was in the pool, in words (meta.distractors[i].why)."""
-    if why is None:
-        return f"same type as the answer ({atype}), drawn at random"
-    if isinstance(why, str):
-        return why
-    dd, shared = why
-    rival = f"rival disease {ents[dd]['name']}, which also has {join(shared)}"
-    return rival if fam == "diagnosis" else f"{OF_RIVAL[fam]} the {rival} (per the KG)"
-
-
-OF_RIVAL = {"test": "a test for", "treatment": "a treatment of", "complication": "a complication of",
-            "contraindication": "a drug contraindicated in", "drug_class": "the class of a drug for",
-            "mechanism": "the mechanism of a drug for", "comorbidity": "a drug for"}
 
 
 def render(fam, given, ents, rng, comorbid=None):
@@ -229,13 +216,13 @@ def make_item(c, given, ents, idx, out, num_options, rng):
     dis, whys = distractors(c, given, idx, out, ents, num_options - 1, rng)
     if dis is None:
         return None, "too_few_distractors"
-    gpath = [(d, r, f) for f, r in given]  # the given findings are edges of the disease too
-    edges = gpath + c["path"]
-    src = lambda h, r, t: out[r][h][t]
+    edges = [(d, r, f) for f, r in given] + c["path"]  # the given findings are edges of the disease too
     right = c["correct"]  # for comorbidity that set is what no option may be; the right ones also treat d
     if fam == "comorbidity":
         right = right & set().union(*[out[r].get(d, {}) for r in TREATS])
-    return {"id": "syn-" + hashlib.sha1(key_of(fam, given).encode()).hexdigest()[:12], "source": "synthetic",
+    # the id names the instance, family + given set (phrasing and option order do not make a new one)
+    key = fam + "|" + "|".join(sorted(f for f, _ in given))
+    return {"id": "syn-" + hashlib.sha1(key.encode()).hexdigest()[:12], "source": "synthetic",
             "question": question, "options": None, "answer": None, "difficulty": None,
             "meta": {"family": fam, "hops": FAMILIES[fam],
                      "path": [{"head": ents[h]["name"], "relation": r, "tail": ents[t]["name"]} for h, r, t in edges],
@@ -243,17 +230,12 @@ def make_item(c, given, ents, idx, out, num_options, rng):
                      "hidden": None if fam == "diagnosis" else ents[d]["name"], "comorbidity": comorbid,
                      "answer_name": ents[a]["name"], "answer_type": ents[a]["type"],
                      "correct": sorted(ents[x]["name"] for x in right),
-                     "provenance": [dict(src(h, r, t), head=ents[h]["name"], relation=r, tail=ents[t]["name"])
+                     "provenance": [dict(out[r][h][t], head=ents[h]["name"], relation=r, tail=ents[t]["name"])
                                     for h, r, t in edges],
                      "rarity": {"answer_inlinks": ents[a].get("inlinks", 0),
                                 "disease_inlinks": ents[d].get("inlinks", 0), "weight": c["w"]},
                      "distractors": [{"name": n, "why": w} for n, w in zip(dis, whys)]},
             "_opts": [ents[a]["name"]] + dis}, None
-
-
-def key_of(fam, given):
-    """The question instance: family + given set (phrasing and option order do not make a new instance)."""
-    return fam + "|" + "|".join(sorted(f for f, _ in given))
 
 
 def place_answers(items, rng):
@@ -262,8 +244,7 @@ def place_answers(items, rng):
     pos = [i % k for i in range(len(items))]
     rng.shuffle(pos)
     for it, p in zip(items, pos):
-        opts = it.pop("_opts")
-        ans, dis = opts[0], opts[1:]
+        ans, *dis = it.pop("_opts")
         rng.shuffle(dis)
         dis.insert(p, ans)
         it["options"] = {LETTERS[i]: o for i, o in enumerate(dis)}
@@ -271,8 +252,7 @@ def place_answers(items, rng):
     return items
 
 
-def synthesize(kg_dir, n, test_n, seed=0, alpha=1.0, hop_weight=2.0, num_options=4, families=None,
-               max_subsets=2000, val_n=0):
+def synthesize(kg_dir, n, test_n, seed=0, alpha=1.0, hop_weight=2.0, num_options=4, families=None, val_n=0):
     """-> ({"train": [...], "test": [...], "val": [...]}, stats): val (val_n items, for checkpoint selection) and
     test are disjoint from each other and from train. Deterministic for (KG, arguments)."""
     rng = random.Random(seed)
@@ -285,17 +265,13 @@ def synthesize(kg_dir, n, test_n, seed=0, alpha=1.0, hop_weight=2.0, num_options
             idx["has"][f].add(d)
     for e in sorted(ents):
         idx["bytype"][ents[e]["type"]].append(e)
-    subsets = {d: unique_subsets(d, fset, idx["has"], max_per_size=max_subsets, rng=random.Random(seed))
-               for d in sorted(fset)}
-    # the remaining given-sets of each (family, disease); a draw pops one
-    left = {(c["family"], c["disease"]): None for c in cands}
-    for fd in left:
-        left[fd] = {k: list(v) for k, v in subsets[fd[1]].items()}
-        for v in left[fd].values():
+    subsets = {d: unique_subsets(d, fset, idx["has"], random.Random(seed)) for d in sorted(fset)}
+    left, supported = {}, Counter()  # the remaining given-sets of each (family, disease); a draw pops one
+    for fam, d in dict.fromkeys((c["family"], c["disease"]) for c in cands):
+        left[fam, d] = {k: list(v) for k, v in subsets[d].items()}
+        for v in left[fam, d].values():
             rng.shuffle(v)
-    supported = Counter()
-    for (fam, d), by_size in left.items():
-        supported[fam] += sum(map(len, by_size.values()))
+        supported[fam] += sum(map(len, left[fam, d].values()))
     cands = [c for c in cands if left[(c["family"], c["disease"])]]
     items, skipped = [], Counter()
     weights = [c["w"] for c in cands]
@@ -394,15 +370,10 @@ def main(argv=None):
     p.add_argument("--alpha", type=float, default=1.0, help="rarity weight 1/(1+inlinks)**alpha; 0 = uniform")
     p.add_argument("--hop-weight", type=float, default=2.0, help="weight factor per extra hop")
     p.add_argument("--num-options", type=int, default=4)
-    p.add_argument("--families", default=",".join(FAMILIES))
     p.add_argument("--llm", default=None, help="URL or model folder for the optional vignette rewrite")
     p.add_argument("--llm-model", default=None)
     a = parse_with_preset(p, argv, TINY)
-    fams = [f for f in a.families.split(",") if f]
-    bad = [f for f in fams if f not in FAMILIES]
-    if bad:
-        p.error(f"unknown families {bad}; choose from {list(FAMILIES)}")
-    splits, stats = synthesize(a.kg, a.n, a.test_n, a.seed, a.alpha, a.hop_weight, a.num_options, fams, val_n=a.val_n)
+    splits, stats = synthesize(a.kg, a.n, a.test_n, a.seed, a.alpha, a.hop_weight, a.num_options, val_n=a.val_n)
     if a.llm:
         stats["llm_rewrites_accepted"] = llm_rewrite(sum(splits.values(), []), a.llm, a.llm_model,
                                                      os.path.join(a.out, "llm_cache"))
@@ -410,7 +381,8 @@ def main(argv=None):
         if items or name != "val":  # no val.jsonl without --val-n
             write_jsonl(os.path.join(a.out, f"{name}.jsonl"), items)
     atomic_write(os.path.join(a.out, "stats.json"), json.dumps(stats, indent=1))
-    print(json.dumps({k: stats[k] for k in ("n_train", "n_test", "n_val", "supported_instances", "sampled", "uniform")}))
+    shown = ("n_train", "n_test", "n_val", "supported_instances", "sampled", "uniform")
+    print(json.dumps({k: stats[k] for k in shown}))
 
 
 if __name__ == "__main__":

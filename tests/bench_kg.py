@@ -70,7 +70,7 @@ def main():
           f"{1e3 * non_cpu:.2f} ms cpu ({1 / non_cpu:.0f}/s); {kb_ent:.2f} KB RSS per entity")
     # 100k entities: here one medical page brings ~entities/medical entities (its link tails)
     n_med = 100_000 * m["pages_medical"] / m["entities"]
-    for n_other, what in ((0, "medical pages only (API-crawl-like)"), (6_800_000, "+ a full enwiki dump's ~6.8M other articles")):
+    for n_other, what in ((0, "medical pages only"), (6_800_000, "+ a full enwiki dump's ~6.8M other articles")):
         h = (n_med * med_cpu + n_other * non_cpu) / 3600
         print(f"100k entities, {what}: ~{n_med:,.0f} medical pages, ~{h:.2f} h single core, "
               f"~{base['maxrss_mb'] + kb_ent * 100_000 / 1024:,.0f} MB peak")
