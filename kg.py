@@ -190,7 +190,7 @@ def parse_page(title, text, plain=True):
     for name, spec in FIELDS.get(ptype, {}).items():
         if name.lower() in fields:
             add(field_items(fields[name.lower()], plain), spec, f"infobox:{name}")
-    for name in {"synonym", "synonyms", "other_names", "tradename"} & set(fields):
+    for name in [n for n in ("synonym", "synonyms", "other_names", "tradename") if n in fields]:  # fixed order
         r["aliases"] += [a for a in (s.strip(" '") for s in re.split(r"[,;]|<br\s*/?>", fields[name].strip_code()))
                          if 2 < len(a) < 60 and a.lower() not in ("others", "none")]
     code.remove(box)
