@@ -19,10 +19,9 @@ from common import eos_ids
 from kernels.logprob import token_logprobs
 
 IGNORE = -100  # the target of a position that predicts nothing (prompt tokens, pads)
-# Devices whose SDPA has fused kernels with their own rules. torch 2.13 on CUDA: flash takes no mask (nor is_causal
-# with fewer queries than keys), mem-efficient takes a mask but no GQA (its backward gives K/V gradients with the
-# query's heads), so a mask with enable_gqa runs the math kernel and its fp32 (B, H, T, S) scores. There, masked
-# attention expands K/V to the query heads, and packed rows of one segment each drop their mask (is_causal: flash)
+# Devices whose SDPA fused kernels have their own rules (torch 2.13 CUDA: flash takes no mask, mem-efficient no GQA,
+# so a mask with enable_gqa runs the fp32 math kernel): there masked attention expands K/V to the query heads, and
+# packed rows of one segment each drop their mask (is_causal: flash)
 FUSED_SDPA = {"cuda"}
 
 # ----------------------------------------------------------------------------------------------- config
@@ -189,10 +188,6 @@ class Transformer(nn.Module):
             self._rope[key] = [x[0, 0] for x in rope(pos[None], self.config.head_dim, self.config.rope_theta, dtype)]
         return tuple(x[position_ids][:, None] for x in self._rope[key])
 
-    @property
-    def layers(self):  # the FSDP units
-        return self.model.layers
-
     def forward(self, input_ids, position_ids=None, attention_mask=None, return_hidden=False,
                 kv_cache=None, cache_pos=0, segment_ids=None):
         """input_ids (B, T) -> logits (B, T, V) fp32, or final-normed hidden states (B, T, D) if return_hidden.
@@ -351,7 +346,7 @@ def _write_hf(d, model, sd, tokenizer):
 def save_model(model, path, tokenizer=None, dtype=None):
     """Write an HF folder (config.json + model.safetensors [+ tokenizer, generation_config.json]), in `dtype` if
     given (bf16 after mixed precision training: what HF Qwen checkpoints hold). Every rank calls it; rank 0 writes.
-    Collective under FSDP: gathered tensor by tensor (and cast on the device), so rank 0 holds one copy in host memory."""
+    Collective under FSDP: gathered tensor by tensor (cast on the device): rank 0 holds one copy in host memory."""
     sd = {}
     for k, v in model.state_dict().items():
         if k == "lm_head.weight" and model.config.tie_word_embeddings:
@@ -459,10 +454,8 @@ def setup_dist():
 
 
 def exit_worker():
-    """The last call of a torchrun worker whose main() returned: leave without interpreter finalization. FSDP2's
-    DTensor caches keep the process group alive past destroy_process_group, and a gloo thread still releasing the last
-    collective while Python finalizes takes the GIL inside a C++ destructor: SIGABRT, "terminate called without an
-    active exception" (gdb on a 2-rank worker's core)."""
+    """The last call of a torchrun worker whose main() returned: leave without interpreter finalization, where a gloo
+    thread FSDP2's DTensor caches keep alive takes the GIL in a C++ destructor (SIGABRT, "terminate called ...")."""
     if "WORLD_SIZE" in os.environ:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -489,13 +482,13 @@ def all_sum(values, device):
 
 def shard_model(model, mixed_precision=False, per_block=True):
     """FSDP2. per_block (the real run): each block, then the root, so one block's full weights are held at a time;
-    else (tiny models, where its collectives cost more than they save) one unit. Same values either way. No-op without a process group, and in
-    one process without mixed precision (with it: FSDP2 over one rank, for its bf16 compute)."""
+    else (tiny models, where its collectives cost more than they save) one unit. Same values either way. No-op
+    without a process group, and in one process without mixed precision (with it: FSDP2 for its bf16 compute)."""
     if not _is_dist() or (torch.distributed.get_world_size() == 1 and not mixed_precision):
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
     kw = dict(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else {}
-    for block in model.layers if per_block else []:
+    for block in model.model.layers if per_block else []:
         fully_shard(block, mp_policy=MixedPrecisionPolicy(**kw))
     out = torch.float32 if mixed_precision else None  # fp32 outputs: set on the root only
     fully_shard(model, mp_policy=MixedPrecisionPolicy(**kw, output_dtype=out))
