@@ -8,7 +8,7 @@ fresh tiny Qwen2-shaped model) and the distributed helpers (FSDP2 sharding, resu
 This is the policy network of Fleming-R1 (arXiv 2509.15279, sec. 3: the Qwen2.5 / Qwen3 backbones).
 """
 import datetime, json, math, os, random, shutil, sys
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -62,7 +62,7 @@ class ModelConfig:
         return cls(**kw)
 
     def to_hf(self) -> dict:
-        d = {k: getattr(self, k) for k in (f.name for f in fields(self))}
+        d = asdict(self)
         arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[self.model_type]
         d.update(architectures=[arch], hidden_act="silu", dtype="float32", use_sliding_window=False,
                  rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta})
@@ -81,14 +81,6 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         # in fp32, cast back *before* the weight multiply (as HF does: parity in bf16); F.rms_norm: one op, not five
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
-
-
-def rope(position_ids, head_dim, theta, dtype):
-    """Non-interleaved RoPE tables: position_ids (B, T) -> cos, sin (B, 1, T, head_dim)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
-    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, hd/2)
-    emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, hd)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def apply_rope(x, cos, sin):  # x (B, H, T, hd)
@@ -179,13 +171,16 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def rope_at(self, position_ids, dtype):
-        """cos, sin (B, 1, T, head_dim) at position_ids (B, T), looked up in tables of every position so far
-        (grown by doubling): two ops a call instead of nine, as a decode step of a tiny model is mostly small ops."""
-        n, key = int(position_ids.max()) + 1, (position_ids.device, dtype)
+        """Non-interleaved RoPE cos, sin (B, 1, T, head_dim) at position_ids (B, T), from tables of every position so
+        far (grown by doubling): two ops a call, not nine (a tiny model's decode step is mostly small ops)."""
+        dev, hd = position_ids.device, self.config.head_dim
+        n, key = int(position_ids.max()) + 1, (dev, dtype)
         have = len(self._rope[key][0]) if key in self._rope else 0
         if have < n:
-            pos = torch.arange(max(n, 2 * have, 256), device=position_ids.device)
-            self._rope[key] = [x[0, 0] for x in rope(pos[None], self.config.head_dim, self.config.rope_theta, dtype)]
+            inv_freq = 1.0 / self.config.rope_theta ** (torch.arange(0, hd, 2, device=dev).float() / hd)
+            freqs = torch.arange(max(n, 2 * have, 256), device=dev).float()[:, None] * inv_freq  # (positions, hd/2)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._rope[key] = [emb.cos().to(dtype), emb.sin().to(dtype)]
         return tuple(x[position_ids][:, None] for x in self._rope[key])
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, return_hidden=False,
