@@ -41,12 +41,14 @@ def iter_jsonl(path):
                     yield i, ValueError(f"invalid JSON: {e.msg} (column {e.colno})")
 
 
-def read_jsonl(path):
-    """Rows of a JSONL file (blank lines skipped); bad JSON raises ValueError("path:line: ...")."""
+def read_jsonl(path, check=None):
+    """Rows of a JSONL file (blank lines skipped); bad JSON, or a row in which check(row) finds a problem, raises
+    ValueError("path:line: problem")."""
     rows = []
     for i, row in iter_jsonl(path):
-        if isinstance(row, ValueError):
-            raise ValueError(f"{path}:{i}: {row}")
+        problem = str(row) if isinstance(row, ValueError) else check(row) if check else None
+        if problem:
+            raise ValueError(f"{path}:{i}: {problem}")
         rows.append(row)
     return rows
 
@@ -118,13 +120,7 @@ def check_record(rec):
 
 def read_records(path):
     """Unified records of a JSONL file; raises ValueError("path:line: field ...") on the first bad one."""
-    recs = []
-    for i, rec in iter_jsonl(path):
-        problem = str(rec) if isinstance(rec, ValueError) else check_record(rec)
-        if problem:
-            raise ValueError(f"{path}:{i}: {problem}")
-        recs.append(rec)
-    return recs
+    return read_jsonl(path, check_record)
 
 
 def norm_text(text):
@@ -213,11 +209,9 @@ def extract_answer(text, letters):
     reads "C".
     """
     start = text.rfind(_ANSWER_OPEN)
-    if start < 0:
-        return None
-    end = text.find(_ANSWER_CLOSE, start)
+    end = text.find(_ANSWER_CLOSE, start) if start >= 0 else -1
     if end < 0:
-        return None  # truncated answer: unparsable, never guessed
+        return None  # no block, or a truncated one: unparsable, never guessed
     s = text[start + len(_ANSWER_OPEN):end].translate(_FULLWIDTH).strip()
     if isinstance(letters, dict) and not re.fullmatch(r"[(\[]?[A-Za-z][)\].:]?", s):
         named = [L for L, v in letters.items() if norm_text(v) == norm_text(s)]
@@ -411,7 +405,6 @@ def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries
         if os.environ.get(api_key_env):
             headers["Authorization"] = "Bearer " + os.environ[api_key_env]
         for attempt in range(max_retries + 1):
-            err = None
             try:
                 r = session.post(base + "/chat/completions", json=payload, headers=headers, timeout=timeout)
                 if r.status_code == 200:
