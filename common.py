@@ -477,7 +477,7 @@ def make_local_llm(model, tokenizer, batch_size=64, kv_budget=None):
     return llm
 
 # ----------------------------------------------------------------------------------------------------------
-# the MediaWiki dump reader (kg.py's scale path; tiny.py's pretraining articles)
+# the MediaWiki dump reader (kg.py's scale path)
 
 class DumpError(Exception):  # a broken dump file: the message names the file and the position
     pass
