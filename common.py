@@ -5,10 +5,7 @@ Unified record (every stage reads and writes these):
     {"id": "medqa-17", "source": "medqa", "question": "...", "options": {"A": "...", "B": "...", ...},
      "answer": "C", "difficulty": "easy"|"moderate"|"difficult"|None, "meta": {...}}
 
-The answer rule (Fleming-R1, arXiv 2509.15279, Table 3 instructs the model to answer inside <answer></answer>):
-    extract_answer("<think>...</think>\n<answer>C</answer>", "ABCD") -> "C"
-    extract_answer("<answer>A or B</answer>", "ABCD")               -> None   (several options: never guessed)
-    extract_answer("<answer> Heparin</answer>", {"A": "Aspirin", "B": "Heparin"}) -> "B"  (one option's full text)
+The answer rule (extract_answer: the option in the last <answer></answer> block, as the paper's Table 3 prompt asks):
 eval.py scores with it and grpo.py rewards with it, so accuracy and reward can never disagree.
 """
 import bisect
@@ -44,12 +41,14 @@ def iter_jsonl(path):
                     yield i, ValueError(f"invalid JSON: {e.msg} (column {e.colno})")
 
 
-def read_jsonl(path):
-    """Rows of a JSONL file (blank lines skipped); bad JSON raises ValueError("path:line: ...")."""
+def read_jsonl(path, check=None):
+    """Rows of a JSONL file (blank lines skipped); bad JSON, or a row in which check(row) finds a problem, raises
+    ValueError("path:line: problem")."""
     rows = []
     for i, row in iter_jsonl(path):
-        if isinstance(row, ValueError):
-            raise ValueError(f"{path}:{i}: {row}")
+        problem = str(row) if isinstance(row, ValueError) else check(row) if check else None
+        if problem:
+            raise ValueError(f"{path}:{i}: {problem}")
         rows.append(row)
     return rows
 
@@ -121,13 +120,7 @@ def check_record(rec):
 
 def read_records(path):
     """Unified records of a JSONL file; raises ValueError("path:line: field ...") on the first bad one."""
-    recs = []
-    for i, rec in iter_jsonl(path):
-        problem = str(rec) if isinstance(rec, ValueError) else check_record(rec)
-        if problem:
-            raise ValueError(f"{path}:{i}: {problem}")
-        recs.append(rec)
-    return recs
+    return read_jsonl(path, check_record)
 
 
 def norm_text(text):
@@ -163,14 +156,8 @@ def build_messages(record):
 
 def chat_ids(tokenizer, messages):
     """Token ids of a conversation rendered with the chat template, ending with the assistant header."""
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if hasattr(out, "keys"):  # transformers 5 returns a BatchEncoding
-        out = out["input_ids"]
-    if hasattr(out, "tolist"):
-        out = out.tolist()
-    if out and isinstance(out[0], list):
-        out = out[0]
-    return [int(t) for t in out]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                              return_dict=True)["input_ids"])
 
 
 def prompt_ids(tokenizer, record):
@@ -190,11 +177,8 @@ def common_prefix(seqs, limit):
 
 def eos_ids(tokenizer):
     """Ids that end a completion: ChatML <|im_end|> and <|endoftext|> (instruct models emit either)."""
-    ids = []
     vocab = tokenizer.get_vocab()
-    for t in ("<|im_end|>", "<|endoftext|>"):
-        if t in vocab:
-            ids.append(vocab[t])
+    ids = [vocab[t] for t in ("<|im_end|>", "<|endoftext|>") if t in vocab]
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
@@ -220,18 +204,14 @@ def extract_answer(text, letters):
     whole content ("c", "(c)"). None for: no block, a last block without its close tag, a letter not in
     `letters`, several options ("A or B", "A, C", "A. x B. y"), a letter inside a word ("Aspirin", "I think").
     Only the block is read, so words like "I" or "A" in the reasoning can never be taken for options (JMED: A..U).
-    With the options dict, a block that is exactly one option's full text (norm_text: case and whitespace) is that
-    option's letter ("Heparin" -> "B": the tiny run's chains conclude with a name, docs/tiny_runs.md#checking-chains);
-    a lone letter stays a letter even if some option reads "C".
+    With the options dict, a block that is exactly one option's full text (norm_text) is that option's letter
+    ("Heparin" -> "B": the tiny run's chains conclude with a name); a lone letter stays a letter even if an option
+    reads "C".
     """
-    if not isinstance(text, str):
-        return None
     start = text.rfind(_ANSWER_OPEN)
-    if start < 0:
-        return None
-    end = text.find(_ANSWER_CLOSE, start)
+    end = text.find(_ANSWER_CLOSE, start) if start >= 0 else -1
     if end < 0:
-        return None  # truncated answer: unparsable, never guessed
+        return None  # no block, or a truncated one: unparsable, never guessed
     s = text[start + len(_ANSWER_OPEN):end].translate(_FULLWIDTH).strip()
     if isinstance(letters, dict) and not re.fullmatch(r"[(\[]?[A-Za-z][)\].:]?", s):
         named = [L for L, v in letters.items() if norm_text(v) == norm_text(s)]
@@ -265,8 +245,6 @@ def is_well_formed(text, letters):
     """True iff the completion (prompt excluded) is exactly one non-empty <think>...</think>, then one
     <answer>...</answer> holding a valid letter, and nothing after it but whitespace / the chat EOS text.
     `letters` as in extract_answer."""
-    if not isinstance(text, str):
-        return False
     body = _EOS_TEXT.sub("", text)
     m = _WELL_FORMED.fullmatch(body)
     if not m or not m.group(1).strip():
@@ -278,16 +256,10 @@ def is_well_formed(text, letters):
 
 
 def reward(text, record):
-    """The GRPO reward r_i of the paper's objective (eq. 1-3): a rule-based verifiable reward, correctness + format:
-
-        1.0  well-formed and correct       (one <think> block, then one <answer> block with the right letter)
-        0.0  well-formed and wrong
-       -0.5  malformed, whatever letter it holds
-
-    Only the paper's two criteria, no length term. A malformed output never earns more than a well-formed wrong
-    one (the policy learns the format), and a tidy wrong output gets 0, not a bonus that could be farmed. GRPO
-    subtracts the group mean: only the differences between the three levels matter.
-    """
+    """The GRPO reward r_i of the paper's objective (eq. 1-3), rule-based, correctness + format only (no length
+    term): 1.0 well-formed and correct, 0.0 well-formed and wrong, -0.5 malformed whatever letter it holds. Malformed
+    never earns more than a tidy wrong output, which gets no bonus that could be farmed; GRPO subtracts the group
+    mean, so only the differences between the levels matter."""
     if not is_well_formed(text, record["options"]):
         return -0.5
     return 1.0 if extract_answer(text, record["options"]) == record["answer"] else 0.0
@@ -329,10 +301,10 @@ def check_line(options, right):
     return ", ".join(f"{L}. {x} {'yes' if x in right else 'no'}" for L, x in options.items())
 
 
-def plain(name, keep_suffix=False):
+def plain(name):
     """An entity name in running text: 'Fever' -> 'fever', 'Anorexia (symptom)' -> 'anorexia' (Wikipedia's
-    disambiguation suffix dropped unless keep_suffix); acronyms and proper names (second letter upper) are kept."""
-    name = name if keep_suffix else re.sub(r"\s*\([^()]*\)$", "", name) or name
+    disambiguation suffix dropped); acronyms and proper names (second letter upper) are kept."""
+    name = re.sub(r"\s*\([^()]*\)$", "", name) or name
     return name[0].lower() + name[1:] if len(name) > 1 and name[1].islower() and name[0].isupper() else name
 
 
@@ -341,7 +313,6 @@ def join(words):
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-# relation -> type the head should have; kg.py edges written the other way round are flipped on load
 # relation -> type the head should have; kg.py edges written the other way round are flipped on load
 HEAD_TYPE = {"has_symptom": "disease", "risk_factor": "disease", "diagnosed_by": "disease",
              "treated_with": "disease", "treated_by": "disease", "has_complication": "disease",
@@ -371,7 +342,7 @@ def load_kg(kg_dir):
 
 def kg_facts(kg_dir):
     """{(head name, relation): {tail names}} of the KG, and the same keyed by (tail name, "~" + relation): the facts
-    distill.py's checking chains cite and tiny.py's Base learns. Findings (FINDINGS) are spelled as questions spell them (common.plain)."""
+    distill.py's checking chains cite and tiny.py's Base learns; findings spelled as questions spell them (plain)."""
     ents, out = load_kg(kg_dir)
     facts = {}
     for rel, heads in out.items():
@@ -407,7 +378,7 @@ def difficulty_heuristic(recs, rare_quantile=0.5):
 # LLM client: llm(conversations, n, temperature, max_tokens, seed) -> [[text] * n per conversation]
 
 def make_llm(spec, model_name=None, cache_dir=None, concurrency=4, api_key_env="OPENAI_API_KEY", max_retries=5,
-             backoff=1.0, timeout=600, device=None, batch_size=64, kv_budget=None):
+             backoff=1.0, timeout=600, batch_size=64, kv_budget=None):
     """An LLM callable over an OpenAI-compatible API (`spec` an http(s) base URL) or a local HF-format folder
     (model.load_model + sampler.generate). HTTP: the key from env var `api_key_env` (never logged or cached);
     429/5xx/connection errors retried with exponential backoff; `concurrency` requests in parallel; with
@@ -418,15 +389,15 @@ def make_llm(spec, model_name=None, cache_dir=None, concurrency=4, api_key_env="
     import torch
     from transformers import AutoTokenizer
     from model import load_model
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(spec, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    cuda = torch.cuda.is_available()
+    model = load_model(spec, device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
     return make_local_llm(model, AutoTokenizer.from_pretrained(spec), batch_size=batch_size, kv_budget=kv_budget)
 
 
 def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries, backoff, timeout):
     import requests
     session = requests.Session()
-    stats = {"requests": 0, "cache_hits": 0, "retries": 0}
+    stats = {"cache_hits": 0, "retries": 0}
     lock = threading.Lock()
 
     def post(payload):
@@ -434,10 +405,7 @@ def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries
         if os.environ.get(api_key_env):
             headers["Authorization"] = "Bearer " + os.environ[api_key_env]
         for attempt in range(max_retries + 1):
-            err = None
             try:
-                with lock:
-                    stats["requests"] += 1
                 r = session.post(base + "/chat/completions", json=payload, headers=headers, timeout=timeout)
                 if r.status_code == 200:
                     return r.json()
@@ -453,8 +421,9 @@ def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries
             time.sleep(backoff * 2 ** attempt)
 
     def one(messages, n, temperature, max_tokens, seed):
-        key = hashlib.sha256(json.dumps([model_name, messages, n, temperature, max_tokens, seed],
-                                        sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        call = {"model": model_name, "messages": messages, "n": n, "temperature": temperature,
+                "max_tokens": max_tokens, "seed": seed}
+        key = hashlib.sha256(json.dumps(list(call.values()), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         path = os.path.join(cache_dir, key + ".json") if cache_dir else None
         if path and os.path.exists(path):
             with lock:
@@ -463,9 +432,7 @@ def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries
                 return json.load(f)["texts"]
         texts = []
         while len(texts) < n:  # some servers ignore n: ask again (new seed) for the missing samples
-            payload = {"model": model_name, "messages": messages, "n": n - len(texts), "temperature": temperature,
-                       "max_tokens": max_tokens, "seed": seed + len(texts)}
-            choices = post(payload).get("choices") or []
+            choices = post({**call, "n": n - len(texts), "seed": seed + len(texts)}).get("choices") or []
             if not choices:
                 raise RuntimeError(f"{base}/chat/completions: response without choices")
             for c in choices[:n - len(texts)]:
@@ -476,9 +443,7 @@ def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries
                     content = f"<think>{reasoning}</think>\n{content}"
                 texts.append(content)
         if path:
-            atomic_write(path, json.dumps({"model": model_name, "messages": messages, "n": n,
-                                            "temperature": temperature, "max_tokens": max_tokens, "seed": seed,
-                                            "texts": texts}, ensure_ascii=False))
+            atomic_write(path, json.dumps({**call, "texts": texts}, ensure_ascii=False))
         return texts
 
     def llm(conversations, n=1, temperature=0.0, max_tokens=512, seed=0):
@@ -509,12 +474,10 @@ def make_local_llm(model, tokenizer, batch_size=64, kv_budget=None):
                 out[i] = [tokenizer.decode(r[:-1] if r and r[-1] in stops else r, skip_special_tokens=False)
                           for r in rows]
         return out
-
-    llm.model, llm.tokenizer = model, tokenizer
     return llm
 
 # ----------------------------------------------------------------------------------------------------------
-# the MediaWiki dump reader (kg.py's scale path; tiny.py's pretraining articles)
+# the MediaWiki dump reader (kg.py's scale path)
 
 class DumpError(Exception):  # a broken dump file: the message names the file and the position
     pass

@@ -8,7 +8,7 @@ fresh tiny Qwen2-shaped model) and the distributed helpers (FSDP2 sharding, resu
 This is the policy network of Fleming-R1 (arXiv 2509.15279, sec. 3: the Qwen2.5 / Qwen3 backbones).
 """
 import datetime, json, math, os, random, shutil, sys
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -19,10 +19,9 @@ from common import eos_ids
 from kernels.logprob import token_logprobs
 
 IGNORE = -100  # the target of a position that predicts nothing (prompt tokens, pads)
-# Devices whose SDPA has fused kernels with their own rules. torch 2.13 on CUDA: flash takes no mask (nor is_causal
-# with fewer queries than keys), mem-efficient takes a mask but no GQA (its backward gives K/V gradients with the
-# query's heads), so a mask with enable_gqa runs the math kernel and its fp32 (B, H, T, S) scores. There, masked
-# attention expands K/V to the query heads, and packed rows of one segment each drop their mask (is_causal: flash)
+# Devices whose SDPA fused kernels have their own rules (torch 2.13 CUDA: flash takes no mask, mem-efficient no GQA,
+# so a mask with enable_gqa runs the fp32 math kernel): there masked attention expands K/V to the query heads, and
+# packed rows of one segment each drop their mask (is_causal: flash)
 FUSED_SDPA = {"cuda"}
 
 # ----------------------------------------------------------------------------------------------- config
@@ -63,7 +62,7 @@ class ModelConfig:
         return cls(**kw)
 
     def to_hf(self) -> dict:
-        d = {k: getattr(self, k) for k in (f.name for f in fields(self))}
+        d = asdict(self)
         arch = {"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}[self.model_type]
         d.update(architectures=[arch], hidden_act="silu", dtype="float32", use_sliding_window=False,
                  rope_parameters={"rope_type": "default", "rope_theta": self.rope_theta})
@@ -82,14 +81,6 @@ class RMSNorm(nn.Module):
     def forward(self, x):
         # in fp32, cast back *before* the weight multiply (as HF does: parity in bf16); F.rms_norm: one op, not five
         return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
-
-
-def rope(position_ids, head_dim, theta, dtype):
-    """Non-interleaved RoPE tables: position_ids (B, T) -> cos, sin (B, 1, T, head_dim)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
-    freqs = position_ids.float()[..., None] * inv_freq  # (B, T, hd/2)
-    emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # (B, 1, T, hd)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def apply_rope(x, cos, sin):  # x (B, H, T, hd)
@@ -180,18 +171,17 @@ class Transformer(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def rope_at(self, position_ids, dtype):
-        """cos, sin (B, 1, T, head_dim) at position_ids (B, T), looked up in tables of every position so far
-        (grown by doubling): two ops a call instead of nine, as a decode step of a tiny model is mostly small ops."""
-        n, key = int(position_ids.max()) + 1, (position_ids.device, dtype)
+        """Non-interleaved RoPE cos, sin (B, 1, T, head_dim) at position_ids (B, T), from tables of every position so
+        far (grown by doubling): two ops a call, not nine (a tiny model's decode step is mostly small ops)."""
+        dev, hd = position_ids.device, self.config.head_dim
+        n, key = int(position_ids.max()) + 1, (dev, dtype)
         have = len(self._rope[key][0]) if key in self._rope else 0
         if have < n:
-            pos = torch.arange(max(n, 2 * have, 256), device=position_ids.device)
-            self._rope[key] = [x[0, 0] for x in rope(pos[None], self.config.head_dim, self.config.rope_theta, dtype)]
+            inv_freq = 1.0 / self.config.rope_theta ** (torch.arange(0, hd, 2, device=dev).float() / hd)
+            freqs = torch.arange(max(n, 2 * have, 256), device=dev).float()[:, None] * inv_freq  # (positions, hd/2)
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._rope[key] = [emb.cos().to(dtype), emb.sin().to(dtype)]
         return tuple(x[position_ids][:, None] for x in self._rope[key])
-
-    @property
-    def layers(self):  # the FSDP units
-        return self.model.layers
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, return_hidden=False,
                 kv_cache=None, cache_pos=0, segment_ids=None):
@@ -351,7 +341,7 @@ def _write_hf(d, model, sd, tokenizer):
 def save_model(model, path, tokenizer=None, dtype=None):
     """Write an HF folder (config.json + model.safetensors [+ tokenizer, generation_config.json]), in `dtype` if
     given (bf16 after mixed precision training: what HF Qwen checkpoints hold). Every rank calls it; rank 0 writes.
-    Collective under FSDP: gathered tensor by tensor (and cast on the device), so rank 0 holds one copy in host memory."""
+    Collective under FSDP: gathered tensor by tensor (cast on the device): rank 0 holds one copy in host memory."""
     sd = {}
     for k, v in model.state_dict().items():
         if k == "lm_head.weight" and model.config.tie_word_embeddings:
@@ -459,10 +449,8 @@ def setup_dist():
 
 
 def exit_worker():
-    """The last call of a torchrun worker whose main() returned: leave without interpreter finalization. FSDP2's
-    DTensor caches keep the process group alive past destroy_process_group, and a gloo thread still releasing the last
-    collective while Python finalizes takes the GIL inside a C++ destructor: SIGABRT, "terminate called without an
-    active exception" (gdb on a 2-rank worker's core)."""
+    """The last call of a torchrun worker whose main() returned: leave without interpreter finalization, where a gloo
+    thread FSDP2's DTensor caches keep alive takes the GIL in a C++ destructor (SIGABRT, "terminate called ...")."""
     if "WORLD_SIZE" in os.environ:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -489,13 +477,13 @@ def all_sum(values, device):
 
 def shard_model(model, mixed_precision=False, per_block=True):
     """FSDP2. per_block (the real run): each block, then the root, so one block's full weights are held at a time;
-    else (tiny models, where its collectives cost more than they save) one unit. Same values either way. No-op without a process group, and in
-    one process without mixed precision (with it: FSDP2 over one rank, for its bf16 compute)."""
+    else (tiny models, where its collectives cost more than they save) one unit. Same values either way. No-op
+    without a process group, and in one process without mixed precision (with it: FSDP2 for its bf16 compute)."""
     if not _is_dist() or (torch.distributed.get_world_size() == 1 and not mixed_precision):
         return model
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
     kw = dict(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if mixed_precision else {}
-    for block in model.layers if per_block else []:
+    for block in model.model.layers if per_block else []:
         fully_shard(block, mp_policy=MixedPrecisionPolicy(**kw))
     out = torch.float32 if mixed_precision else None  # fp32 outputs: set on the root only
     fully_shard(model, mp_policy=MixedPrecisionPolicy(**kw, output_dtype=out))

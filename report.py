@@ -7,13 +7,11 @@ Reads  RUN in run_tiny.sh's layout (synth/test.jsonl, eval_base, seed*/eval/{sft
        they read (--bench, for the questions and options; without it, a row shows what predictions.jsonl holds).
 Writes RUN/report.html (or --out): a summary (ablation table with paired gains ± SE, accuracy by tier and
        benchmark, what each RL stage fixed and broke, the RL curves, the setup) and a row per item that opens on
-       click: question, options, gold, each model's reasoning, its answer block as written, what
-       common.extract_answer read and the verdict, and for a synthetic item its KG path, each edge's Wikipedia page
-       and field with a link to that revision, and why each distractor was chosen.
+       click: question, options, gold, each model's reasoning, answer block, what common.extract_answer read and the
+       verdict, and for a synthetic item its KG path with each edge's Wikipedia revision and each distractor's why.
 
-No CDN and no framework: a few lines of plain JavaScript filter the rows and render an item's details when it is
-opened. Every string from a model, a benchmark or Wikipedia is escaped: html.escape in the summary; the items travel
-as a JSON blob in <script type="application/json"> and are rendered with textContent, never innerHTML.
+No CDN, no framework: plain JavaScript filters the rows and renders an opened item. Every string from a model, a
+benchmark or Wikipedia is escaped: html.escape in the summary, a JSON blob rendered with textContent for the items.
 
     python report.py --run runs/tiny
     python report.py --eval out/sft out/rl2 --bench medqa=medqa/test.jsonl --out report.html
@@ -69,20 +67,16 @@ def build(models, records):
             it["prov"]["edges"] = [dict(e, url=WIKI + str(e["revid"]) if str(e.get("revid")).isdigit() else None)
                                    for e in meta["provenance"]]
         items.append(it)
-    trans = [{"name": f"{models[i][0]} (vs {models[p][0]})", "after": i, "before": p}
-             for i, (_, _, p) in enumerate(models) if p is not None]
-    return {"models": [{"label": m[0], "dir": m[1]} for m in models], "items": items, "trans": changes(items, trans)}
-
-
-def changes(items, trans):
-    """Each transition with the items it fixed (right after, wrong or unparsable before) and broke (the reverse)
-    and the paired gain ± SE (%) over the items both models answered."""
-    for t in trans:
-        pairs = [(it["ok"][t["after"]], it["ok"][t["before"]]) for it in items]
-        pairs = [(a == 1, b == 1) for a, b in pairs if a is not None and b is not None]
-        t["fixed"], t["broken"] = sum(a and not b for a, b in pairs), sum(b and not a for a, b in pairs)
-        t["gain"], t["gain_se"] = mean_se([100 * (a - b) for a, b in pairs])
-    return trans
+    trans = []  # each compared model: items fixed (right now, wrong or unparsable before), broken, paired gain ± SE
+    for i, (label, _, p) in enumerate(models):
+        if p is None:
+            continue
+        pairs = [(it["ok"][i] == 1, it["ok"][p] == 1) for it in items if None not in (it["ok"][i], it["ok"][p])]
+        gain, se = mean_se([100 * (a - b) for a, b in pairs])
+        trans.append({"name": f"{label} (vs {models[p][0]})", "after": i, "before": p,
+                      "fixed": sum(a and not b for a, b in pairs), "broken": sum(b and not a for a, b in pairs),
+                      "gain": gain, "gain_se": se})
+    return {"models": [{"label": m[0], "dir": m[1]} for m in models], "items": items, "trans": trans}
 
 # ----------------------------------------------------------------------------------------------------------
 # the summary (HTML built here, every cell escaped)
@@ -187,11 +181,8 @@ def git_commit():
 
 
 def sha256(path):
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+        return hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
 def mtime(path):

@@ -16,16 +16,14 @@
 """
 import argparse, json, os, random
 
-from common import (HEAD_TYPE, atomic_write, build_messages, check_line, kg_facts, mean_se, options_text, pad_id,
-                    plain, read_jsonl, sentence, write_jsonl)
+from common import (DIFFICULTIES, HEAD_TYPE, atomic_write, build_messages, check_line, kg_facts, mean_se,
+                    options_text, pad_id, plain, read_jsonl, sentence, write_jsonl)
 
 
 def fact_texts(facts, passes, rng, per_row=2):
-    """Every edge of the relations questions use (common.HEAD_TYPE), both directions ("Dengue is treated with
-    Paracetamol." and "Paracetamol is used to treat Dengue."), `passes` shuffled passes, `per_row` facts a row.
-    Both: a model that only read "A can present with fever" does not learn the way back (the "reversal curse"),
-    and a differential reads forward while naming the disease behind given findings reads backward. Each fact opens
-    with a space, so its first name is the same one token as mid-sentence."""
+    """Every edge of the relations questions use (common.HEAD_TYPE) in both directions (a model that only read "A
+    can present with fever" does not learn the way back: the "reversal curse"), `passes` shuffled passes, `per_row`
+    facts a row. Each fact opens with a space, so its first name is the same one token as mid-sentence."""
     sents = [" " + sentence(h, rel, t, reverse) + "." for (h, rel), tails in facts.items() if rel in HEAD_TYPE
              for t in sorted(tails) for reverse in (False, True)]
     rows = []
@@ -49,14 +47,14 @@ def format_practice(pool, n, rng):
     return rows
 
 
-def scan_drills(pool, n, rng, per_row=2):
-    """Plain-text rows that drill the in-context step every chain ends with: an option list, then `per_row` checks
+def scan_drills(pool, n, rng):
+    """Plain-text rows that drill the in-context step every chain ends with: an option list, then two checks
     for names drawn with replacement ("Looking for Heparin: A. Aspirin no, B. Heparin yes, C. Warfarin no.")."""
     rows = []
     for i in range(n):
         opts = rng.choice(pool)["options"]
         checks = [f"Looking for {x}: {check_line(opts, {x})}." for x in (opts[rng.choice(list(opts))]
-                                                                         for _ in range(per_row))]
+                                                                         for _ in range(2))]
         rows.append({"id": f"drill-{i}", "text": "\n".join([options_text(opts)] + checks)})
     return rows
 
@@ -109,8 +107,7 @@ def probe(a):
         said = [tok.decode(o).split(".")[0].strip() for o in outs]
         right = [s in facts[k] for s, k in zip(said, keys)]
         res["reverse" if reverse else "forward"] = {"n": len(keys), "recall": round(100 * sum(right) / len(keys), 1),
-                                                    "examples": [[p, s, ok] for p, s, ok in
-                                                                 list(zip(prompts, said, right))[:5]]}
+                                                    "examples": [list(x) for x in zip(prompts, said, right)][:5]}
     atomic_write(a.out, json.dumps(res, indent=2))
     print(f"tiny probe: one-hop recall forward {res['forward']['recall']}%, reverse {res['reverse']['recall']}% "
           f"({a.n} facts each) -> {a.out}")
@@ -142,7 +139,7 @@ def ablation(rows, seeds):
     preds = {key: {i: (float(r["correct"]), r.get("difficulty")) for i, r in v.items()} for key, v in rows.items()}
     ids = sorted(preds[(seeds[0], "base")])
     found = {v[1] for v in preds[(seeds[0], "base")].values()}
-    tiers = [t for t in ("easy", "moderate", "difficult") if t in found]
+    tiers = [t for t in DIFFICULTIES if t in found]
     out = {"seeds": seeds, "n_test": len(ids), "stages": {}}
     prev = None
     for st, label in STAGES:
@@ -192,13 +189,13 @@ def plot(run, seeds, path):
         x0 = 0
         for stage, style in (("rl1", "-"), ("rl2", "--")):
             f = os.path.join(run, f"seed{s}", stage, "metrics.jsonl")
-            rows = [r for r in read_jsonl(f) if "reward" in r] if os.path.exists(f) else []
+            m = read_jsonl(f) if os.path.exists(f) else []
+            rows, vals = [r for r in m if "reward" in r], [r for r in m if "val_acc" in r]
             xs = [x0 + r["step"] for r in rows]
             ys, w = [r["reward"] for r in rows], 20  # faint per step, bold the 20-step moving average
             line, = axes[0].plot(xs, ys, style, alpha=0.25)
             axes[0].plot(xs[w - 1:], [sum(ys[i - w:i]) / w for i in range(w, len(ys) + 1)], style,
                          color=line.get_color(), linewidth=2, label=f"seed {s} {stage}")
-            vals = [r for r in read_jsonl(f) if "val_acc" in r] if os.path.exists(f) else []
             axes[1].plot([x0 + r["step"] for r in vals], [100 * r["val_acc"] for r in vals], style + "o",
                          label=f"seed {s} {stage}")
             x0 = max(xs, default=x0)
