@@ -1,5 +1,5 @@
 """Shared pieces of nano-fleming: JSONL I/O, the unified record, the prompt, the answer rule and the reward, the KG's
-facts in words, the difficulty heuristic, an LLM client (HTTP or a local folder), the dump reader, the presets.
+facts in words, the difficulty heuristic, an LLM client (HTTP or a local folder), the presets.
 
 Unified record (every stage reads and writes these):
     {"id": "medqa-17", "source": "medqa", "question": "...", "options": {"A": "...", "B": "...", ...},
@@ -9,7 +9,6 @@ The answer rule (extract_answer: the option in the last <answer></answer> block,
 eval.py scores with it and grpo.py rewards with it, so accuracy and reward can never disagree.
 """
 import bisect
-import bz2
 import concurrent.futures
 import hashlib
 import json
@@ -20,7 +19,6 @@ import sys
 import threading
 import time
 import unicodedata
-import xml.etree.ElementTree as ET
 from collections import defaultdict
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTU"  # JMED has 21 options, A..U
@@ -475,33 +473,6 @@ def make_local_llm(model, tokenizer, batch_size=64, kv_budget=None):
                           for r in rows]
         return out
     return llm
-
-# ----------------------------------------------------------------------------------------------------------
-# the MediaWiki dump reader (kg.py's scale path)
-
-class DumpError(Exception):  # a broken dump file: the message names the file and the position
-    pass
-
-
-def iter_dump(path):
-    """Stream (title, ns, revid, redirect_target|None, text) from a MediaWiki XML export (.xml or .xml.bz2).
-    Elements are cleared as we go, so memory does not grow with the dump. Raises DumpError naming the position."""
-    last, n = None, 0
-    try:
-        with (bz2.open if path.endswith(".bz2") else open)(path, "rb") as f:
-            ctx = ET.iterparse(f, events=("start", "end"))
-            _, root = next(ctx)
-            for ev, el in ctx:
-                if ev == "end" and el.tag.rsplit("}", 1)[-1] == "page":  # {*}: any export schema version
-                    last, n, red = el.findtext("{*}title"), n + 1, el.find("{*}redirect")
-                    yield (last, int(el.findtext("{*}ns") or 0), int(el.findtext("{*}revision/{*}id") or 0) or None,
-                           red.get("title") if red is not None else None, el.findtext("{*}revision/{*}text") or "")
-                    root.clear()  # drop finished pages from the tree
-    except ET.ParseError as e:
-        raise DumpError(f"{path}: line {e.position[0]}, column {e.position[1]}: truncated or malformed XML after "
-                        f"page {n} ({last!r}): {e}") from None
-    except (OSError, EOFError, StopIteration) as e:
-        raise DumpError(f"{path}: corrupt or truncated file after page {n} ({last!r}): {e}") from None
 
 # ----------------------------------------------------------------------------------------------------------
 # the --tiny presets, statistics, progress and metrics

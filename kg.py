@@ -19,13 +19,14 @@ Deliberate departures from the paper:
   python kg.py --dump pages-articles.xml[.bz2] --out OUT
   python kg.py --dump medical-pages-export.xml --out OUT
 """
-import argparse, hashlib, json, os, re, sys, time
+import argparse, bz2, hashlib, json, os, re, sys, time
+import xml.etree.ElementTree as ET
 from array import array
 from collections import Counter
 import mwparserfromhell as mwp
 import numpy as np
 
-from common import DumpError, atomic_write, iter_dump, make_llm, parse_with_preset
+from common import atomic_write, make_llm, parse_with_preset
 
 # --tiny: the shipped sample dump (data/README.md)
 TINY = dict(dump=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sample_wiki.xml"), out="out/kg_tiny")
@@ -404,6 +405,32 @@ def eid(title):
 
 
 # ----------------------------------------------------------------------------- dump path
+
+class DumpError(Exception):  # a broken dump file: the message names the file and the position
+    pass
+
+
+def iter_dump(path):
+    """Stream (title, ns, revid, redirect_target|None, text) from a MediaWiki XML export (.xml or .xml.bz2).
+    Elements are cleared as we go, so memory does not grow with the dump. Raises DumpError naming the position."""
+    last, n = None, 0
+    try:
+        with (bz2.open if path.endswith(".bz2") else open)(path, "rb") as f:
+            ctx = ET.iterparse(f, events=("start", "end"))
+            _, root = next(ctx)
+            for ev, el in ctx:
+                if ev == "end" and el.tag.rsplit("}", 1)[-1] == "page":  # {*}: any export schema version
+                    last, n, red = el.findtext("{*}title"), n + 1, el.find("{*}redirect")
+                    yield (last, int(el.findtext("{*}ns") or 0), int(el.findtext("{*}revision/{*}id") or 0) or None,
+                           red.get("title") if red is not None else None, el.findtext("{*}revision/{*}text") or "")
+                    root.clear()  # drop finished pages from the tree
+    except ET.ParseError as e:
+        raise DumpError(f"{path}: line {e.position[0]}, column {e.position[1]}: truncated or malformed XML after "
+                        f"page {n} ({last!r}): {e}") from None
+    except (OSError, EOFError, StopIteration) as e:
+        raise DumpError(f"{path}: corrupt or truncated file after page {n} ({last!r}): {e}") from None
+
+
 def build_from_dump(path, out, llm=None, plain=True):
     """Dump -> OUT files. On a broken dump, writes the graph built so far, then raises DumpError."""
     if not os.path.isfile(path):
