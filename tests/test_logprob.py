@@ -107,7 +107,7 @@ def test_dispatch(monkeypatch):
 
     def boom(*a):
         raise RuntimeError("triton path taken")
-    monkeypatch.setattr(logprob._TritonLogprob, "apply", boom)
+    monkeypatch.setattr(logprob, "_triton_fwd", boom)
     monkeypatch.setattr(logprob, "INTERPRET", False)
     token_logprobs(h, w, t)  # CPU without the interpreter: the PyTorch path
     monkeypatch.setattr(logprob, "INTERPRET", True)
