@@ -5,7 +5,7 @@ GRPO (Fleming-R1, arXiv 2509.15279, eq. 1) needs log pi(y_t | x, y_<t) for every
 Qwen's 151,936-token vocabulary that is the first thing to run out of memory. This file computes the same
 numbers exactly in O(N + tile) extra memory.
 
-    token_logprobs(hidden (N, D), weight (V, D), targets (N,) int64, temperature=1.0, return_entropy=False)
+    token_logprobs(hidden (N, D), weight (V, D), targets (N,) int64, temperature=1.0, return_entropy=False, backend)
         -> logp (N,) fp32  [, entropy (N,) fp32];  rows whose target is -100 give 0 and get no gradient.
 
 The math (one row i; z = h_i W^T / T are the tempered logits, y = targets[i]):
@@ -35,7 +35,6 @@ Two forwards of this one algorithm, one backward (`_Logprob`):
     Qwen2.5-7B). Fixed summation order, no atomic adds: deterministic. Not Triton: registers cannot hold a row of
     D = 896..3584, so an atomics-free kernel recomputes each tile once per D block (17 matmuls at D = 3584).
     Measured (tests/bench_logprob.py, N=4096 D=896 V=151936 fp32, 2 CPU cores): see the README.
-Dispatch (the forward): CUDA -> Triton; CPU -> PyTorch, or Triton under TRITON_INTERPRET=1 (how CI exercises it).
 """
 import os
 
@@ -220,7 +219,15 @@ class _Logprob(torch.autograd.Function):
 
 
 # ----------------------------------------------------------------------------- public API
-def _check(hidden, weight, targets, temperature):
+def token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False, *, backend, **blocks):
+    """log_softmax((hidden @ weight.T) / temperature)[i, targets[i]] for each row i, as (N,) fp32.
+
+    Rows with target -100 give 0 (and entropy 0) and no gradient. Differentiable w.r.t. hidden and weight
+    (both outputs). fp32/bf16/fp16 inputs give fp32 outputs; fp64 (PyTorch path only, for gradcheck) gives fp64.
+    backend: "triton" or "torch" (model.py: Triton on CUDA); `blocks` overrides TRITON_BLOCKS (block_n/v/d; chunk_n/v
+    of the backward) or TORCH_CHUNKS (chunk_n/v).
+    Example: token_logprobs(h, lm_head.weight, ids[1:], 0.7, backend="torch") with h the hidden states of ids[:-1].
+    """
     def bad(msg):
         raise ValueError(f"token_logprobs: {msg}")
     if hidden.dim() != 2 or weight.dim() != 2:
@@ -242,28 +249,13 @@ def _check(hidden, weight, targets, temperature):
     if bool(out.any()):  # one host sync; worth it to turn a silent wrong answer into an error
         i = int(out.nonzero()[0, 0])
         bad(f"targets[{i}] = {int(targets[i])} is outside [0, {V}) and is not {IGNORE}")
-
-
-def token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False, backend=None, **blocks):
-    """log_softmax((hidden @ weight.T) / temperature)[i, targets[i]] for each row i, as (N,) fp32.
-
-    Rows with target -100 give 0 (and entropy 0) and no gradient. Differentiable w.r.t. hidden and weight
-    (both outputs). fp32/bf16/fp16 inputs give fp32 outputs; fp64 (PyTorch path only, for gradcheck) gives fp64.
-    backend: None (auto: Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "triton" or "torch";
-    `blocks` overrides TRITON_BLOCKS (block_n/v/d; chunk_n/v of the backward) or TORCH_CHUNKS (chunk_n/v).
-    Example: token_logprobs(h, lm_head.weight, ids[1:], temperature=0.7) with h the hidden states of ids[:-1].
-    """
-    _check(hidden, weight, targets, temperature)
-    targets = targets.long()
-    if backend is None:
-        backend = "triton" if hidden.is_cuda or INTERPRET else "torch"
     if backend not in ("triton", "torch"):
-        raise ValueError(f"token_logprobs: unknown backend {backend!r} (use 'triton' or 'torch')")
+        bad(f"unknown backend {backend!r} (use 'triton' or 'torch')")
     sizes = dict(TRITON_BLOCKS if backend == "triton" else TORCH_CHUNKS)
     if set(blocks) - set(sizes):
-        raise ValueError(f"token_logprobs: backend {backend!r} takes sizes {sorted(sizes)}, got {sorted(blocks)}")
+        bad(f"backend {backend!r} takes sizes {sorted(sizes)}, got {sorted(blocks)}")
     sizes.update(blocks)
     if backend == "triton" and hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"token_logprobs: the Triton path takes fp32/bf16/fp16, got {hidden.dtype}")
-    logp, ent = _Logprob.apply(hidden, weight, targets, float(temperature), return_entropy, backend, sizes)
+        bad(f"the Triton path takes fp32/bf16/fp16, got {hidden.dtype}")
+    logp, ent = _Logprob.apply(hidden, weight, targets.long(), float(temperature), return_entropy, backend, sizes)
     return (logp, ent) if return_entropy else logp
