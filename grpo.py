@@ -118,11 +118,9 @@ def get_args(argv=None):
 # ----------------------------------------------------------------------------------------------- the objective
 
 def group_advantages(rewards, std_norm=False, eps=1e-4):
-    """Eq. 2-3: A_ij = r_ij - mean_j r_ij over the k samples of prompt i. rewards (P, k) -> (P, k).
-    std_norm (DeepSeekMath GRPO) also divides by the group's std + eps; an all-equal group gives 0, never NaN.
-        group_advantages(torch.tensor([[1., 0., 0., 1.], [0.5, 0.5, 0.5, 0.5]]))
-        -> [[0.5, -0.5, -0.5, 0.5], [0., 0., 0., 0.]]
-    """
+    """Eq. 2-3: A_ij = r_ij - mean_j r_ij over the k samples of prompt i, rewards (P, k) -> (P, k): [[1, 0, 0, 1],
+    [.5, .5, .5, .5]] -> [[.5, -.5, -.5, .5], [0, 0, 0, 0]]. std_norm (DeepSeekMath GRPO) also divides by the group's
+    std + eps: an all-equal group gives 0, never NaN."""
     adv = rewards - rewards.mean(1, keepdim=True)
     if std_norm:
         adv = adv / (rewards.std(1, keepdim=True) + eps)
@@ -151,8 +149,7 @@ def policy_loss(logp, mask, adv, old_logp=None, ref_logp=None, clip_eps=0.0, kl_
 
 
 def peak_gb(device):
-    """CUDA: the peak GB allocated since the last call, which starts the next phase (metrics.jsonl: peak_gb_<phase>).
-    None elsewhere."""
+    """CUDA: the peak GB allocated since the last call, which starts the next phase (metrics.jsonl: peak_gb_<phase>)."""
     if device.type != "cuda":
         return None
     gb = torch.cuda.max_memory_allocated(device) / 2**30
@@ -186,31 +183,22 @@ def group_batch(rows, pieces, pad_id, device):
 
 def update(policy, opt, rows, adv, keep, args, world, pad_id, ref=None):
     """Eq. 1: micro-batched forward/backward and optimizer step(s) on this rank's rollouts: rows [(prompt,
-    completion)] in groups of args.k (the objective's flags, read only), adv (n,), keep (n,) 0/1 (--drop-zero-var).
-    Every rank holds the same number n of completions, so all ranks run the same FSDP collectives.
-
-    Normalisation: the loss of the global batch is sum over all ranks' completions / D, with D = (global count
-    of kept completions) * loss_norm, or the global count of kept completion tokens with --token-mean. FSDP2
-    *averages* gradients over ranks, so each rank backpropagates world * (its share of the sum) / D: the mean
-    over ranks is then exactly the global loss, whatever the number of ranks or micro-batches.
-    Returns {timings, entropy and KL sums, loss, grad_norm}, or None when no completion is kept anywhere (the
-    step is skipped)."""
-    n, mb, dev = len(rows), args.micro_batch, next(policy.parameters()).device
+    completion)] in groups of args.k, adv (n,), keep (n,) 0/1 (--drop-zero-var); n is the same on every rank.
+    The global loss is the sum over all ranks' completions / D, D = (global count of kept completions) * loss_norm,
+    or with --token-mean their global count of tokens. FSDP2 *averages* gradients over ranks, so each rank
+    backpropagates world * (its share of the sum) / D: whatever the number of ranks or micro-batches, the same step.
+    -> {timings, entropy and KL sums, loss, grad_norm}, or None when no completion is kept anywhere (skipped)."""
+    n, k, mb, dev = len(rows), args.k, args.micro_batch, next(policy.parameters()).device
     kept = keep.tolist()
     local = sum(x * len(c) for x, (_, c) in zip(kept, rows)) if args.token_mean else sum(kept) * args.loss_norm
     denom = M.all_sum([local], dev)[0]
     if denom == 0:
         return None
     scale = world / denom
-    # A micro-batch holds whole groups (rows i*k .. i*k+k-1), each prompt run once for its completions
-    # (group_logprobs); a larger group is cut into pieces of mb rows. Pieces of similar length share a micro-batch;
-    # their number depends on n, k and mb only: the same on every rank. With per-block FSDP the prompt pass gathers
-    # every block a second time, forward and backward (tests/test_dist_model.py). Kept: at 7B on 8 x H100 a block
-    # (0.47 GB bf16) takes ~1.1 ms to gather, ~60 ms a micro-batch of 2 rows the short prompt pass cannot hide,
-    # against ~35 ms of compute to run a ~300-token prompt once more in a single pass: ~1 s of a ~20 s step either way
-    k = args.k
-    if n % k or any(rows[i][0] != rows[i - i % k][0] for i in range(n)):
-        raise ValueError(f"update: {n} rows are not groups of k={k} consecutive rows with one prompt")
+    # A micro-batch holds whole groups, each prompt run once for its completions (group_logprobs); a larger group is
+    # cut into pieces of mb rows, pieces of similar length sharing a micro-batch: their number depends on n, k and mb
+    # only, the same on every rank. Per-block FSDP gathers every block twice for it: ~1 s of a ~20 s step at 7B, about
+    # what running each prompt once more per row would cost (tests/test_dist_model.py)
     pieces = [list(range(j, min(j + mb, i + k))) for i in range(0, n, k) for j in range(i, i + k, mb)]
     pieces.sort(key=lambda g: len(rows[g[0]][0]) + max(len(rows[i][1]) for i in g))
     per = max(1, mb // k)
