@@ -228,12 +228,12 @@ def train(a):
     model = M.shard_model(model, mixed_precision=cuda, per_block=a.fsdp_per_block)
     # a GPU without torchrun is not sharded: bf16 autocast there, FSDP's mixed precision policy otherwise
     amp = torch.autocast("cuda", torch.bfloat16) if cuda and not dist.is_initialized() else nullcontext()
-    opt = M.make_optimizer(model, a.lr, a.weight_decay)
+    opt = M.make_optimizer(model, a.lr)
     bs = min(a.batch_size, len(train_set))
     total = a.steps or a.epochs * max(1, len(train_set) // bs)
     warmup = a.warmup if a.warmup >= 1 else int(a.warmup * total)
     state_dir = os.path.join(a.out, "state")
-    extra = M.load_state(state_dir, model, opt) if os.path.isdir(state_dir) else None
+    extra = M.load_state(state_dir, model, opt)  # None without a state
     step = extra["step"] if extra else 0
     if extra and (extra.get("total") != total or extra.get("batch_size") != bs):
         raise ValueError(f"{state_dir}: saved for total={extra.get('total')} batch_size={extra.get('batch_size')}, "
@@ -249,7 +249,7 @@ def train(a):
     prog = Progress(total - step, "sft") if rank == 0 else None
     while step < total:
         t0 = time.time()
-        lr = M.lr_at(step, total, warmup, a.lr, a.min_lr_ratio)
+        lr = M.lr_at(step, total, warmup, a.lr)  # cosine to 0.1 lr
         for g in opt.param_groups:
             g["lr"] = lr
         items = global_batch(len(train_set), bs, step, a.seed)
@@ -298,9 +298,7 @@ def parse_args(argv=None):
     p.add_argument("--micro-batch", type=int, default=1,
                    help="rows per forward on each rank (the fp32 T x 152k logits dominate memory)")
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--min-lr-ratio", type=float, default=0.1)
     p.add_argument("--warmup", type=float, default=0.03, help="warmup steps (>= 1) or fraction of all steps")
-    p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--max-len", type=int, default=4096, help="longer rows are rejected (RUN_DIR/rejects.jsonl)")
     p.add_argument("--val-frac", type=float, default=0.02, help="held-out share for the validation loss")
