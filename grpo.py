@@ -189,10 +189,9 @@ def update(policy, opt, rows, adv, keep, args, world, pad_id, ref=None):
     if denom == 0:
         return None
     scale = world / denom
-    # A micro-batch holds whole groups, each prompt run once for its completions (group_logprobs); a larger group is
-    # cut into pieces of mb rows, pieces of similar length sharing a micro-batch: their number depends on n, k and mb
-    # only, the same on every rank. Per-block FSDP gathers every block twice for it: ~1 s of a ~20 s step at 7B, about
-    # what running each prompt once more per row would cost (tests/test_dist_model.py)
+    # Whole groups per micro-batch, each prompt run once for its completions (group_logprobs; per-block FSDP gathers
+    # every block twice for it, ~1 s of a ~20 s 7B step), larger groups in pieces of mb rows, sorted by length. Their
+    # number depends on n, k and mb only: every rank runs the same FSDP collectives
     pieces = [list(range(j, min(j + mb, i + k))) for i in range(0, n, k) for j in range(i, i + k, mb)]
     pieces.sort(key=lambda g: len(rows[g[0]][0]) + max(len(rows[i][1]) for i in g))
     per = max(1, mb // k)

@@ -43,11 +43,9 @@ TINY = dict(
 # ----------------------------------------------------------------------------------------------- batches
 
 def pad_batch(seqs, starts, pad_id, device="cpu"):
-    """Right-pad token lists into (B, T) inputs and next-token targets; tokens before starts[i] get no loss.
-
-    seqs [[5, 6, 7, 8]], starts [2] -> x [[5, 6, 7, 8]], y [[-100, 7, 8, -100]] (6 predicts 7, 7 predicts 8).
-    Right padding needs no attention mask: under the causal mask real tokens never see the pads after them.
-    """
+    """Right-pad token lists into (B, T) inputs and next-token targets; tokens before starts[i] get no loss (and no
+    attention mask is needed: under the causal mask real tokens never see the pads after them).
+    seqs [[5, 6, 7, 8]], starts [2] -> x [[5, 6, 7, 8]], y [[-100, 7, 8, -100]] (6 predicts 7, 7 predicts 8)."""
     T = max(len(s) for s in seqs)
     x = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     y = torch.full((len(seqs), T), M.IGNORE, dtype=torch.long)
