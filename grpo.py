@@ -20,8 +20,7 @@ Variants, all off by default:
 Stage 1: Easy + Moderate items until --max-steps or the plateau test. Stage 2: the hard pool, k = 16.
 
 Deliberate departures from the paper:
-  1. loss_norm is a constant (--loss-norm, default max_new_tokens), not each completion's length: no length is
-     favoured (Dr. GRPO).
+  1. loss_norm is a constant (max_new_tokens), not each completion's length: no length is favoured (Dr. GRPO).
   2. RUN_DIR/best is chosen on a validation split's greedy accuracy; the paper does not say how it picks one.
   3. The tiny preset samples at temperature 0.7 and never re-mines in stage 2 (mine.py mines once, before it).
   4. --shuffle-rewards permutes each batch's rewards before the advantages: a control (issue #36), not a method.
@@ -72,7 +71,6 @@ def get_args(argv=None):
     a("--max-new-tokens", type=int, default=1024)
     a("--temperature", type=float, default=1.0)
     # objective
-    a("--loss-norm", type=float, help="constant dividing each completion's log-prob sum (default max_new_tokens)")
     a("--std-norm", action="store_true", help="DeepSeekMath GRPO: divide advantages by the group std")
     a("--kl-coef", type=float, default=0.0, help="DeepSeekMath GRPO: k3 KL to the frozen --init model")
     a("--clip-eps", type=float, default=0.0, help="PPO ratio clipping (use with --ppo-epochs > 1)")
@@ -82,7 +80,6 @@ def get_args(argv=None):
     a("--shuffle-rewards", action="store_true", help="control: permute each batch's rewards (the gain should vanish)")
     # optimisation
     a("--lr", type=float, default=1e-6)
-    a("--weight-decay", type=float, default=0.0)
     a("--grad-clip", type=float, default=1.0)
     a("--micro-batch", type=int, default=2, help="completions per forward/backward")
     a("--mixed-precision", action=argparse.BooleanOptionalAction, help="FSDP2 bf16 compute (default: on CUDA)")
@@ -95,19 +92,16 @@ def get_args(argv=None):
     # stage 1 plateau test
     a("--plateau-window", type=int, default=20, help="moving-average window (steps)")
     a("--plateau-patience", type=int, default=50, help="steps without the moving reward improving")
-    a("--plateau-eps", type=float, default=0.01, help="smallest improvement that counts")
-    a("--sparsity", type=float, default=0.9, help="stop when this fraction of groups has zero advantage")
     # stage 2 mining
     a("--remine-every", type=int, default=100, help="re-mine the hard pool every N steps (0: never)")
     a("--remine-size", type=int, default=0, help="items evaluated per re-mining (0: the whole --data)")
     a("--mine-n", type=int, default=8, help="samples per item when mining")
-    a("--mine-batch", type=int, default=64, help="prompts per generate call when mining / evaluating")
     a("--kv-cache-gb", type=float, default=sampler.KV_BUDGET / 2**30,
       help="KV cache per generate call; larger calls run in chunks (sampler.generate)")
     mine.add_pool_args(p, prefix="mine-")
     args = common.parse_with_preset(p, argv, TINY, variant=lambda a: f"stage{a.stage}")
     args.k = args.k or (8 if args.stage == 1 else 16)
-    args.loss_norm = args.loss_norm or float(args.max_new_tokens)
+    args.loss_norm = float(args.max_new_tokens)  # departure 1
     if args.k < 2:
         p.error("--k must be >= 2: a group of one has no advantage")
     if args.ppo_epochs > 1 and args.clip_eps <= 0:
@@ -118,11 +112,9 @@ def get_args(argv=None):
 # ----------------------------------------------------------------------------------------------- the objective
 
 def group_advantages(rewards, std_norm=False, eps=1e-4):
-    """Eq. 2-3: A_ij = r_ij - mean_j r_ij over the k samples of prompt i. rewards (P, k) -> (P, k).
-    std_norm (DeepSeekMath GRPO) also divides by the group's std + eps; an all-equal group gives 0, never NaN.
-        group_advantages(torch.tensor([[1., 0., 0., 1.], [0.5, 0.5, 0.5, 0.5]]))
-        -> [[0.5, -0.5, -0.5, 0.5], [0., 0., 0., 0.]]
-    """
+    """Eq. 2-3: A_ij = r_ij - mean_j r_ij over the k samples of prompt i, rewards (P, k) -> (P, k): [[1, 0, 0, 1],
+    [.5, .5, .5, .5]] -> [[.5, -.5, -.5, .5], [0, 0, 0, 0]]. std_norm (DeepSeekMath GRPO) also divides by the group's
+    std + eps: an all-equal group gives 0, never NaN."""
     adv = rewards - rewards.mean(1, keepdim=True)
     if std_norm:
         adv = adv / (rewards.std(1, keepdim=True) + eps)
@@ -151,8 +143,7 @@ def policy_loss(logp, mask, adv, old_logp=None, ref_logp=None, clip_eps=0.0, kl_
 
 
 def peak_gb(device):
-    """CUDA: the peak GB allocated since the last call, which starts the next phase (metrics.jsonl: peak_gb_<phase>).
-    None elsewhere."""
+    """CUDA: the peak GB allocated since the last call, which starts the next phase (metrics.jsonl: peak_gb_<phase>)."""
     if device.type != "cuda":
         return None
     gb = torch.cuda.max_memory_allocated(device) / 2**30
@@ -186,31 +177,21 @@ def group_batch(rows, pieces, pad_id, device):
 
 def update(policy, opt, rows, adv, keep, args, world, pad_id, ref=None):
     """Eq. 1: micro-batched forward/backward and optimizer step(s) on this rank's rollouts: rows [(prompt,
-    completion)] in groups of args.k (the objective's flags, read only), adv (n,), keep (n,) 0/1 (--drop-zero-var).
-    Every rank holds the same number n of completions, so all ranks run the same FSDP collectives.
-
-    Normalisation: the loss of the global batch is sum over all ranks' completions / D, with D = (global count
-    of kept completions) * loss_norm, or the global count of kept completion tokens with --token-mean. FSDP2
-    *averages* gradients over ranks, so each rank backpropagates world * (its share of the sum) / D: the mean
-    over ranks is then exactly the global loss, whatever the number of ranks or micro-batches.
-    Returns {timings, entropy and KL sums, loss, grad_norm}, or None when no completion is kept anywhere (the
-    step is skipped)."""
-    n, mb, dev = len(rows), args.micro_batch, next(policy.parameters()).device
+    completion)] in groups of args.k, adv (n,), keep (n,) 0/1 (--drop-zero-var); n is the same on every rank.
+    The global loss is the sum over all ranks' completions / D, D = (global count of kept completions) * loss_norm,
+    or with --token-mean their global count of tokens. FSDP2 *averages* gradients over ranks, so each rank
+    backpropagates world * (its share of the sum) / D: whatever the number of ranks or micro-batches, the same step.
+    -> {timings, entropy and KL sums, loss, grad_norm}, or None when no completion is kept anywhere (skipped)."""
+    n, k, mb, dev = len(rows), args.k, args.micro_batch, next(policy.parameters()).device
     kept = keep.tolist()
     local = sum(x * len(c) for x, (_, c) in zip(kept, rows)) if args.token_mean else sum(kept) * args.loss_norm
     denom = M.all_sum([local], dev)[0]
     if denom == 0:
         return None
     scale = world / denom
-    # A micro-batch holds whole groups (rows i*k .. i*k+k-1), each prompt run once for its completions
-    # (group_logprobs); a larger group is cut into pieces of mb rows. Pieces of similar length share a micro-batch;
-    # their number depends on n, k and mb only: the same on every rank. With per-block FSDP the prompt pass gathers
-    # every block a second time, forward and backward (tests/test_dist_model.py). Kept: at 7B on 8 x H100 a block
-    # (0.47 GB bf16) takes ~1.1 ms to gather, ~60 ms a micro-batch of 2 rows the short prompt pass cannot hide,
-    # against ~35 ms of compute to run a ~300-token prompt once more in a single pass: ~1 s of a ~20 s step either way
-    k = args.k
-    if n % k or any(rows[i][0] != rows[i - i % k][0] for i in range(n)):
-        raise ValueError(f"update: {n} rows are not groups of k={k} consecutive rows with one prompt")
+    # Whole groups per micro-batch, each prompt run once for its completions (group_logprobs; per-block FSDP gathers
+    # every block twice for it, ~1 s of a ~20 s 7B step), larger groups in pieces of mb rows, sorted by length. Their
+    # number depends on n, k and mb only: every rank runs the same FSDP collectives
     pieces = [list(range(j, min(j + mb, i + k))) for i in range(0, n, k) for j in range(i, i + k, mb)]
     pieces.sort(key=lambda g: len(rows[g[0]][0]) + max(len(rows[i][1]) for i in g))
     per = max(1, mb // k)
@@ -249,7 +230,7 @@ def update(policy, opt, rows, adv, keep, args, world, pad_id, ref=None):
 
 # ----------------------------------------------------------------------------------------------- stage control
 
-def plateau(rewards, zero_fracs, window, patience, eps, sparsity):
+def plateau(rewards, zero_fracs, window, patience, eps=0.01, sparsity=0.9):
     """Stage 1's stop test (the paper: train until performance plateaus, signalled by reward sparsity): the reason,
     or None (always before `window` steps). Reward plateau: the `window`-step moving average of the reward has not
     risen by more than `eps` in the last `patience` steps. Reward sparsity: over the last `window` steps, on
@@ -278,7 +259,7 @@ def remine(policy, tok, records, review, args, step, rank):
     items = records
     if args.remine_size and args.remine_size < len(records):
         items = random.Random(args.seed + step).sample(records, args.remine_size)
-    rates = mine.mine(policy, tok, items, args.mine_n, batch_size=args.mine_batch, max_new_tokens=args.max_new_tokens,
+    rates = mine.mine(policy, tok, items, args.mine_n, max_new_tokens=args.max_new_tokens,
                       temperature=args.temperature, seed=args.seed + step, kv_budget=args.kv_cache_gb * 2**30)
     pool = mine.select_pool(items, rates, review=review, **mine.pool_kwargs(args, prefix="mine_"))
     if rank == 0:
@@ -288,8 +269,8 @@ def remine(policy, tok, records, review, args, step, rank):
 
 def evaluate(policy, tok, val, args):
     """Greedy accuracy on the validation records (data-parallel through mine.mine with n=1, temperature 0)."""
-    rates = mine.mine(policy, tok, val, 1, batch_size=args.mine_batch, max_new_tokens=args.max_new_tokens,
-                      temperature=0.0, kv_budget=args.kv_cache_gb * 2**30)
+    rates = mine.mine(policy, tok, val, 1, max_new_tokens=args.max_new_tokens, temperature=0.0,
+                      kv_budget=args.kv_cache_gb * 2**30)
     return sum(r["pass_rate"] for r in rates) / max(len(rates), 1)
 
 
@@ -297,8 +278,7 @@ def evaluate(policy, tok, val, args):
 
 def validate(policy, tok, val, val_key, run, args, rank, log, dtype):
     """Greedy accuracy on --val at this step; a new best is saved as RUN_DIR/best with its score. Stage 2 starts
-    from stage 1's best/, which recorded its score on this very split: at step 0 it is not evaluated again. best/ is
-    written in `dtype` (None: the training dtype)."""
+    from stage 1's best/, which recorded its score on this very split: at step 0 it is not evaluated again."""
     step = run["step"]
     score = os.path.join(args.init, "val_score.jsonl")
     known = common.read_jsonl(score)[0].get(val_key) if step == 0 and os.path.exists(score) else None
@@ -315,8 +295,7 @@ def validate(policy, tok, val, val_key, run, args, rank, log, dtype):
 
 
 def rollout(policy, tok, batch, args, seed, stops, pad_id):
-    """k samples per prompt, all on this rank: -> prompts (token ids), completions (rows i*k .. i*k+k-1 belong
-    to prompt i), seconds."""
+    """k samples per prompt -> prompts (token ids), completions (rows i*k .. i*k+k-1: prompt i), seconds."""
     prompts = [common.prompt_ids(tok, r) for r in batch]
     t0 = time.time()
     comps = sampler.generate(policy, prompts, args.max_new_tokens, temperature=args.temperature, top_p=1.0,
@@ -388,7 +367,6 @@ def train(args, rank, world, device):
     torch.manual_seed(args.seed)
     # CPU: loss-scaled gradients reach fp32 denormals, ~20x slower; flushed to zero (docs/old_design.md#speed)
     torch.set_flush_denormal(True)
-    os.makedirs(args.out, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(args.init)
     stops, pad = common.eos_ids(tok), common.pad_id(tok)
     records, by_id, val, val_key, review, pool = load_data(args, world)
@@ -398,7 +376,7 @@ def train(args, rank, world, device):
     ref = None
     if args.kl_coef > 0:  # the frozen reference for the KL variant: the --init weights
         ref = M.shard_model(M.load_model(args.init, device).requires_grad_(False), mp, args.fsdp_per_block)
-    opt = M.make_optimizer(policy, args.lr, args.weight_decay, betas=(0.9, 0.99))  # constant lr, as usual in RL
+    opt = M.make_optimizer(policy, args.lr, betas=(0.9, 0.99))  # constant lr, as usual in RL
     # the run's state, saved with the weights in RUN_DIR/state: a resumed run goes on from the same step and RNG
     run = dict(step=0, best=-1.0, eval_step=-1, rewards=[], zero_fracs=[], stop=None, pool_ids=None)
     state_dir = os.path.join(args.out, "state")
@@ -459,8 +437,7 @@ def train(args, rank, world, device):
                         len=m["mean_len"], gen_s=t_gen, train_s=t_train)
         run["step"] = step + 1
         if args.stage == 1:
-            run["stop"] = plateau(run["rewards"], run["zero_fracs"], args.plateau_window, args.plateau_patience,
-                                  args.plateau_eps, args.sparsity)
+            run["stop"] = plateau(run["rewards"], run["zero_fracs"], args.plateau_window, args.plateau_patience)
         if run["step"] % args.save_every == 0 or run["stop"] or run["step"] >= args.max_steps:
             M.save_state(state_dir, policy, opt, run)
 

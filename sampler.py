@@ -40,8 +40,7 @@ def sample(logits, temperature, top_p, u):
     if top_p < 1.0:  # nucleus: keep the smallest prefix of the sorted distribution with mass >= top_p
         probs, order = probs.sort(-1, descending=True)  # draw in sorted order, map back below
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)  # mass before it already reaches top_p
-    # inverse-CDF draw, one uniform per row (torch.multinomial on CPU draws one per vocabulary entry); fp32 suffices:
-    # over 152k entries the cumulative sum is within 6e-8 of an fp64 one
+    # inverse-CDF draw, one uniform per row (CPU multinomial draws one per entry); fp32 cdf within 6e-8 of fp64 at 152k
     cdf = probs.cumsum(-1)  # (N, V); unnormalised after top-p, so scale u by each row's total
     tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[1] - 1)  # (N, 1); mass 0: never
     if top_p < 1.0:
@@ -57,9 +56,8 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
              k=1, min_shared=16, kv_budget=KV_BUDGET):
     """prompts: list of token-id lists -> len(prompts)*k completions (rows i*k .. i*k+k-1 belong to prompt i),
     each ending at its first EOS (kept) or after max_new_tokens. A prefix of >= min_shared tokens common to all
-    prompts is prefilled once (see below). The KV cache holds rows x (longest prompt + max_new_tokens) tokens of
-    2 x layers x kv_heads x head_dim values: a call that would need more than kv_budget bytes runs its prompts in
-    consecutive chunks that fit, drawing from one random stream (a budget that is not reached changes nothing)."""
+    prompts is prefilled once. A call whose KV cache would pass kv_budget bytes runs its prompts in consecutive
+    chunks that fit, drawing from one random stream (a budget that is not reached changes nothing)."""
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"generate: prompt {i} is empty (it needs at least one token, e.g. a BOS)")
@@ -78,12 +76,9 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
 
 
 def _generate(model, prompts, max_new_tokens, temperature, top_p, eos_ids, gen, pad_id, k, min_shared, dtype):
-    c = model.config
-    dev = next(model.parameters()).device
-    # The prompts' common prefix (system prompt and chat template) runs once, for one row, and its keys/values are
-    # copied to every row; each suffix is left-padded after it. Positions come from the mask, so the pads between a
-    # row's prefix and suffix shift no position. Every row keeps a suffix token (its first logits). Not in group
-    # mode, whose prefill is 1/k of the rows already (docs/old_design.md#speed)
+    c, dev = model.config, next(model.parameters()).device
+    # The common prefix (system prompt, chat template) runs once, its keys/values copied to every row; each row keeps
+    # a suffix, left-padded after it (positions come from the mask). Not in group mode, whose prefill is 1/k of the rows
     Ls = common_prefix(prompts, min(len(p) for p in prompts) - 1)
     Ls = Ls if Ls >= min_shared and k == 1 else 0
     B, N, P = len(prompts), len(prompts) * k, max(map(len, prompts))
@@ -117,10 +112,8 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, eos_ids, gen, 
     out = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=dev)
     live = torch.arange(N, device=dev)  # the original row of each row still in the batch
     done = torch.zeros(N, dtype=torch.bool, device=dev)  # per batch row: has it made its EOS?
-    # ---- decode: one token per live row per step. Finished rows leave the batch once they are a quarter of it:
-    # chains end at very different lengths. The cache is compacted in place, a layer at a time (no second copy).
-    # Every row draws its own uniform number from one (N,) draw per step, so no row's tokens depend on when the
-    # others finished.
+    # ---- decode: one token per live row per step. Finished rows leave the batch (compacted in place, a layer at a
+    # time) once they are a quarter of it; each row's uniform comes from one (N,) draw a step, whoever has finished
     for t in range(max_new_tokens):
         u = torch.rand(N, 1, generator=gen, device=dev)[live] if temperature > 0 else None
         tok = sample(logits, temperature, top_p, u)  # (n,)

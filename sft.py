@@ -30,8 +30,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 import model as M
 from common import MetricsLog, Progress, common_prefix, pad_id, parse_with_preset, read_jsonl, write_jsonl
 
-# sft.py trains two stages of the tiny run, so --tiny names one: cold (the default: this file's stage, the cold start)
-# or base (pretraining the stand-in for a pretrained model on tiny.py base's corpus). Evidence: docs/tiny_runs.md
+# --tiny names one of the two tiny-run stages trained here: cold (the default, the cold start) or base (pretraining
+# the stand-in for a pretrained model on tiny.py base's corpus). Evidence: docs/tiny_runs.md
 TINY = dict(
     micro_batch=16, fsdp_per_block=False,  # 32 rows were slower (old_design.md#the-base); one FSDP2 unit
     max_len=512, warmup=0.05,  # the tiny run's rows are far shorter; a tiny model warms up fast
@@ -40,16 +40,12 @@ TINY = dict(
     base=dict(epochs=1, batch_size=64, micro_batch=32, lr=3e-3, val_frac=0.01),  # one pass; the facts repeat inside
 )
 
-# ----------------------------------------------------------------------------------------------------------
-# batches
-
+# ----------------------------------------------------------------------------------------------- batches
 
 def pad_batch(seqs, starts, pad_id, device="cpu"):
-    """Right-pad token lists into (B, T) inputs and next-token targets; tokens before starts[i] get no loss.
-
-    seqs [[5, 6, 7, 8]], starts [2] -> x [[5, 6, 7, 8]], y [[-100, 7, 8, -100]] (6 predicts 7, 7 predicts 8).
-    Right padding needs no attention mask: under the causal mask real tokens never see the pads after them.
-    """
+    """Right-pad token lists into (B, T) inputs and next-token targets; tokens before starts[i] get no loss (and no
+    attention mask is needed: under the causal mask real tokens never see the pads after them).
+    seqs [[5, 6, 7, 8]], starts [2] -> x [[5, 6, 7, 8]], y [[-100, 7, 8, -100]] (6 predicts 7, 7 predicts 8)."""
     T = max(len(s) for s in seqs)
     x = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     y = torch.full((len(seqs), T), M.IGNORE, dtype=torch.long)
@@ -60,11 +56,11 @@ def pad_batch(seqs, starts, pad_id, device="cpu"):
 
 
 def pack_batch(seqs, starts, pad_id, device="cpu"):
-    """pad_batch's rows packed first-fit, longest first, into as few rows as hold them at the longest one's length:
-    x, y as pad_batch's, plus each token's position in its own row and a segment id (-1: pad), so that
-    model.forward(segment_ids=...) attends only within a row. The same log-probs and gradients as pad_batch's
-    batch without its padding (pretraining rows: 42% pads in the tiny Base's micro-batches).
-    seqs [[5, 6, 7], [8, 9], [1]] -> x [[5, 6, 7], [8, 9, 1]], y [[6, 7, -100], [9, -100, -100]], seg [[0, 0, 0], [1, 1, 2]]"""
+    """pad_batch's rows packed first-fit, longest first, into as few rows as hold them at the longest one's length,
+    plus each token's position in its own row and a segment id (-1: pad): model.forward(segment_ids=...) attends
+    within a row, so pad_batch's log-probs and gradients come without its padding (42% of the tiny Base's tokens).
+    seqs [[5, 6, 7], [8, 9], [1]], starts 1 -> x [[5, 6, 7], [8, 9, 1]], y [[6, 7, -100], [9, -100, -100]],
+    pos [[0, 1, 2], [0, 1, 0]], seg [[0, 0, 0], [1, 1, 2]]"""
     T, bins = max(map(len, seqs)), []
     for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
         b = next((b for b in bins if b[0] + len(seqs[i]) <= T), None)
@@ -92,12 +88,10 @@ def split_for_rank(items, lengths, rank, world, micro):
     order = sorted(items, key=lambda i: -lengths[i])
     share = order[rank::world]
     n_micro = math.ceil(math.ceil(len(order) / world) / micro)
-    out = [share[j * micro:(j + 1) * micro] for j in range(n_micro)]
-    return [m if m else None for m in out]
+    return [share[j * micro:(j + 1) * micro] or None for j in range(n_micro)]
 
-# ----------------------------------------------------------------------------------------------------------
-# data
 
+# ----------------------------------------------------------------------------------------------- data
 
 def special_ids(tokenizer):
     """(end of text, end of turn) ids: <|endoftext|> closes a plain-text row, <|im_end|> an assistant turn."""
@@ -161,15 +155,13 @@ def global_batch(n, batch_size, step, seed):
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + e)).tolist()
     return perm[pos * batch_size:(pos + 1) * batch_size]
 
-# ----------------------------------------------------------------------------------------------------------
-# training
 
+# ----------------------------------------------------------------------------------------------- training
 
 def shares_prefix(data, idx, min_shared=16):
     """Whether the micro-batches of these rows (a step's global batch, or a whole validation set) run the prefix their
     rows share once (group_logprobs: each FSDP unit runs twice) or as packed rows (once). Decided on the rows of all
-    ranks, never a micro-batch's own, so every rank issues the same collectives (NCCL hangs otherwise). Chat rows open
-    with one system prompt; a few shared tokens are not worth two passes."""
+    ranks, so every rank issues the same collectives (NCCL hangs otherwise); a few shared tokens are not worth it."""
     seqs = [data[i][0] for i in idx]
     limit = min(min(data[i][1] for i in idx), min(map(len, seqs)) - 1)  # no loss in it, a token left to every row
     return len(seqs) > 1 and common_prefix(seqs, limit) >= min_shared
@@ -185,8 +177,7 @@ def token_loss_sum(model, data, idx, pad_id, device, amp, shared):
         return out.sum() * 0.0, 0
     seqs, starts = [data[i][0] for i in idx], [data[i][1] for i in idx]
     with amp:
-        if shared:  # the prefix these rows share runs once for all of them, as GRPO runs a group's prompt
-            # (group_logprobs: the same log-probs and gradients); at least the one shares_prefix found for all ranks
+        if shared:  # their shared prefix runs once, as GRPO runs a group's prompt (group_logprobs: same values)
             P = common_prefix(seqs, min(min(starts), min(map(len, seqs)) - 1))
             comps, tgt = pad_batch([s[P - 1:] for s in seqs], [max(st - P + 1, 1) for st in starts], pad_id, device)
             prompt = torch.tensor([seqs[0][:P]], device=device)
@@ -235,12 +226,12 @@ def train(a):
     model = M.shard_model(model, mixed_precision=cuda, per_block=a.fsdp_per_block)
     # a GPU without torchrun is not sharded: bf16 autocast there, FSDP's mixed precision policy otherwise
     amp = torch.autocast("cuda", torch.bfloat16) if cuda and not dist.is_initialized() else nullcontext()
-    opt = M.make_optimizer(model, a.lr, a.weight_decay)
+    opt = M.make_optimizer(model, a.lr)
     bs = min(a.batch_size, len(train_set))
     total = a.steps or a.epochs * max(1, len(train_set) // bs)
     warmup = a.warmup if a.warmup >= 1 else int(a.warmup * total)
     state_dir = os.path.join(a.out, "state")
-    extra = M.load_state(state_dir, model, opt) if os.path.isdir(state_dir) else None
+    extra = M.load_state(state_dir, model, opt)  # None without a state
     step = extra["step"] if extra else 0
     if extra and (extra.get("total") != total or extra.get("batch_size") != bs):
         raise ValueError(f"{state_dir}: saved for total={extra.get('total')} batch_size={extra.get('batch_size')}, "
@@ -254,24 +245,18 @@ def train(a):
               f"{world} rank(s) on {device}, steps {step}->{total}, global batch {bs}"
               + (f", resumed from {state_dir}" if extra else ""), flush=True)
     prog = Progress(total - step, "sft") if rank == 0 else None
-
-    def save():
-        M.save_state(state_dir, model, opt, {"step": step, "total": total, "batch_size": bs, "seed": a.seed})
-
     while step < total:
         t0 = time.time()
-        lr = M.lr_at(step, total, warmup, a.lr, a.min_lr_ratio)
+        lr = M.lr_at(step, total, warmup, a.lr)  # cosine to 0.1 lr
         for g in opt.param_groups:
             g["lr"] = lr
         items = global_batch(len(train_set), bs, step, a.seed)
-        n_tok = sum(lengths[i] - max(train_set[i][1], 1) for i in items)  # loss tokens of the GLOBAL batch:
-        # every rank knows the whole batch, so this count needs no all-reduce and equals the all-reduced one
+        n_tok = sum(lengths[i] - max(train_set[i][1], 1) for i in items)  # the global batch's: known to every rank
         micros, shared = split_for_rank(items, lengths, rank, world, a.micro_batch), shares_prefix(train_set, items)
         loss_sum, seen = torch.zeros((), device=device), 0
         for j, idx in enumerate(micros):
-            if hasattr(model, "set_requires_gradient_sync"):  # per-block FSDP units reduce-scatter every micro-batch:
-                # unsynced, FSDP2 keeps unsharded fp32 gradients of every parameter (30 GB a rank at 7B). One unit (a
-                # tiny model, held whole in each forward anyway): once, on the last micro-batch
+            if hasattr(model, "set_requires_gradient_sync"):  # per-block units sync every micro-batch (unsynced, FSDP2
+                # holds unsharded fp32 gradients: 30 GB a rank at 7B); one unit (a tiny model) on the last only
                 model.set_requires_gradient_sync(a.fsdp_per_block or j == len(micros) - 1)
             loss, n = token_loss_sum(model, train_set, idx, pad, device, amp, shared)
             # FSDP averages gradients over ranks: * world turns that mean back into the sum over the global batch
@@ -294,7 +279,7 @@ def train(a):
                 log.log({"step": step, "val_loss": vl})
                 print(f"sft: step {step} val_loss {vl:.4f}", flush=True)
         if step % a.save_every == 0:
-            save()
+            M.save_state(state_dir, model, opt, {"step": step, "total": total, "batch_size": bs, "seed": a.seed})
     M.save_model(model, final_dir, tokenizer, torch.bfloat16 if cuda else None)  # bf16 training: bf16, as HF
     if rank == 0:
         print(f"sft: wrote {final_dir}", flush=True)
@@ -311,9 +296,7 @@ def parse_args(argv=None):
     p.add_argument("--micro-batch", type=int, default=1,
                    help="rows per forward on each rank (the fp32 T x 152k logits dominate memory)")
     p.add_argument("--lr", type=float, default=1e-5)
-    p.add_argument("--min-lr-ratio", type=float, default=0.1)
     p.add_argument("--warmup", type=float, default=0.03, help="warmup steps (>= 1) or fraction of all steps")
-    p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--max-len", type=int, default=4096, help="longer rows are rejected (RUN_DIR/rejects.jsonl)")
     p.add_argument("--val-frac", type=float, default=0.02, help="held-out share for the validation loss")

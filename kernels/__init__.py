@@ -1,9 +1,6 @@
-"""Triton kernels of nano-fleming (logprob.py: log-probs of sampled tokens, forward and backward).
-
-With the repository root on sys.path this folder is the top-level package `kernels`, which is also the import name
-of Hugging Face's Hub-kernels package: transformers >= 5.25 requires that package and runs `from kernels import
-...` when a model class loads. So when it is installed this package is it as well (its directory joins our
-__path__ and its __init__ runs here): transformers finds what it imports, and `kernels.logprob` is still ours.
+"""Triton kernels of nano-fleming (logprob.py), under the import name of Hugging Face's Hub-kernels package, which
+transformers >= 5.25 requires and imports when a model class loads. When that package is installed this one is it as
+well (its directory joins our __path__, its __init__ runs here): transformers finds what it imports, logprob is ours.
 """
 import importlib.metadata
 import os

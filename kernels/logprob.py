@@ -5,7 +5,7 @@ GRPO (Fleming-R1, arXiv 2509.15279, eq. 1) needs log pi(y_t | x, y_<t) for every
 Qwen's 151,936-token vocabulary that is the first thing to run out of memory. This file computes the same
 numbers exactly in O(N + tile) extra memory.
 
-    token_logprobs(hidden (N, D), weight (V, D), targets (N,) int64, temperature=1.0, return_entropy=False)
+    token_logprobs(hidden (N, D), weight (V, D), targets (N,) int64, temperature=1.0, return_entropy=False, backend)
         -> logp (N,) fp32  [, entropy (N,) fp32];  rows whose target is -100 give 0 and get no gradient.
 
 The math (one row i; z = h_i W^T / T are the tempered logits, y = targets[i]):
@@ -22,22 +22,19 @@ The math (one row i; z = h_i W^T / T are the tempered logits, y = targets[i]):
   Cost, in matmuls of N x V x D (the naive way does 3): 4 (forward 1; backward: recompute 1, then 1 each for
   grad_hidden and grad_weight), for extra memory that does not grow with N x V.
 
-Two forwards of this one algorithm, one backward:
+Two forwards of this one algorithm, one backward (`_Logprob`):
   * Triton `_fwd_kernel`: one program per (row block, vocab split), so that small N still fills the GPU; the
-    splits' (m, s, t, z_y) (4 x splits x N floats) are merged in PyTorch. Tiles are bf16 or fp32 in, fp32
-    accumulate; fp32 dots use full IEEE precision; TRITON_BLOCKS are sized for bf16 (fp32 inputs spill). Only run
-    here under the interpreter (CI has no GPU); GPU speed is not measured: tests/bench_logprob.py --cuda.
-  * `_torch_fwd` (PyTorch): the same streaming forward with big (chunk_n x chunk_v) tiles written into one reused
-    buffer, 1/T folded into h. The CPU path, and the tests' second oracle besides the naive fp64 formula.
-  * `_torch_bwd`, the backward of both: each (chunk_n x chunk_v) logits tile is recomputed by one matmul, turned
-    into -dL/dz in place and fed to two matmuls (cuBLAS on a GPU): on a GPU in bf16 with fp32 accumulation and
-    fp32 logits (mm's out_dtype), elsewhere in fp32 on upcast inputs. Memory: one fp32 tile (two with the entropy;
-    256 MB each at the GPU's 8192 x 8192) and fp32 gradient accumulators (V x D: 2.2 GB at Qwen2.5-7B). Every
-    sum runs in a fixed order without atomic adds: deterministic. Not Triton: registers cannot hold a row of
-    D = 896..3584, so a kernel without atomics recomputes each tile once per D block (17 matmuls at D = 3584 in
-    512-wide blocks), and one with atomics has ~1,200 vocab tiles adding into each grad_hidden element.
+    splits' (m, s, t, z_y) are merged in PyTorch. bf16 or fp32 tiles in, fp32 accumulate (fp32 dots in full IEEE
+    precision); TRITON_BLOCKS are sized for bf16. Run here only under the interpreter (no GPU in CI); GPU speed is
+    not measured: tests/bench_logprob.py --cuda.
+  * `_torch_fwd` (PyTorch): the same streaming forward with big (chunk_n x chunk_v) tiles in one reused buffer, 1/T
+    folded into h. The CPU path, and the tests' second oracle besides the naive fp64 formula.
+  * `_torch_bwd`, the backward of both: each logits tile is recomputed by one matmul, turned into -dL/dz in place and
+    fed to two matmuls (cuBLAS on a GPU, bf16 in with fp32 logits by mm's out_dtype; elsewhere fp32). Memory: one
+    fp32 tile (two with the entropy; 256 MB each at 8192 x 8192) and fp32 gradient accumulators (V x D: 2.2 GB at
+    Qwen2.5-7B). Fixed summation order, no atomic adds: deterministic. Not Triton: registers cannot hold a row of
+    D = 896..3584, so an atomics-free kernel recomputes each tile once per D block (17 matmuls at D = 3584).
     Measured (tests/bench_logprob.py, N=4096 D=896 V=151936 fp32, 2 CPU cores): see the README.
-Dispatch (the forward): CUDA -> Triton; CPU -> PyTorch, or Triton under TRITON_INTERPRET=1 (how CI exercises it).
 """
 import os
 
@@ -47,9 +44,8 @@ import triton.language as tl
 
 IGNORE = -100
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # triton reads it at import time, so must we
-# GPU sizes, fixed (no autotune: auditable): forward (block_n x block_v) logits tiles, each stepping through D by
-# block_d, checked to compile for sm_90 in bf16 without register spills (slow test); backward (_torch_bwd):
-# (chunk_n x chunk_v) fp32 tiles of 256 MB: few, large cuBLAS calls, small next to a GPU's memory
+# GPU sizes, fixed (no autotune: auditable); forward tiles checked to compile for sm_90 in bf16 without register
+# spills (slow test); backward: 256 MB fp32 tiles, few large cuBLAS calls
 TRITON_BLOCKS = dict(block_n=64, block_v=128, block_d=32, num_warps=8, chunk_n=8192, chunk_v=8192)
 TORCH_CHUNKS = dict(chunk_n=4096, chunk_v=4096)  # CPU: 64 MB fp32 tiles; see tests/bench_logprob.py
 
@@ -83,7 +79,7 @@ def _fwd_kernel(H, W, T, PART, N, V, D, inv_temp, V_SPLIT,
                 BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_D: tl.constexpr,
                 UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Program (row block, vocab split): the online log-sum-exp over columns [v_lo, v_lo + V_SPLIT), written to
-    PART[:, split, rows] = (m, s, t, z at the target or 0); _TritonLogprob.forward merges the splits."""
+    PART[:, split, rows] = (m, s, t, z at the target or 0); _triton_fwd merges the splits."""
     r0, v_lo = tl.program_id(0) * BLOCK_N, tl.program_id(1) * V_SPLIT
     rows = r0 + tl.arange(0, BLOCK_N)
     tgt = tl.load(T + rows, mask=rows < N, other=-100)
@@ -110,40 +106,26 @@ def _fwd_kernel(H, W, T, PART, N, V, D, inv_temp, V_SPLIT,
     tl.store(out + 3 * plane, zy, mask=ok)
 
 
-class _TritonLogprob(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, h, w, t, temperature, s):
-        h, w, t = h.contiguous(), w.contiguous(), t.contiguous()
-        (N, D), V, bn, bv = h.shape, w.shape[0], s["block_n"], s["block_v"]
-        # one program per row block leaves most SMs idle at small N: split the vocab too, to ~4 programs per SM
-        sms = torch.cuda.get_device_properties(h.device).multi_processor_count if h.is_cuda else 2  # 2: tests split
-        per = triton.cdiv(triton.cdiv(V, bv), triton.cdiv(4 * sms, triton.cdiv(max(N, 1), bn)))  # vocab blocks
-        splits = triton.cdiv(V, per * bv)
-        part = torch.empty(4, splits, N, device=h.device, dtype=torch.float32)
-        _fwd_kernel[(triton.cdiv(N, bn), splits)](
-            h, w, t, part, N, V, D, 1 / temperature, per * bv, BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=s["block_d"],
-            UPCAST=INTERPRET, PREC="ieee" if h.dtype == torch.float32 else "tf32",  # tf32: ignored for bf16/fp16
-            num_warps=s["num_warps"])
-        m, sz, tz, zy = part  # (splits, N) each: merge the splits' sums at their common max, as the kernel does
-        mx = m.amax(0)
-        a = torch.exp(m - mx)
-        sz, tz = (a * sz).sum(0), (a * (tz + (m - mx) * sz)).sum(0)
-        lse, keep = mx + sz.log(), t != IGNORE
-        logp = torch.where(keep, zy.sum(0) - lse, 0)
-        ent = torch.where(keep, sz.log() - tz / sz, 0)
-        ctx.save_for_backward(h, w, t, lse, ent)
-        ctx.args = (temperature, s)
-        ctx.mark_non_differentiable(lse)
-        ctx.set_materialize_grads(False)  # unused outputs arrive as None: skip their terms
-        return logp, ent, lse
-
-    @staticmethod
-    def backward(ctx, g, ge, _):  # the chunked cuBLAS backward: see the module docstring
-        h, w, t, lse, ent = ctx.saved_tensors
-        temperature, s = ctx.args
-        g = torch.zeros_like(lse) if g is None else g
-        dh, dw = _torch_bwd(h, w, t, lse, ent, g, ge, temperature, s["chunk_n"], s["chunk_v"])
-        return dh, dw, None, None, None
+def _triton_fwd(h, w, t, temperature, s):
+    """_fwd_kernel over (row block, vocab split) programs, the splits merged here -> logp, entropy, lse (fp32)."""
+    (N, D), V, bn, bv = h.shape, w.shape[0], s["block_n"], s["block_v"]
+    # one program per row block leaves most SMs idle at small N: split the vocab too, to ~4 programs per SM
+    sms = torch.cuda.get_device_properties(h.device).multi_processor_count if h.is_cuda else 2  # 2: tests split
+    per = triton.cdiv(triton.cdiv(V, bv), triton.cdiv(4 * sms, triton.cdiv(max(N, 1), bn)))  # vocab blocks
+    splits = triton.cdiv(V, per * bv)
+    part = torch.empty(4, splits, N, device=h.device, dtype=torch.float32)
+    _fwd_kernel[(triton.cdiv(N, bn), splits)](
+        h, w, t, part, N, V, D, 1 / temperature, per * bv, BLOCK_N=bn, BLOCK_V=bv, BLOCK_D=s["block_d"],
+        UPCAST=INTERPRET, PREC="ieee" if h.dtype == torch.float32 else "tf32",  # tf32: ignored for bf16/fp16
+        num_warps=s["num_warps"])
+    m, sz, tz, zy = part  # (splits, N) each: merge the splits' sums at their common max, as the kernel does
+    mx = m.amax(0)
+    a = torch.exp(m - mx)
+    sz, tz = (a * sz).sum(0), (a * (tz + (m - mx) * sz)).sum(0)
+    lse, keep = mx + sz.log(), t != IGNORE
+    logp = torch.where(keep, zy.sum(0) - lse, 0)
+    ent = torch.where(keep, sz.log() - tz / sz, 0)
+    return logp, ent, lse
 
 
 # ----------------------------------------------------------------------------- PyTorch
@@ -186,14 +168,12 @@ def _torch_fwd(h, w, t, temperature, want_ent, chunk_n, chunk_v):
 
 
 def _torch_bwd(h, w, t, lse, ent, g, ge, temperature, chunk_n, chunk_v):
-    """Each tile builds M = -dL/dz = p * (g [+ e (z - E_p[z])]) - g * onehot in place, then
-    grad_hidden -= M W / T and grad_weight -= M^T (h / T): one matmul for z, two for the gradients. bf16/fp16
-    inputs keep their dtype in the three matmuls on a GPU (tensor cores, fp32 accumulation and fp32 logits); M and the
-    sums are fp32. (Only on CUDA: mm's out_dtype, fp32 logits from bf16 inputs, exists there alone.)"""
+    """Each tile builds M = -dL/dz = p * (g [+ e (z - E_p[z])]) - g * onehot in place, then grad_hidden -= M W / T
+    and grad_weight -= M^T (h / T). On CUDA (alone with mm's out_dtype) bf16/fp16 inputs stay so in the matmuls."""
     (N, D), V = h.shape, w.shape[0]
     acc = lse.dtype
     low = h.is_cuda and h.dtype in (torch.bfloat16, torch.float16)
-    g = torch.where(t != IGNORE, g, 0).to(acc)
+    g = torch.zeros_like(lse) if g is None else torch.where(t != IGNORE, g, 0).to(acc)  # None: logp unused
     hs = h.to(h.dtype if low else acc) / temperature
     dh = torch.zeros(N, D, dtype=acc, device=h.device)
     dw = torch.zeros(V, D, dtype=acc, device=h.device)
@@ -219,25 +199,35 @@ def _torch_bwd(h, w, t, lse, ent, g, ge, temperature, chunk_n, chunk_v):
     return dh.to(h.dtype), dw.to(w.dtype)
 
 
-class _TorchLogprob(torch.autograd.Function):
+class _Logprob(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, w, t, temperature, want_ent, chunk_n, chunk_v):
-        logp, ent, lse = _torch_fwd(h, w, t, temperature, want_ent, chunk_n, chunk_v)
+    def forward(ctx, h, w, t, temperature, want_ent, backend, s):
+        if backend == "triton":
+            h, w, t = h.contiguous(), w.contiguous(), t.contiguous()
+            logp, ent, lse = _triton_fwd(h, w, t, temperature, s)
+        else:
+            logp, ent, lse = _torch_fwd(h, w, t, temperature, want_ent, s["chunk_n"], s["chunk_v"])
         ctx.save_for_backward(h, w, t, lse, ent)
-        ctx.args = (temperature, chunk_n, chunk_v)
-        ctx.set_materialize_grads(False)
+        ctx.args = (temperature, s["chunk_n"], s["chunk_v"])
+        ctx.set_materialize_grads(False)  # unused outputs arrive as None: skip their terms
         return logp, ent
 
     @staticmethod
     def backward(ctx, g, ge):
-        h, w, t, lse, ent = ctx.saved_tensors
-        g = torch.zeros_like(lse) if g is None else g
-        dh, dw = _torch_bwd(h, w, t, lse, ent, g, ge, *ctx.args)
+        dh, dw = _torch_bwd(*ctx.saved_tensors, g, ge, *ctx.args)
         return dh, dw, None, None, None, None, None
 
 
 # ----------------------------------------------------------------------------- public API
-def _check(hidden, weight, targets, temperature):
+def token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False, *, backend, **blocks):
+    """log_softmax((hidden @ weight.T) / temperature)[i, targets[i]] for each row i, as (N,) fp32.
+
+    Rows with target -100 give 0 (and entropy 0) and no gradient. Differentiable w.r.t. hidden and weight
+    (both outputs). fp32/bf16/fp16 inputs give fp32 outputs; fp64 (PyTorch path only, for gradcheck) gives fp64.
+    backend: "triton" or "torch" (model.py: Triton on CUDA); `blocks` overrides TRITON_BLOCKS (block_n/v/d; chunk_n/v
+    of the backward) or TORCH_CHUNKS (chunk_n/v).
+    Example: token_logprobs(h, lm_head.weight, ids[1:], 0.7, backend="torch") with h the hidden states of ids[:-1].
+    """
     def bad(msg):
         raise ValueError(f"token_logprobs: {msg}")
     if hidden.dim() != 2 or weight.dim() != 2:
@@ -259,31 +249,13 @@ def _check(hidden, weight, targets, temperature):
     if bool(out.any()):  # one host sync; worth it to turn a silent wrong answer into an error
         i = int(out.nonzero()[0, 0])
         bad(f"targets[{i}] = {int(targets[i])} is outside [0, {V}) and is not {IGNORE}")
-
-
-def token_logprobs(hidden, weight, targets, temperature=1.0, return_entropy=False, backend=None, **blocks):
-    """log_softmax((hidden @ weight.T) / temperature)[i, targets[i]] for each row i, as (N,) fp32.
-
-    Rows with target -100 give 0 (and entropy 0) and no gradient. Differentiable w.r.t. hidden and weight
-    (both outputs). fp32/bf16/fp16 inputs give fp32 outputs; fp64 (PyTorch path only, for gradcheck) gives fp64.
-    backend: None (auto: Triton on CUDA or under TRITON_INTERPRET=1, else PyTorch), "triton" or "torch";
-    `blocks` overrides TRITON_BLOCKS (block_n/v/d; chunk_n/v of the backward) or TORCH_CHUNKS (chunk_n/v).
-    Example: token_logprobs(h, lm_head.weight, ids[1:], temperature=0.7) with h the hidden states of ids[:-1].
-    """
-    _check(hidden, weight, targets, temperature)
-    targets = targets.long()
-    if backend is None:
-        backend = "triton" if hidden.is_cuda or INTERPRET else "torch"
     if backend not in ("triton", "torch"):
-        raise ValueError(f"token_logprobs: unknown backend {backend!r} (use 'triton' or 'torch')")
+        bad(f"unknown backend {backend!r} (use 'triton' or 'torch')")
     sizes = dict(TRITON_BLOCKS if backend == "triton" else TORCH_CHUNKS)
     if set(blocks) - set(sizes):
-        raise ValueError(f"token_logprobs: backend {backend!r} takes sizes {sorted(sizes)}, got {sorted(blocks)}")
+        bad(f"backend {backend!r} takes sizes {sorted(sizes)}, got {sorted(blocks)}")
     sizes.update(blocks)
-    if backend == "triton":
-        if hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"token_logprobs: the Triton path takes fp32/bf16/fp16, got {hidden.dtype}")
-        logp, ent, _ = _TritonLogprob.apply(hidden, weight, targets, float(temperature), sizes)
-    else:
-        logp, ent = _TorchLogprob.apply(hidden, weight, targets, float(temperature), return_entropy, *sizes.values())
+    if backend == "triton" and hidden.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        bad(f"the Triton path takes fp32/bf16/fp16, got {hidden.dtype}")
+    logp, ent = _Logprob.apply(hidden, weight, targets.long(), float(temperature), return_entropy, backend, sizes)
     return (logp, ent) if return_entropy else logp

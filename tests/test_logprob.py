@@ -102,19 +102,6 @@ def test_large_logits_stable():
     close(ent, ref_ent, 1e-4)  # near-one-hot rows: entropy is a difference of close numbers
 
 
-def test_dispatch(monkeypatch):
-    h, w, t, _, _ = make(torch.float32)
-
-    def boom(*a):
-        raise RuntimeError("triton path taken")
-    monkeypatch.setattr(logprob._TritonLogprob, "apply", boom)
-    monkeypatch.setattr(logprob, "INTERPRET", False)
-    token_logprobs(h, w, t)  # CPU without the interpreter: the PyTorch path
-    monkeypatch.setattr(logprob, "INTERPRET", True)
-    with pytest.raises(RuntimeError, match="triton path taken"):
-        token_logprobs(h, w, t)
-
-
 @pytest.mark.parametrize("change,match", [
     (lambda h, w, t: (h, w[:, :-1], t), "disagree on D"),
     (lambda h, w, t: (h, w, t[:-1]), r"targets must be \(N,\)"),
@@ -133,7 +120,7 @@ def test_bad_input(change, match):
 def test_bad_options():
     h, w, t, _, _ = make(torch.float32)
     with pytest.raises(ValueError, match="temperature"):
-        token_logprobs(h, w, t, temperature=0.0)
+        token_logprobs(h, w, t, temperature=0.0, backend="torch")
     with pytest.raises(ValueError, match="unknown backend"):
         token_logprobs(h, w, t, backend="cuda")
     with pytest.raises(ValueError, match="takes sizes"):
