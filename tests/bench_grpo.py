@@ -39,10 +39,10 @@ def step(model, opt, args, seed):
     comps = sampler.generate(model, prompts, args.new, temperature=1.0, eos_ids=(), seed=seed, k=args.k)
     t_gen = time.perf_counter() - t0
     rewards = torch.randint(0, 2, (args.prompts, args.k), generator=g).float()
-    ua = argparse.Namespace(k=args.k, micro_batch=args.micro_batch, pad_id=0, token_mean=False, loss_norm=float(args.new),
+    ua = argparse.Namespace(k=args.k, micro_batch=args.micro_batch, token_mean=False, loss_norm=float(args.new),
                             temperature=1.0, ppo_epochs=1, clip_eps=0.0, kl_coef=0.0, grad_clip=1.0)
     rows = [(prompts[i // args.k], c) for i, c in enumerate(comps)]
-    st = grpo.update(model, opt, rows, grpo.group_advantages(rewards).flatten(), torch.ones(len(rows)), ua, 1)
+    st = grpo.update(model, opt, rows, grpo.group_advantages(rewards).flatten(), torch.ones(len(rows)), ua, 1, 0)
     return dict(gen=t_gen, logprob=st["t_logprob"], backward=st["t_backward"], opt=st["t_opt"],
                 tokens=sum(map(len, comps)))
 
