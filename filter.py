@@ -37,17 +37,17 @@ TINY = dict(difficulty="heuristic",  # --tiny: the tiny CPU run has no LLM judge
 # loading
 
 def load_unified(path, source):
-    """Unified-record JSONL (synth.py output); bad JSON goes to rejects instead of stopping the run."""
+    """Unified-record JSONL (synth.py output); bad JSON and non-objects go to rejects instead of stopping the run."""
     recs, rejects = [], []
     for i, rec in iter_jsonl(path):
-        if isinstance(rec, ValueError):
-            rejects.append({"source": source, "where": f"{path}:{i}", "reason": f"bad_json: {rec}"})
+        if not isinstance(rec, dict):
+            why = f"bad_json: {rec}" if isinstance(rec, ValueError) else "not_a_record"
+            rejects.append({"source": source, "where": f"{path}:{i}", "reason": why})
             continue
-        if isinstance(rec, dict):
-            rec.setdefault("source", source)
-            rec.setdefault("meta", {})
-            rec["meta"] = rec["meta"] if isinstance(rec["meta"], dict) else {}
-            rec["meta"]["origin"] = f"{path}:{i}"
+        rec.setdefault("source", source)
+        if not isinstance(rec.get("meta"), dict):
+            rec["meta"] = {}
+        rec["meta"]["origin"] = f"{path}:{i}"
         recs.append(rec)
     return recs, rejects
 
@@ -83,8 +83,6 @@ def unbalanced(text):
 
 def check_format(rec):
     """The reason a record is unusable (a short name, or check_record's message after invalid_record), or None."""
-    if not isinstance(rec, dict):
-        return "not_a_record"
     q, opts, ans = rec.get("question"), rec.get("options"), rec.get("answer")
     if not isinstance(q, str) or not q.strip():
         return "empty_question"
@@ -296,8 +294,8 @@ def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=
     stats, rejects, recs = {"loaded": {}, "rejects": Counter()}, [], []
 
     def reject(dropped):  # [(record, reason)] -> rows of rejects.jsonl
-        rejects.extend({"source": (r or {}).get("source"), "where": (r or {}).get("meta", {}).get("origin"),
-                        "id": (r or {}).get("id"), "reason": why, "record": r} for r, why in dropped)
+        rejects.extend({"source": r["source"], "where": r["meta"]["origin"], "id": r.get("id"), "reason": why,
+                        "record": r} for r, why in dropped)
 
     for name, path in sources:
         got, bad = load_source(name, path)
