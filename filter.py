@@ -222,10 +222,6 @@ JUDGE = ("Rate the difficulty of this medical multiple-choice question for a wel
          "apart close competing diagnoses.\nReply with one word: easy, moderate or difficult.\n\n")
 
 
-def tier_from_passrate(p):
-    return "easy" if p > 2 / 3 else "moderate" if p > 1 / 3 else "difficult"
-
-
 def difficulty_llm(recs, llm):
     outs = llm([[{"role": "user", "content": JUDGE + build_messages(r)[1]["content"]}] for r in recs], n=1,
                temperature=0.0, max_tokens=8)
@@ -242,19 +238,13 @@ def parse_mix(spec):
     return {k.strip(): float(v) for k, _, v in (part.partition("=") for part in spec.split(",") if part)}
 
 
-def group_of(rec, mix):
-    src = rec["source"]
-    return src if src in mix else "synthetic" if src.startswith("synthetic") and "synthetic" in mix else \
-        "public" if not src.startswith("synthetic") and "public" in mix else None
-
-
 def mix_pool(recs, mix, seed=0):
     """Sample each mix group to its share; within a group, tiers keep their proportions (stratified)."""
     rng = random.Random(seed)
     groups = defaultdict(list)
-    for r in recs:
-        g = group_of(r, mix)
-        if g:
+    for r in recs:  # a source named in the mix is its own group, else "synthetic" or "public"
+        g = r["source"] if r["source"] in mix else "synthetic" if r["source"].startswith("synthetic") else "public"
+        if g in mix:
             groups[g].append(r)
     if all(v <= 1 for v in mix.values()):  # fractions
         total = min((len(groups[g]) / f for g, f in mix.items() if f > 0), default=0)
@@ -329,7 +319,8 @@ def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=
         if key == "passrate":
             verify(recs, mk(judge), k=k, key=key, max_tokens=max_tokens)
         for r in recs:
-            r["difficulty"] = tier_from_passrate(r["meta"][key]["correct"] / r["meta"][key]["k"])
+            p = r["meta"][key]["correct"] / r["meta"][key]["k"]
+            r["difficulty"] = "easy" if p > 2 / 3 else "moderate" if p > 1 / 3 else "difficult"
             r["meta"]["difficulty_source"] = "passrate"
     else:
         difficulty_llm(recs, mk(judge))
