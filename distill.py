@@ -38,8 +38,7 @@ HINT_PHRASES = re.compile(r"\b(as given|given answer|answer (?:provided|given|ke
 
 def check(text, record, max_chars):
     """Reasons the candidate fails (empty list = it passes). Order: format, answer, hint, length, alignment."""
-    letters = record["options"]
-    reasons = []
+    letters, reasons = record["options"], []
     if not is_well_formed(text, letters):
         reasons.append("malformed: expected <think>...</think> then <answer>LETTER or option text</answer>, nothing else")
     got = extract_answer(text, letters)
@@ -51,8 +50,7 @@ def check(text, record, max_chars):
     if len(text) > max_chars:
         reasons.append(f"too long: {len(text)} > {max_chars} characters")
     hidden = (record.get("meta") or {}).get("hidden")
-    think = text.split("</think>")[0]
-    if hidden and hidden.casefold() not in think.casefold():
+    if hidden and hidden.casefold() not in text.split("</think>")[0].casefold():
         reasons.append(f"does not name the intermediate entity '{hidden}'")
     return reasons
 
