@@ -48,9 +48,8 @@ def summarize(rows, n):
         m, se = mean_se(xs)
         return {"n": len(xs), "accuracy": None if m is None else 100 * m, "se": None if se is None else 100 * se}
 
-    out = stats([a for a, _ in per_item])
-    out["format_rate"] = 100 * sum(f for _, f in per_item) / max(len(per_item), 1)
-    out["samples"] = n
+    out = {**stats([a for a, _ in per_item]), "format_rate": 100 * sum(f for _, f in per_item) / max(len(per_item), 1),
+           "samples": n}
     if any(d is not None for d in diff):
         out["by_difficulty"] = {str(d): stats(xs) for d, xs in sorted(diff.items(), key=lambda kv: str(kv[0]))}
     return out

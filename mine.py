@@ -6,9 +6,8 @@ Writes OUT/pass_rates.jsonl ({"id", "difficulty", "passes", "n", "pass_rate"} pe
 
 The model answers every item --samples times (a pass: reward 1.0); grpo.py re-mines with the same functions.
 select_pool: (1) reviewed items out; (2) repeated failures: pass rate <= --threshold and not every sample right;
-(3) all-fail items (no gradient) at most --max-zero-share of the pool;
-(4) --moderate-share of Moderate items above the threshold, lowest first; (5) Difficult, then Moderate, then Easy,
-partial failures first; --pool-size keeps the first N.
+(3) all-fail items (no gradient) at most --max-zero-share of the pool; (4) --moderate-share of Moderate items above
+the threshold, lowest first; (5) Difficult, Moderate, Easy, partial failures first; --pool-size keeps the first N.
 
 Deliberate departures from the paper:
   1. Rules 3 and 4 keep groups that carry a gradient; the paper names no such shares.
