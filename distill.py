@@ -38,8 +38,7 @@ HINT_PHRASES = re.compile(r"\b(as given|given answer|answer (?:provided|given|ke
 
 def check(text, record, max_chars):
     """Reasons the candidate fails (empty list = it passes). Order: format, answer, hint, length, alignment."""
-    letters = record["options"]
-    reasons = []
+    letters, reasons = record["options"], []
     if not is_well_formed(text, letters):
         reasons.append("malformed: expected <think>...</think> then <answer>LETTER or option text</answer>, nothing else")
     got = extract_answer(text, letters)
@@ -51,8 +50,7 @@ def check(text, record, max_chars):
     if len(text) > max_chars:
         reasons.append(f"too long: {len(text)} > {max_chars} characters")
     hidden = (record.get("meta") or {}).get("hidden")
-    think = text.split("</think>")[0]
-    if hidden and hidden.casefold() not in think.casefold():
+    if hidden and hidden.casefold() not in text.split("</think>")[0].casefold():
         reasons.append(f"does not name the intermediate entity '{hidden}'")
     return reasons
 
@@ -64,17 +62,16 @@ CHECKS = ["format", "answer", "no_hint", "length", "names_hidden"]  # what a pas
 
 
 def kg_chain(record, facts):
-    """The checking chain of a synthetic record, or None without meta.path. Findings are restated as given; a
-    diagnosis question checks every option against them in turn up to the first finding it lacks (a differential);
-    the other families name the disease the findings point to, the hops to the asked relation, then check every
-    option on that relation. It ends with the conclusion, and the answer block holds that option's text.
+    """The checking chain of a synthetic record, or None without meta.path: the findings as given, then a diagnosis
+    checks each option against them up to the first it lacks (a differential); other families name the disease the
+    findings point to, the hops to the asked relation, and check every option on it. The answer is the option's text:
 
       <think>Findings: fever and rash. They point to Dengue. Dengue is treated with: A. Aspirin no, B. Paracetamol
       yes, C. Heparin no. So the answer is Paracetamol.</think>
       <answer> Paracetamol</answer>
     """
     meta, opts = record.get("meta") or {}, record["options"]
-    path = meta.get("path") or []
+    path = meta.get("path")
     if not path:
         return None
     given = meta.get("given") or []
@@ -132,18 +129,13 @@ STRATEGIES = [  # the paper's refinement loop, one per round in this order
 ]
 
 
-def teacher_messages(record):
-    opts = options_text(record["options"])
-    return [{"role": "user", "content": TEACHER_PROMPT.format(question=record["question"].strip(), options=opts,
-                                                             L=record["answer"],
-                                                             answer=record["options"][record["answer"]])}]
-
-
 def llm_teacher(llm, temperature=0.8, max_tokens=1024, seed=0):
     def teacher(records, k, feedback):
         convs = []
         for rec, fb in zip(records, feedback):
-            msgs = teacher_messages(rec)
+            msgs = [{"role": "user", "content": TEACHER_PROMPT.format(
+                question=rec["question"].strip(), options=options_text(rec["options"]), L=rec["answer"],
+                answer=rec["options"][rec["answer"]])}]
             if fb:  # fb = (failed text, reasons, round)
                 text, reasons, rnd = fb
                 msgs += [{"role": "assistant", "content": text},
@@ -157,7 +149,7 @@ def llm_teacher(llm, temperature=0.8, max_tokens=1024, seed=0):
 # selection and refinement
 
 
-def distill(records, teacher, k=4, rounds=3, max_chars=1500, name="teacher"):
+def distill(records, teacher, k, rounds, max_chars, name):
     """Yields ("ok", sft_row) or ("reject", reject_row) for each record, round by round over the batch."""
     pending, feedback = list(records), [None] * len(records)
     for rnd in range(rounds + 1):
@@ -199,15 +191,10 @@ def main(argv=None):
     p.add_argument("--model-name", default=None, help="model name sent to the OpenAI-compatible server")
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--max-tokens", type=int, default=1024)
-    p.add_argument("--batch", type=int, default=64, help="items in flight at once")
-    p.add_argument("--concurrency", type=int, default=16, help="parallel HTTP requests")
-    p.add_argument("--cache-dir", default=None, help="cache teacher replies here (resume without paying twice)")
-    p.add_argument("--limit", type=int, default=None, help="only the first N records")
     p.add_argument("--seed", type=int, default=0)
     a = parse_with_preset(p, argv, TINY)
-    records = read_records(a.data)[:a.limit]
-    base, _ = os.path.splitext(a.out)
-    rejects = base + ".rejects.jsonl"
+    records = read_records(a.data)
+    rejects = os.path.splitext(a.out)[0] + ".rejects.jsonl"
     done = {r["id"] for path in (a.out, rejects) for r in read_appended(path)}  # resume
     todo = [r for r in records if r["id"] not in done]
     if a.teacher == "kg":
@@ -215,14 +202,14 @@ def main(argv=None):
             p.error("--teacher kg needs --kg KG_DIR (the facts its chains check the options against)")
         teacher, name, rounds = kg_teacher(kg_facts(a.kg)), "kg", 0  # deterministic: a retry writes the same chain
     else:
-        llm = make_llm(a.teacher, model_name=a.model_name, cache_dir=a.cache_dir, concurrency=a.concurrency)
+        llm = make_llm(a.teacher, model_name=a.model_name, concurrency=16)
         teacher, rounds = llm_teacher(llm, a.temperature, a.max_tokens, a.seed), a.rounds
         name = a.model_name or os.path.basename(a.teacher.rstrip("/"))
     print(f"distill: {len(records)} records, {len(records) - len(todo)} already done, teacher {name}, k={a.k}, "
           f"rounds={rounds}", flush=True)
     prog, n_ok, n_rej = Progress(len(todo), "distill"), 0, 0
-    for b in range(0, len(todo), a.batch):
-        for kind, row in distill(todo[b:b + a.batch], teacher, a.k, rounds, a.max_chars, name):
+    for b in range(0, len(todo), 64):  # 64 items in flight: what a kill can lose
+        for kind, row in distill(todo[b:b + 64], teacher, a.k, rounds, a.max_chars, name):
             append_jsonl(a.out if kind == "ok" else rejects, row)
             n_ok, n_rej = n_ok + (kind == "ok"), n_rej + (kind == "reject")
             prog.update(1, ok=n_ok, rejected=n_rej)

@@ -4,8 +4,8 @@ Reads  --bench NAME=PATH (public formats: benchmarks.py); --model HF folder(s) o
 Writes --out: predictions.jsonl (a row per item and sample: output, pred, answer, correct, well_formed, ...),
        rejects.jsonl (unreadable benchmark rows, with the reason), results.json / results.md (accuracy ± SE over
        items, format rate, by difficulty, macro average, published numbers from --paper), setup.json.
-Prompts come from common.build_messages. A killed run resumes (predictions.jsonl, --cache-dir); a run with other
-settings than setup.json's refuses to reuse the folder.
+Prompts come from common.build_messages. A killed run resumes (predictions.jsonl, HTTP replies cached in OUT/cache);
+a run with other settings than setup.json's refuses to reuse the folder.
 
 Deliberate departures from the paper:
   1. One deterministic answer rule (common.extract_answer: the last <answer> block, one letter); an unparsable
@@ -18,6 +18,7 @@ Deliberate departures from the paper:
 import argparse
 import json
 import os
+from collections import Counter
 
 from benchmarks import LOADERS, load_benchmark
 from common import Progress, append_jsonl, atomic_write, build_messages, extract_answer, is_well_formed, make_llm, \
@@ -37,7 +38,7 @@ def summarize(rows, n):
     for r in rows:
         by_item.setdefault(r["id"], {})[r["sample"]] = r
     per_item = []
-    for iid, samples in by_item.items():
+    for samples in by_item.values():
         got = [samples[s] for s in sorted(samples)][:n]
         acc = sum(s["correct"] for s in got) / len(got)
         per_item.append((acc, sum(s["well_formed"] for s in got) / len(got)))
@@ -47,25 +48,22 @@ def summarize(rows, n):
         m, se = mean_se(xs)
         return {"n": len(xs), "accuracy": None if m is None else 100 * m, "se": None if se is None else 100 * se}
 
-    out = stats([a for a, _ in per_item])
-    out["format_rate"] = 100 * sum(f for _, f in per_item) / max(len(per_item), 1)
-    out["samples"] = n
+    out = {**stats([a for a, _ in per_item]), "format_rate": 100 * sum(f for _, f in per_item) / max(len(per_item), 1),
+           "samples": n}
     if any(d is not None for d in diff):
         out["by_difficulty"] = {str(d): stats(xs) for d, xs in sorted(diff.items(), key=lambda kv: str(kv[0]))}
     return out
 
 
-def evaluate(llm_or_model, records, n=1, temperature=0.0, max_new_tokens=2048, seed=0, bench="bench",
-             predictions=None, chunk=256, batch_size=64):
+def evaluate(llm_or_model, records, predictions, n=1, temperature=0.0, max_new_tokens=2048, seed=0, bench="bench",
+             chunk=256, batch_size=64):
     """Score `records` -> summarize()'s dict. `llm_or_model`: an LLM callable (common.make_llm) or a loaded (model,
     tokenizer) pair. Rows are appended to `predictions` (JSONL) chunk by chunk; items already there are skipped."""
     llm = make_local_llm(*llm_or_model, batch_size=batch_size) if isinstance(llm_or_model, tuple) else llm_or_model
     done = read_appended(predictions)  # a killed run's rows (its torn last line dropped)
     rows = [r for r in done if r.get("bench") == bench]
-    counts = {}
-    for r in rows:
-        counts[r["id"]] = counts.get(r["id"], 0) + 1
-    todo = [rec for rec in records if counts.get(rec["id"], 0) < n]
+    counts = Counter(r["id"] for r in rows)
+    todo = [rec for rec in records if counts[rec["id"]] < n]
     redo = {rec["id"] for rec in todo if rec["id"] in counts}  # items a killed run left with fewer than n samples
     if redo:  # the rows of items asked again (all n samples) leave the file
         write_jsonl(predictions, [r for r in done if not (r.get("bench") == bench and r["id"] in redo)])
@@ -84,26 +82,23 @@ def evaluate(llm_or_model, records, n=1, temperature=0.0, max_new_tokens=2048, s
                        "answer": rec["answer"], "correct": pred == rec["answer"],
                        "well_formed": is_well_formed(text, letters), "difficulty": rec.get("difficulty")}
                 rows.append(row)
-                if predictions:
-                    append_jsonl(predictions, row)
+                append_jsonl(predictions, row)
         prog.update(len(part), acc=100 * sum(r["correct"] for r in rows) / max(len(rows), 1))
     return summarize(rows, n)
 
 # ----------------------------------------------------------------------------------------------------------
 # report
 
-def report(results, paper=None):
+def report(results, paper):
     """Markdown: one row per benchmark with accuracy ± SE and format rate, published numbers alongside."""
-    paper = paper or {}
     models = [m for m in PAPER_MODELS if m in paper] + [m for m in paper if m not in PAPER_MODELS]
     head = "| benchmark | n | accuracy (%) | format (%) |" + "".join(f" {m} |" for m in models)
     lines = [head, "|" + "---|" * (4 + len(models))]
     for b, r in results.items():
         pub = "".join(f" {paper[m].get(b, '')} |" for m in models)
         lines.append(f"| {b} | {r['n']} | {_pm(r)} | {r['format_rate']:.1f} |{pub}")
-    if results:
-        pub = "".join(f" {_macro(paper[m], results)} |" for m in models)
-        lines.append(f"| **macro average** | {len(results)} benchmarks | {_pm({'accuracy': macro(results)})} | |{pub}")
+    pub = "".join(f" {_macro(paper[m], results)} |" for m in models)
+    lines.append(f"| **macro average** | {len(results)} benchmarks | {_pm({'accuracy': macro(results)})} | |{pub}")
     for b, r in results.items():
         if "by_difficulty" in r:
             lines += ["", f"{b} by difficulty:", "", "| difficulty | n | accuracy (%) |", "|---|---|---|"]
@@ -146,10 +141,6 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--concurrency", type=int, default=16, help="parallel HTTP requests")
     p.add_argument("--batch-size", type=int, default=64, help="prompts per sampler.generate call (local model)")
-    p.add_argument("--kv-cache-gb", type=float, default=24.0,
-                   help="KV cache per generate call (local model); larger calls run in chunks")
-    p.add_argument("--cache-dir", default=None, help="HTTP response cache (default OUT/cache)")
-    p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the API key")
     p.add_argument("--paper", default=None, help='JSON {"model": {"bench": accuracy %%}} shown alongside')
     a = parse_with_preset(p, argv, TINY)
     if len(a.model) != len(a.out):
@@ -176,9 +167,8 @@ def run(a, model, out, benches, temperature, paper):
             raise SystemExit(f"{out}: holds predictions made with other settings (" + ", ".join(
                 f"{k} {o!r}, now {v!r}" for k, (o, v) in diff.items()) + "): use another --out, or delete it")
     atomic_write(setup_path, json.dumps(setup, indent=2))
-    llm = make_llm(model, model_name=a.model_name, cache_dir=a.cache_dir or os.path.join(out, "cache"),
-                   concurrency=a.concurrency, api_key_env=a.api_key_env, batch_size=a.batch_size,
-                   kv_budget=a.kv_cache_gb * 2**30)
+    llm = make_llm(model, model_name=a.model_name, cache_dir=os.path.join(out, "cache"), concurrency=a.concurrency,
+                   batch_size=a.batch_size)
     results, rejects = {}, []
     for name, path in benches:
         key = name if name not in results else f"{name}:{os.path.splitext(os.path.basename(path))[0]}"

@@ -9,10 +9,9 @@ Writes OUT/train.jsonl (the RL pool, each record with a difficulty), OUT/cold_st
 Difficulty (--difficulty): llm (a judge model, JUDGE's definitions after the paper's), passrate (a model's pass rate
 p over k samples: > 2/3 easy, > 1/3 moderate, else difficult) or heuristic (common.difficulty_heuristic). --mix:
 fractions ("public=0.6,synthetic=0.4") or counts per source, stratified by tier within a group. Synthetic train and
-test are disjoint by instance already: decontaminating one against the other flags ~37% on template wording alone.
-With --public, --decontaminate (every benchmark eval.py will score) is required, or an explicit --no-decontaminate:
+test are disjoint by instance already (decontaminating one against the other flags ~37% on template wording alone).
+With --public, --decontaminate (every benchmark eval.py will score) or an explicit --no-decontaminate is required:
 public training sets are where evaluation items hide, and a forgotten flag must stop the run, not leak silently.
-A flag rather than an eval manifest: no new file format, and the command shows what the pool was checked against.
 
 Deliberate departures from the paper:
   1. The heuristic tiers (hops x rarity) stand in for a judge model where no LLM runs: the tiny preset.
@@ -38,17 +37,17 @@ TINY = dict(difficulty="heuristic",  # --tiny: the tiny CPU run has no LLM judge
 # loading
 
 def load_unified(path, source):
-    """Unified-record JSONL (synth.py output); bad JSON goes to rejects instead of stopping the run."""
+    """Unified-record JSONL (synth.py output); bad JSON and non-objects go to rejects instead of stopping the run."""
     recs, rejects = [], []
     for i, rec in iter_jsonl(path):
-        if isinstance(rec, ValueError):
-            rejects.append({"source": source, "where": f"{path}:{i}", "reason": f"bad_json: {rec}"})
+        if not isinstance(rec, dict):
+            why = f"bad_json: {rec}" if isinstance(rec, ValueError) else "not_a_record"
+            rejects.append({"source": source, "where": f"{path}:{i}", "reason": why})
             continue
-        if isinstance(rec, dict):
-            rec.setdefault("source", source)
-            rec.setdefault("meta", {})
-            rec["meta"] = rec["meta"] if isinstance(rec["meta"], dict) else {}
-            rec["meta"]["origin"] = f"{path}:{i}"
+        rec.setdefault("source", source)
+        if not isinstance(rec.get("meta"), dict):
+            rec["meta"] = {}
+        rec["meta"]["origin"] = f"{path}:{i}"
         recs.append(rec)
     return recs, rejects
 
@@ -56,7 +55,7 @@ def load_unified(path, source):
 def load_source(name, path):
     """(records, rejects) of one source. Public formats go through benchmarks.load_benchmark, whose row-level
     rejects (e.g. CMExam multi-letter answers: not single-choice) are kept with their reason and row."""
-    if name == "synthetic" or name.startswith("synthetic"):
+    if name.startswith("synthetic"):
         return load_unified(path, name)
     bad = []
     recs = load_benchmark(name, path, rejects=bad)
@@ -83,11 +82,7 @@ def unbalanced(text):
 
 
 def check_format(rec):
-    """The reason a record is unusable, or None. Reasons: not_a_record, empty_question, too_few_options,
-    empty_option, duplicate_options, multi_answer, answer_not_in_options, mojibake, control_chars,
-    unbalanced_markup, invalid_record (check_record's message)."""
-    if not isinstance(rec, dict):
-        return "not_a_record"
+    """The reason a record is unusable (a short name, or check_record's message after invalid_record), or None."""
     q, opts, ans = rec.get("question"), rec.get("options"), rec.get("answer")
     if not isinstance(q, str) or not q.strip():
         return "empty_question"
@@ -148,10 +143,6 @@ def ngrams(toks, n):
     return {" ".join(toks[i:i + n]) for i in range(len(toks) - n + 1)} or ({" ".join(toks)} if toks else set())
 
 
-def item_text(rec):
-    return rec["question"] + "\n" + "\n".join(rec["options"].values())
-
-
 def dedup(recs, threshold=0.8, n=5, cap=50):
     """(kept, [(rec, reason)]): exact duplicates (normalised question and option set) and near duplicates (Jaccard
     of token n-gram shingles >= threshold with a kept item), found through an inverted index of the shingles shared
@@ -163,7 +154,7 @@ def dedup(recs, threshold=0.8, n=5, cap=50):
         if key in exact:
             dropped.append((rec, f"duplicate of {exact[key]}"))
             continue
-        sh = ngrams(tokens(item_text(rec)), n)
+        sh = ngrams(tokens(rec["question"] + "\n" + "\n".join(rec["options"].values())), n)
         rare = [s for s in sh if len(index[s]) <= cap]
         hits, common = Counter(j for s in rare for j in index[s]), len(sh) - len(rare)
         best = (0, None)
@@ -231,10 +222,6 @@ JUDGE = ("Rate the difficulty of this medical multiple-choice question for a wel
          "apart close competing diagnoses.\nReply with one word: easy, moderate or difficult.\n\n")
 
 
-def tier_from_passrate(p):
-    return "easy" if p > 2 / 3 else "moderate" if p > 1 / 3 else "difficult"
-
-
 def difficulty_llm(recs, llm):
     outs = llm([[{"role": "user", "content": JUDGE + build_messages(r)[1]["content"]}] for r in recs], n=1,
                temperature=0.0, max_tokens=8)
@@ -248,29 +235,18 @@ def difficulty_llm(recs, llm):
 
 def parse_mix(spec):
     """'public=0.6,synthetic=0.4' (fractions) or 'medqa=2000,synthetic=5000' (counts) -> dict."""
-    out = {}
-    for part in filter(None, spec.split(",")):
-        k, _, v = part.partition("=")
-        out[k.strip()] = float(v)
-    return out
-
-
-def group_of(rec, mix):
-    src = rec["source"]
-    return src if src in mix else "synthetic" if src.startswith("synthetic") and "synthetic" in mix else \
-        "public" if not src.startswith("synthetic") and "public" in mix else None
+    return {k.strip(): float(v) for k, _, v in (part.partition("=") for part in spec.split(",") if part)}
 
 
 def mix_pool(recs, mix, seed=0):
     """Sample each mix group to its share; within a group, tiers keep their proportions (stratified)."""
     rng = random.Random(seed)
     groups = defaultdict(list)
-    for r in recs:
-        g = group_of(r, mix)
-        if g:
+    for r in recs:  # a source named in the mix is its own group, else "synthetic" or "public"
+        g = r["source"] if r["source"] in mix else "synthetic" if r["source"].startswith("synthetic") else "public"
+        if g in mix:
             groups[g].append(r)
-    fractions = all(v <= 1 for v in mix.values())
-    if fractions:
+    if all(v <= 1 for v in mix.values()):  # fractions
         total = min((len(groups[g]) / f for g, f in mix.items() if f > 0), default=0)
         want = {g: int(f * total) for g, f in mix.items()}
     else:
@@ -299,33 +275,29 @@ def table(recs):
     return "\n".join(rows)
 
 
-def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=None, k=5, seed=0,
-        near_threshold=0.8, ngram=13, rare_quantile=0.5, llm_model=None, contam_frac=0.2,
-        judge_spec=None, max_tokens=1024, cold_start=0):
+def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=None, k=5, seed=0, llm_model=None,
+        contam_frac=0.2, judge_spec=None, max_tokens=1024, cold_start=0):
     """The whole filter; `sources`/`benches` are [(name, path)]. Returns the stats dict."""
     judge = judge_spec or verify_spec
     if difficulty in ("passrate", "llm") and not judge:
         raise SystemExit(f"--difficulty {difficulty} needs a model: --judge (or --verify) URL_OR_FOLDER")
     stats, rejects, recs = {"loaded": {}, "rejects": Counter()}, [], []
-    reject = lambda rec, reason, where=None: rejects.append(
-        {"source": (rec or {}).get("source"), "where": where or (rec or {}).get("meta", {}).get("origin"),
-         "id": (rec or {}).get("id"), "reason": reason, "record": rec})
+
+    def reject(dropped):  # [(record, reason)] -> rows of rejects.jsonl
+        rejects.extend({"source": r["source"], "where": r["meta"]["origin"], "id": r.get("id"), "reason": why,
+                        "record": r} for r, why in dropped)
+
     for name, path in sources:
         got, bad = load_source(name, path)
         stats["loaded"][name] = len(got)
-        for b in bad:
-            rejects.append(dict(b, id=None, record=None))
-        for r in got:
-            why = check_format(r)
-            if why:
-                reject(r, why, where=r.get("meta", {}).get("origin") if isinstance(r, dict) else None)
-            else:
-                recs.append(r)
+        rejects.extend(dict(b, id=None, record=None) for b in bad)
+        checked = [(r, check_format(r)) for r in got]
+        reject((r, why) for r, why in checked if why)
+        recs += [r for r, why in checked if not why]
     # before anonymisation, which would hide a verbatim copy of a benchmark item from the exact match
     bench_recs = {name: load_source(name, path)[0] for name, path in benches}
-    recs, dropped, stats["decontaminated"] = decontaminate(recs, bench_recs, ngram, contam_frac)
-    for r, why in dropped:
-        reject(r, why)
+    recs, dropped, stats["decontaminated"] = decontaminate(recs, bench_recs, min_frac=contam_frac)
+    reject(dropped)
     anon = Counter()
     for r in recs:  # the question only: an option that is a date or a name is the answer, not personal data
         r["question"], found = anonymise(r["question"])
@@ -334,33 +306,31 @@ def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=
             anon.update(found)
             anon["items"] += 1
     stats["anonymised"] = dict(anon)
-    recs, dropped = dedup(recs, near_threshold)
-    for r, why in dropped:
-        reject(r, why)
+    recs, dropped = dedup(recs)
+    reject(dropped)
     review = []
     mk = lambda spec: make_llm(spec, model_name=llm_model, cache_dir=os.path.join(out, "llm_cache"))
     if verify_spec:
         recs, review = verify(recs, mk(verify_spec), k=k, max_tokens=max_tokens)
     if difficulty == "heuristic":
-        stats["rare_inlinks_cut"] = difficulty_heuristic(recs, rare_quantile)
+        stats["rare_inlinks_cut"] = difficulty_heuristic(recs)
     elif difficulty == "passrate":
         key = "verify" if judge == verify_spec else "passrate"  # reuse the verifier's k trials when it is the judge
         if key == "passrate":
             verify(recs, mk(judge), k=k, key=key, max_tokens=max_tokens)
         for r in recs:
-            r["difficulty"] = tier_from_passrate(r["meta"][key]["correct"] / r["meta"][key]["k"])
+            p = r["meta"][key]["correct"] / r["meta"][key]["k"]
+            r["difficulty"] = "easy" if p > 2 / 3 else "moderate" if p > 1 / 3 else "difficult"
             r["meta"]["difficulty_source"] = "passrate"
     else:
         difficulty_llm(recs, mk(judge))
     stats["before_mix"] = len(recs)
     pool = mix_pool(recs, mix, seed) if mix else recs
-    # the CoT cold start's subset, disjoint from the RL pool: RL needs prompts the cold start never saw (sec. 3.2-3.3;
-    # docs/tiny_runs.md#cold-start-subset)
+    # the cold start's own subset: RL needs prompts it never saw (sec. 3.2-3.3, docs/tiny_runs.md#cold-start-subset)
     n_cold = int(cold_start * len(pool)) if cold_start < 1 else min(int(cold_start), len(pool))
     cold_ids = {r["id"] for r in random.Random(seed).sample(pool, n_cold)}
     cold, pool = [r for r in pool if r["id"] in cold_ids], [r for r in pool if r["id"] not in cold_ids]
-    for r in rejects:
-        stats["rejects"][r["reason"].split(":")[0].split(" of ")[0]] += 1
+    stats["rejects"].update(r["reason"].split(":")[0].split(" of ")[0] for r in rejects)
     stats.update(rejects=dict(stats["rejects"]), review=len(review), pool=len(pool), cold_start=len(cold),
                  table={f"{s}|{d}": v for (s, d), v in Counter((r["source"], r["difficulty"]) for r in pool).items()})
     write_jsonl(os.path.join(out, "train.jsonl"), pool)
@@ -378,13 +348,10 @@ def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=
 
 
 def pairs(items, flag):
-    out = []
-    for s in items or []:
-        name, eq, path = s.partition("=")
-        if not eq:
-            raise SystemExit(f"{flag} expects name=path, got {s!r}")
-        out.append((name, path))
-    return out
+    bad = [s for s in items if "=" not in s]
+    if bad:
+        raise SystemExit(f"{flag} expects name=path, got {bad[0]!r}")
+    return [tuple(s.split("=", 1)) for s in items]
 
 
 def main(argv=None):
@@ -401,10 +368,6 @@ def main(argv=None):
     p.add_argument("--max-tokens", type=int, default=1024, help="tokens per verifier trial")
     p.add_argument("--difficulty", choices=["heuristic", "passrate", "llm"], default="llm")
     p.add_argument("--mix", default=None, help="public=0.6,synthetic=0.4 (fractions) or counts per source")
-    p.add_argument("--near-threshold", type=float, default=0.8, help="near-duplicate Jaccard threshold")
-    p.add_argument("--ngram", type=int, default=13, help="decontamination n-gram length (tokens)")
-    p.add_argument("--contam-frac", type=float, default=0.2, help="share of n-grams found in a benchmark")
-    p.add_argument("--rare-quantile", type=float, default=0.5, help="heuristic: share of the pool counted as rare")
     p.add_argument("--cold-start", type=float, default=0.1, help="the cold-start subset, OUT/cold_start.jsonl: a "
                    "fraction of the pool, or a count (>= 1); the RL pool train.jsonl keeps the rest")
     p.add_argument("--seed", type=int, default=0)
@@ -417,8 +380,8 @@ def main(argv=None):
                 "both): name every benchmark you will evaluate on with --decontaminate name=path (as for eval.py "
                 "--bench), or pass --no-decontaminate to keep them unchecked")
     run(sources, a.out, pairs(a.decontaminate, "--decontaminate"), a.verify, a.difficulty,
-        parse_mix(a.mix) if a.mix else None, a.k, a.seed, a.near_threshold, a.ngram, a.rare_quantile, a.llm_model,
-        a.contam_frac, a.judge, a.max_tokens, a.cold_start)
+        parse_mix(a.mix) if a.mix else None, a.k, a.seed, a.llm_model, judge_spec=a.judge, max_tokens=a.max_tokens,
+        cold_start=a.cold_start)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,8 @@ Writes OUT/pass_rates.jsonl ({"id", "difficulty", "passes", "n", "pass_rate"} pe
 
 The model answers every item --samples times (a pass: reward 1.0); grpo.py re-mines with the same functions.
 select_pool: (1) reviewed items out; (2) repeated failures: pass rate <= --threshold and not every sample right;
-(3) all-fail items (no gradient) at most --max-zero-share of the pool;
-(4) --moderate-share of Moderate items above the threshold, lowest first; (5) Difficult, then Moderate, then Easy,
-partial failures first; --pool-size keeps the first N.
+(3) all-fail items (no gradient) at most --max-zero-share of the pool; (4) --moderate-share of Moderate items above
+the threshold, lowest first; (5) Difficult, Moderate, Easy, partial failures first; --pool-size keeps the first N.
 
 Deliberate departures from the paper:
   1. Rules 3 and 4 keep groups that carry a gradient; the paper names no such shares.
@@ -42,12 +41,10 @@ TINY = dict(  # --tiny: the tiny CPU run (run_tiny.sh); evidence in docs/tiny_ru
 def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temperature=1.0, seed=0,
          kv_budget=sampler.KV_BUDGET):
     """Pass rates of `model` on `records` (n samples each) -> [{"id", "difficulty", "passes", "n", "pass_rate"}] in
-    `records` order, on every rank. Rank r takes records
-    r, r+world, ...; every rank makes the same generate calls (FSDP gathers the weights collectively in each), each
-    sized to kv_budget bytes of KV cache (sampler.generate)."""
+    `records` order, on every rank. Rank r takes records r, r+world, ...; every rank makes the same generate calls
+    (FSDP gathers the weights collectively in each), each sized to kv_budget bytes of KV cache (sampler.generate)."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    stops = common.eos_ids(tokenizer)
-    pad = common.pad_id(tokenizer)
+    stops, pad = common.eos_ids(tokenizer), common.pad_id(tokenizer)
     idx = list(range(rank, len(records), world))
     calls = math.ceil(math.ceil(len(records) / world) / batch_size)
     prog = common.Progress(calls, "mine") if rank == 0 else None
@@ -72,8 +69,7 @@ def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temper
     return [row for _, row in sorted(out, key=lambda x: x[0])]
 
 
-def select_pool(records, rates, threshold=0.5, moderate_share=0.25, max_zero_share=0.25, pool_size=0,
-                review=()):
+def select_pool(records, rates, threshold=0.5, moderate_share=0.25, max_zero_share=0.25, pool_size=0, review=()):
     """The hard pool (rules 1-5 in the module docstring). records and rates are aligned lists."""
     review = set(review)
     rows = [(r, x) for r, x in zip(records, rates) if r["id"] not in review and x["passes"] < x["n"]]
@@ -140,8 +136,8 @@ def run(args, rank, world, device):
     model = M.load_model(args.model, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     M.shard_model(model)
     with torch.no_grad():
-        rates = mine(model, tok, records, args.samples, args.batch_size, args.max_new_tokens, args.temperature,
-                     args.seed, args.kv_cache_gb * 2**30)
+        rates = mine(model, tok, records, args.samples, max_new_tokens=args.max_new_tokens,
+                     temperature=args.temperature, seed=args.seed)
     pool = select_pool(records, rates, review=review_ids(args.review), **pool_kwargs(args))
     if rank == 0:
         write_outputs(args.out, rates, pool)
@@ -157,10 +153,8 @@ def main(argv=None):
     p.add_argument("--out", required=True)
     p.add_argument("--review")
     p.add_argument("--samples", type=int, default=8, help="samples per item (not --n: torchrun takes that for its own)")
-    p.add_argument("--batch-size", type=int, default=64, help="items per generate call (per rank)")
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--kv-cache-gb", type=float, default=sampler.KV_BUDGET / 2**30, help="KV cache per generate call")
     p.add_argument("--sample", type=int, default=0, help="mine a seeded random sample of N items (0: all)")
     p.add_argument("--seed", type=int, default=0)
     add_pool_args(p)
