@@ -23,7 +23,8 @@ Deliberate departures from the paper:
   1. loss_norm is a constant (max_new_tokens), not each completion's length: no length is favoured (Dr. GRPO).
   2. RUN_DIR/best is chosen on a validation split's greedy accuracy; the paper does not say how it picks one.
   3. The tiny preset samples at temperature 0.7 and never re-mines in stage 2 (mine.py mines once, before it).
-  4. --shuffle-rewards permutes each batch's rewards before the advantages: a control (issue #36), not a method.
+  4. --shuffle-rewards permutes each batch's rewards before the advantages: a control, not a method
+     (docs/tiny_runs.md#controls).
 
 Memory, Qwen2.5-7B on 8 x 80 GB, the defaults: 15 GB of sharded fp32 state and AdamW a GPU; the rollout adds the
 bf16 weights (15 GB) and a 5 GB KV cache (64 rows x 1.3k tokens x 56 KB); mining's 512 rows would need 37 GB, so

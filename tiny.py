@@ -88,9 +88,9 @@ def base(a):
 
 
 def probe(a):
-    """The Base's one-hop recall (issue gate G1): greedy completion of "Dengue is treated with" (forward) and
-    "Paracetamol is used to treat" (reverse) on `a.n` random facts each; right when the name it writes is one the
-    KG accepts. Writes --out (JSON)."""
+    """The Base's one-hop recall (docs/tiny_runs.md#g1-knowledge-first): greedy completion of "Dengue is treated
+    with" (forward) and "Paracetamol is used to treat" (reverse) on `a.n` random facts each; right when the name it
+    writes is one the KG accepts. Writes --out (JSON)."""
     import torch
     from transformers import AutoTokenizer
     import model as M
@@ -207,7 +207,7 @@ def plot(run, seeds, path):
     return path
 
 
-# the controls (issue #36): beside the table, never tuned on
+# the controls (docs/tiny_runs.md#controls): beside the table, never tuned on
 
 CONTROLS = [("sft_more", "matched-compute SFT control: the cold start trained on for RL stage 1's time", "sft"),
             ("rl1_shuffled", "shuffled-reward control: RL stage 1 with each batch's rewards permuted", "sft")]
