@@ -255,19 +255,6 @@ def sample_prompts(pool, n, seed, step):
     return random.Random(seed * 1_000_003 + step).sample(pool, min(n, len(pool)))
 
 
-def remine(policy, tok, records, review, args, step, rank):
-    """Stage 2: evaluate the current weights on the items, select the hard pool (mine.select_pool's rules)."""
-    items = records
-    if args.remine_size and args.remine_size < len(records):
-        items = random.Random(args.seed + step).sample(records, args.remine_size)
-    rates = mine.mine(policy, tok, items, args.mine_n, max_new_tokens=args.max_new_tokens,
-                      temperature=args.temperature, seed=args.seed + step, kv_budget=args.kv_cache_gb * 2**30)
-    pool = mine.select_pool(items, rates, review=review, **mine.pool_kwargs(args, prefix="mine_"))
-    if rank == 0:
-        mine.write_outputs(os.path.join(args.out, f"mine_{step}"), rates, pool)
-    return pool
-
-
 def evaluate(policy, tok, val, args):
     """Greedy accuracy on the validation records (data-parallel through mine.mine with n=1, temperature 0)."""
     rates = mine.mine(policy, tok, val, 1, max_new_tokens=args.max_new_tokens, temperature=0.0,
@@ -408,7 +395,9 @@ def train(args, rank, world, device):
         # ---- stage 2: (re)mine the hard pool with the current weights
         t0 = time.time()
         if args.stage == 2 and (pool is None or (args.remine_every and step and step % args.remine_every == 0)):
-            pool = remine(policy, tok, records, review, args, step, rank)
+            pool = mine.mine_pool(policy, tok, records, args, args.mine_n, args.remine_size, args.seed + step,
+                                  os.path.join(args.out, f"mine_{step}"), rank, review, prefix="mine_",
+                                  kv_budget=args.kv_cache_gb * 2**30)
             run["pool_ids"] = [r["id"] for r in pool]
             if len(pool) < args.prompts:
                 run["stop"] = f"hard pool has {len(pool)} items, fewer than --prompts {args.prompts}"

@@ -4,7 +4,7 @@ Reads  --model CKPT (HF folder + tokenizer), --data pool.jsonl, --review review.
 Writes OUT/pass_rates.jsonl ({"id", "difficulty", "passes", "n", "pass_rate"} per item, in --data
        order) and OUT/hard_pool.jsonl (highest priority first); prints the pool's composition.
 
-The model answers every item --samples times (a pass: reward 1.0); grpo.py re-mines with the same functions.
+The model answers every item --samples times (a pass: reward 1.0); grpo.py re-mines through mine_pool.
 select_pool: (1) reviewed items out; (2) repeated failures: pass rate <= --threshold and not every sample right;
 (3) all-fail items (no gradient) at most --max-zero-share of the pool; (4) --moderate-share of Moderate items above
 the threshold, lowest first; (5) Difficult, Moderate, Easy, partial failures first; --pool-size keeps the first N.
@@ -103,15 +103,25 @@ def composition(pool, rates):
     return "\n".join(lines)
 
 
-def write_outputs(out, rates, pool):
-    common.write_jsonl(os.path.join(out, "pass_rates.jsonl"), rates)
-    common.write_jsonl(os.path.join(out, "hard_pool.jsonl"), pool)
-    print(composition(pool, rates), flush=True)
-
-
 def review_ids(path):
     """Ids of the items flagged in filter.py's review file (empty set without a file)."""
     return {r["id"] for r in common.read_jsonl(path)} if path else set()
+
+
+def mine_pool(model, tok, records, args, n, size, seed, out, rank, review, prefix="", kv_budget=sampler.KV_BUDGET):
+    """Mine `size` records drawn with `seed` (0: all; the same draw on every rank), select the hard pool with args'
+    selection flags (grpo.py's carry the prefix "mine_"), write OUT/{pass_rates,hard_pool}.jsonl (rank 0) -> pool."""
+    if 0 < size < len(records):
+        records = random.Random(seed).sample(records, size)
+    rates = mine(model, tok, records, n, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=seed,
+                 kv_budget=kv_budget)
+    flags = ("threshold", "moderate_share", "max_zero_share", "pool_size")
+    pool = select_pool(records, rates, review=review, **{k: getattr(args, prefix + k) for k in flags})
+    if rank == 0:
+        common.write_jsonl(os.path.join(out, "pass_rates.jsonl"), rates)
+        common.write_jsonl(os.path.join(out, "hard_pool.jsonl"), pool)
+        print(composition(pool, rates), flush=True)
+    return pool
 
 
 def add_pool_args(p, prefix=""):
@@ -122,25 +132,14 @@ def add_pool_args(p, prefix=""):
     p.add_argument(f"--{prefix}pool-size", type=int, default=0, help="keep the first N (0: all)")
 
 
-def pool_kwargs(args, prefix=""):
-    return {k: getattr(args, prefix + k) for k in ("threshold", "moderate_share", "max_zero_share", "pool_size")}
-
-
 def run(args, rank, world, device):
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(args.model)
-    records = common.read_records(args.data)
-    if 0 < args.sample < len(records):  # the same sample on every rank: it depends on the seed only
-        records = random.Random(args.seed).sample(records, args.sample)
+    records, review = common.read_records(args.data), review_ids(args.review)
     # bf16 weights on GPUs (7B: 15 GB gathered, not 30, and a bf16 KV cache), fp32 on the CPU
     model = M.load_model(args.model, device, torch.bfloat16 if device.type == "cuda" else torch.float32)
     M.shard_model(model)
-    with torch.no_grad():
-        rates = mine(model, tok, records, args.samples, max_new_tokens=args.max_new_tokens,
-                     temperature=args.temperature, seed=args.seed)
-    pool = select_pool(records, rates, review=review_ids(args.review), **pool_kwargs(args))
-    if rank == 0:
-        write_outputs(args.out, rates, pool)
+    mine_pool(model, tok, records, args, args.samples, args.sample, args.seed, args.out, rank, review)
     if dist.is_initialized():  # leave together: no rank exits while another could still communicate
         dist.barrier()
 
