@@ -26,9 +26,8 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 STAGES = {"sft": "cold start", "rl1": "RL 1", "rl2": "RL 2"}  # tiny.py's stages after Base, in order
 WIKI = "https://en.wikipedia.org/w/index.php?oldid="  # a page at one revision: the text the KG edge was read from
 
-# ----------------------------------------------------------------------------------------------------------
-# the data: models, items, and what each RL stage changed
 
+# ----------------------------------------------------------------------------------------------- the data
 
 def tiny_models(run):
     """[(label, eval folder, index of the model it is compared with or None)] of run_tiny.sh's layout, and the
@@ -78,9 +77,8 @@ def build(models, records):
                       "gain": gain, "gain_se": se})
     return {"models": [{"label": m[0], "dir": m[1]} for m in models], "items": items, "trans": trans}
 
-# ----------------------------------------------------------------------------------------------------------
-# the summary (HTML built here, every cell escaped)
 
+# ----------------------------------------------------------------------------------------------- the summary
 
 def table(head, rows):
     """An HTML table; cells are text (escaped) or ("html", markup) for the few cells this file builds itself."""
@@ -189,9 +187,8 @@ def mtime(path):
     return datetime.datetime.fromtimestamp(os.path.getmtime(path), datetime.timezone.utc).strftime(
         "%Y-%m-%d %H:%M UTC") if os.path.exists(path) else "—"
 
-# ----------------------------------------------------------------------------------------------------------
-# the page
 
+# ----------------------------------------------------------------------------------------------- the page
 
 def page(data, summary, title):
     # "<" only occurs inside JSON strings: escaping "</" and "<!--" keeps the blob from ending or changing state early
@@ -330,8 +327,6 @@ document.querySelectorAll("button[data-f]").forEach(b => b.onclick = () => {
 setFilters(location.hash.slice(1));
 </script></body></html>
 """
-
-# ----------------------------------------------------------------------------------------------------------
 
 
 def main(argv=None):

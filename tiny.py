@@ -112,8 +112,8 @@ def probe(a):
     print(f"tiny probe: one-hop recall forward {res['forward']['recall']}%, reverse {res['reverse']['recall']}% "
           f"({a.n} facts each) -> {a.out}")
 
-# ----------------------------------------------------------------------------------------------------------
-# the ablation table (Table 4 in miniature)
+
+# ----------------------------------------------------------------------------------------------- the ablation table
 
 STAGES = [("base", "Base (pretrained tiny model)"), ("sft", "+ CoT cold start"), ("rl1", "+ RL stage 1"),
           ("rl2", "+ RL stage 2")]
