@@ -91,7 +91,6 @@ def probe(a):
     """The Base's one-hop recall (docs/tiny_runs.md#g1-knowledge-first): greedy completion of "Dengue is treated
     with" (forward) and "Paracetamol is used to treat" (reverse) on `a.n` random facts each; right when the name it
     writes is one the KG accepts. Writes --out (JSON)."""
-    import torch
     from transformers import AutoTokenizer
     import model as M
     import sampler
@@ -102,8 +101,7 @@ def probe(a):
         keys = sorted(k for k in facts if k[1].lstrip("~") in HEAD_TYPE and k[1].startswith("~") == reverse)
         keys = rng.sample(keys, min(a.n, len(keys)))
         prompts = [" " + (sentence("", r[1:], x, True) if reverse else sentence(x, r, "")).strip() for x, r in keys]
-        with torch.no_grad():
-            outs = sampler.generate(net, [tok.encode(p) for p in prompts], 8, pad_id=pad_id(tok))
+        outs = sampler.generate(net, [tok.encode(p) for p in prompts], 8, pad_id=pad_id(tok))
         said = [tok.decode(o).split(".")[0].strip() for o in outs]
         right = [s in facts[k] for s, k in zip(said, keys)]
         res["reverse" if reverse else "forward"] = {"n": len(keys), "recall": round(100 * sum(right) / len(keys), 1),
