@@ -3,10 +3,10 @@ each model reasoned and answered, and where a synthetic question's facts came fr
 verifiability: "transparent steps that can be checked").
 
 Reads  RUN in run_tiny.sh's layout (synth/test.jsonl, eval_base, seed*/eval/{sft,rl1,rl2}, ablation.json,
-       rl_curves.png, seed*/rl{1,2}/metrics.jsonl), or any eval.py output folders (--eval) with the benchmark files
-       they read (--bench, for the questions and options; without it, a row shows what predictions.jsonl holds).
+       seed*/rl{1,2}/metrics.jsonl), or any eval.py output folders (--eval) with the benchmark files they read
+       (--bench, for the questions and options; without it, a row shows what predictions.jsonl holds).
 Writes RUN/report.html (or --out): a summary (ablation table with paired gains ± SE, accuracy by tier and
-       benchmark, what each RL stage fixed and broke, the RL curves, the setup) and a row per item that opens on
+       benchmark, what each RL stage fixed and broke, the RL curves in SVG, the setup) and a row per item that opens on
        click: question, options, gold, each model's reasoning, answer block, what common.extract_answer read and the
        verdict, and for a synthetic item its KG path with each edge's Wikipedia revision and each distractor's why.
 
@@ -16,7 +16,7 @@ benchmark or Wikipedia is escaped: html.escape in the summary, a JSON blob rende
     python report.py --run runs/tiny
     python report.py --eval out/sft out/rl2 --bench medqa=medqa/test.jsonl --out report.html
 """
-import argparse, base64, datetime, hashlib, html, json, os, re, subprocess
+import argparse, datetime, hashlib, html, json, os, re, subprocess
 from urllib.parse import urlencode
 
 from benchmarks import load_benchmark
@@ -24,6 +24,7 @@ from common import DIFFICULTIES, atomic_write, mean_se, read_jsonl, read_records
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 STAGES = {"sft": "cold start", "rl1": "RL 1", "rl2": "RL 2"}  # tiny.py's stages after Base, in order
+COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")  # the RL curves: one a seed
 WIKI = "https://en.wikipedia.org/w/index.php?oldid="  # a page at one revision: the text the KG edge was read from
 
 
@@ -152,21 +153,48 @@ def summary_html(data, run, seeds, files):
 
 
 def rl_html(run, seeds):
-    """The RL curves (tiny.py's PNG, embedded) and a line per RL stage from its metrics.jsonl."""
-    png = os.path.join(run, "rl_curves.png")
-    img = (f'<img alt="RL curves" src="data:image/png;base64,{base64.b64encode(open(png, "rb").read()).decode()}">'
-           if os.path.exists(png) else "<p>No rl_curves.png (tiny.py report draws it if matplotlib is installed).</p>")
-    rows = []
-    for s in seeds:
+    """The RL curves of seed*/rl{1,2}/metrics.jsonl as inline SVG, stage 2's steps after stage 1's, and a line per RL
+    stage: the reward's moving average over up to 20 steps, and the validation accuracy at each evaluation."""
+    rows, reward, val, key = [], [], [], []
+    for c, s in enumerate(seeds):
+        x0, colour = 0, COLOURS[c % len(COLOURS)]
+        key.append(f'<b style="color:{colour}">seed {s}</b>')
         for st in ("rl1", "rl2"):
             f = os.path.join(run, f"seed{s}", st, "metrics.jsonl")
             m = read_jsonl(f) if os.path.exists(f) else []
-            r, v = [x["reward"] for x in m if "reward" in x], [x["val_acc"] for x in m if "val_acc" in x]
-            if r:
-                rows.append([f"{STAGES[st]} s{s}", len(r), f"{r[0]:.3f}", f"{r[-1]:.3f}", f"{max(r):.3f}",
-                             f"{100 * max(v):.1f}" if v else "—"])
-    return ["<h2>RL curves</h2>", img, table(["stage", "steps", "reward: first", "last", "best",
-                                             "best validation accuracy (%)"], rows)]
+            r = [x["reward"] for x in m if "reward" in x]
+            v = [(x0 + x["step"], 100 * x["val_acc"]) for x in m if "val_acc" in x]
+            if not r:
+                continue
+            ma = [sum(r[max(0, i - 19):i + 1]) / min(i + 1, 20) for i in range(len(r))]  # over up to 20 steps
+            reward.append((f"{STAGES[st]} s{s}", colour, st == "rl2", [(x0 + i, y) for i, y in enumerate(ma)]))
+            val.append((f"{STAGES[st]} s{s}", colour, st == "rl2", v))
+            rows.append([f"{STAGES[st]} s{s}", len(r), f"{r[0]:.3f}", f"{r[-1]:.3f}", f"{max(r):.3f}",
+                         f"{max(y for _, y in v):.1f}" if v else "—"])
+            x0 += len(r)  # one reward row a step
+    return ["<h2>RL curves</h2>", f"<p>{' '.join(key)}; solid: RL 1, dashed: RL 2 (its steps after RL 1's)</p>",
+            svg("mean reward (moving average over 20 steps)", reward) + svg("validation accuracy (%)", val),
+            table(["stage", "steps", "reward: first", "last", "best", "best validation accuracy (%)"], rows)]
+
+
+def svg(title, curves, w=460, h=200):
+    """A line chart: curves [(label, colour, dashed, [(step, y)])], one polyline each, the axes from step 0 and over
+    the data's y range, their min and max written beside them."""
+    pts = [p for *_, ps in curves for p in ps]
+    if not pts:
+        return ""
+    x1, y0, y1 = max(x for x, _ in pts) or 1, min(y for _, y in pts), max(y for _, y in pts)
+    y1 = y1 if y1 > y0 else y0 + 1  # a flat curve: drawn on the axis, no division by zero
+    at = lambda x, y: f"{40 + (w - 50) * x / x1:.1f},{h - 20 - (h - 35) * (y - y0) / (y1 - y0):.1f}"
+    out = [f'<svg width="{w}" height="{h}" font-size="10"><text x="40" y="10">{html.escape(title)}</text>',
+           f'<polyline fill="none" stroke="#888" points="{at(0, y1)} {at(0, y0)} {at(x1, y0)}"/>',
+           f'<text x="2" y="{h - 17}">{y0:.2f}</text><text x="2" y="18">{y1:.2f}</text>',
+           f'<text x="40" y="{h - 5}">step 0</text><text x="{w - 10}" y="{h - 5}" text-anchor="end">{x1}</text>']
+    for label, colour, dashed, ps in curves:
+        dash = ' stroke-dasharray="4"' if dashed else ""
+        out.append(f'<polyline fill="none" stroke="{colour}"{dash} points="{" ".join(at(x, y) for x, y in ps)}">'
+                   f"<title>{html.escape(label)}</title></polyline>")
+    return "".join(out) + "</svg>"
 
 
 def git_commit():
@@ -204,7 +232,7 @@ TEMPLATE = r"""<!doctype html>
 body{font:13px/1.35 system-ui,sans-serif;margin:1em 2em;color:#222}
 table{border-collapse:collapse;margin:.4em 0}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
-th{background:#f3f3f3}h2{font-size:15px;margin:1.2em 0 .3em}img{max-width:100%}
+th{background:#f3f3f3}h2{font-size:15px;margin:1.2em 0 .3em}
 button{font:inherit;padding:0 4px;cursor:pointer}select{margin-right:1em}
 #items td.v{text-align:center;width:2.2em}.v1{background:#d6f5d6}.v0{background:#f8d0d0}.v2{background:#e4e4e4}
 tr.it{cursor:pointer}tr.it:hover{background:#eef}tr.gold td{font-weight:bold}

@@ -16,7 +16,7 @@ export TRITON_INTERPRET=1 OMP_NUM_THREADS=1 PYTHONUNBUFFERED=1
 export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824
 if [ -z "${NO_INSTALL:-}" ]; then
   python -c "import torch" 2>/dev/null || pip install -q torch==2.13.0
-  pip install -q -r requirements.txt matplotlib
+  pip install -q -r requirements.txt
 fi
 RUN=${RUN:-runs/tiny}
 SEEDS=${SEEDS:-"0 1 2"}

@@ -7,8 +7,8 @@
    and the format, not the reasoning the cold start adds (sec. 3.2).
 2. `probe`: the Base's one-hop recall, forward and reverse (RUN/base_probe.json).
 3. `report`: Table 4 in miniature: Base, + CoT cold start, + RL stage 1, + RL stage 2 on the held-out test set, by
-   difficulty, mean over seeds, each gain a mean of paired per-question differences ± SE (Markdown, JSON, a PNG of
-   the RL curves), and the controls beside it.
+   difficulty, mean over seeds, each gain a mean of paired per-question differences ± SE (Markdown and JSON; report.py
+   draws the RL curves), and the controls beside it.
 
   python tiny.py base --kg RUN/kg --pool RUN/pool/train.jsonl --out RUN/base_init
   python tiny.py probe --model RUN/base/final --kg RUN/kg --out RUN/base_probe.json
@@ -174,37 +174,6 @@ def table_md(res):
     return "\n".join(lines) + "\n"
 
 
-def plot(run, seeds, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: skipping the RL curves plot (pip install matplotlib)")
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    for s in seeds:
-        x0 = 0
-        for stage, style in (("rl1", "-"), ("rl2", "--")):
-            f = os.path.join(run, f"seed{s}", stage, "metrics.jsonl")
-            m = read_jsonl(f) if os.path.exists(f) else []
-            rows, vals = [r for r in m if "reward" in r], [r for r in m if "val_acc" in r]
-            xs = [x0 + r["step"] for r in rows]
-            ys, w = [r["reward"] for r in rows], 20  # faint per step, bold the 20-step moving average
-            line, = axes[0].plot(xs, ys, style, alpha=0.25)
-            axes[0].plot(xs[w - 1:], [sum(ys[i - w:i]) / w for i in range(w, len(ys) + 1)], style,
-                         color=line.get_color(), linewidth=2, label=f"seed {s} {stage}")
-            axes[1].plot([x0 + r["step"] for r in vals], [100 * r["val_acc"] for r in vals], style + "o",
-                         label=f"seed {s} {stage}")
-            x0 = max(xs, default=x0)
-    axes[0].set(title="GRPO mean reward (20-step moving average)", xlabel="step (stage 2 after stage 1)")
-    axes[1].set(title="validation accuracy (%)", xlabel="step")
-    axes[0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
-
-
 # the controls (docs/tiny_runs.md#controls): beside the table, never tuned on
 
 CONTROLS = [("sft_more", "matched-compute SFT control: the cold start trained on for RL stage 1's time", "sft"),
@@ -245,8 +214,7 @@ def report(a):
                f"{p['reverse']['recall']}%.")
     atomic_write(os.path.join(a.run, "ablation.json"), json.dumps(res, indent=2))
     atomic_write(os.path.join(a.run, "ablation.md"), md + "\n")
-    png = plot(a.run, a.seeds, os.path.join(a.run, "rl_curves.png"))
-    print(md + (f"\n\nRL curves: {png}" if png else ""))
+    print(md)
 
 
 def main(argv=None):

@@ -79,6 +79,32 @@ def test_a_revision_link_per_provenance_edge(tmp_path):
     assert [e["url"] for e in item["prov"]["edges"]] == ["https://en.wikipedia.org/w/index.php?oldid=123", None]
     assert item["prov"]["distractors"] == [{"name": "Flu", "why": "same type"}] and item["fam"] == "diagnosis"
 
+def test_rl_curves_as_svg_a_polyline_per_seed_and_stage(tmp_path):
+    """Two charts (reward, validation), each a polyline per seed and RL stage: a colour a seed, stage 2 dashed; the
+    reward is a moving average over up to 20 steps, its min and max written on the axis."""
+    run = tmp_path / "run"
+    fake_eval(str(run / "eval_base"), [1, 0])
+    os.makedirs(run / "synth")
+    (run / "synth" / "test.jsonl").write_text("")
+    for s in (0, 1):
+        for st, n in (("rl1", 30), ("rl2", 5)):
+            os.makedirs(run / f"seed{s}" / st)
+            rows = [{"step": i, "reward": i / n} for i in range(n)] + [{"step": i, "val_acc": 0.5} for i in (0, n)]
+            (run / f"seed{s}" / st / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    charts = re.findall(r"<svg .*?</svg>", open(report.main(["--run", str(run)])).read(), re.S)
+    assert len(charts) == 2
+    want = {f"{st} s{s}" for s in (0, 1) for st in ("RL 1", "RL 2")}
+    for chart, points in zip(charts, ({"RL 1": 30, "RL 2": 5}, {"RL 1": 2, "RL 2": 2})):
+        lines = re.findall(r'<polyline fill="none" stroke="(#\w+)"( stroke-dasharray="4")? points="([^"]*)">'
+                           r"<title>(.*?)</title>", chart)
+        assert len(lines) == 4 and {t for *_, t in lines} == want
+        assert all(bool(dash) == t.startswith("RL 2") and len(pts.split()) == points[t[:4]]
+                   for _, dash, pts, t in lines)
+        colour = {t: c for c, *_, t in lines}
+        assert colour["RL 1 s0"] == colour["RL 2 s0"] != colour["RL 1 s1"] == colour["RL 2 s1"]
+    assert ">0.00</text>" in charts[0] and ">0.65</text>" in charts[0]  # RL 1's last window: mean of 10/30..29/30
+
+
 # ----------------------------------------------------------------------------------------------------------
 # a real browser
 
