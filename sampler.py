@@ -2,7 +2,6 @@
 
 gpt-fast style: a preallocated KV cache, left-padded prompts, one batched prefill, then one token a step for every
 unfinished row. Group mode (k samples per prompt: GRPO) prefills each prompt once and replicates its cache k times.
-Under FSDP2 the weights are all-gathered once per call, not once per decode step.
 
     generate(model, [[5, 6, 7], [8]], max_new_tokens=4, eos_ids=[2])
     -> e.g. [[11, 12, 2], [9, 9, 9, 9]]: row 0 stopped at its EOS (kept), row 1 hit max_new_tokens
