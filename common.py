@@ -320,12 +320,10 @@ HEAD_TYPE = {"has_symptom": "disease", "risk_factor": "disease", "diagnosed_by":
 def load_kg(kg_dir):
     """kg.py's KG_DIR -> entities by id, adjacency out[rel][head] -> {tail: source} (synth.py's questions, distill.py's
     checks and tiny.py's facts read the same graph); edges with unknown ids are skipped."""
-    path, ents = os.path.join(kg_dir, "entities.jsonl"), {}
-    for i, e in enumerate(read_jsonl(path), 1):
-        bad = next((k for k in ("id", "name", "type") if not isinstance(e.get(k), str) or not e[k].strip()), None)
-        if bad:
-            raise ValueError(f"{path}: entity row {i}: field {bad!r} must be a non-empty string")
-        ents[e["id"]] = e
+    def check(e):
+        return next((f"field {k!r} must be a non-empty string" for k in ("id", "name", "type")
+                     if not isinstance(e.get(k), str) or not e[k].strip()), None)
+    ents = {e["id"]: e for e in read_jsonl(os.path.join(kg_dir, "entities.jsonl"), check)}
     out = defaultdict(lambda: defaultdict(dict))
     for e in read_jsonl(os.path.join(kg_dir, "edges.jsonl")):
         h, r, t = e.get("head"), e.get("relation"), e.get("tail")
