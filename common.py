@@ -374,23 +374,23 @@ def difficulty_heuristic(recs, rare_quantile=0.5):
 # LLM client: llm(conversations, n, temperature, max_tokens, seed) -> [[text] * n per conversation]
 
 def make_llm(spec, model_name=None, cache_dir=None, concurrency=4, api_key_env="OPENAI_API_KEY", max_retries=5,
-             backoff=1.0, timeout=600, batch_size=64, kv_budget=None):
+             backoff=1.0, batch_size=64):
     """An LLM callable over an OpenAI-compatible API (`spec` an http(s) base URL) or a local HF-format folder
     (model.load_model + sampler.generate). HTTP: the key from env var `api_key_env` (never logged or cached);
     429/5xx/connection errors retried with exponential backoff; `concurrency` requests in parallel; with
     `cache_dir` each call is cached as a JSON file keyed by its inputs, so a killed run resumes without paying twice."""
     if re.match(r"https?://", spec):
         return _http_llm(spec.rstrip("/"), model_name or "default", cache_dir, concurrency, api_key_env,
-                         max_retries, backoff, timeout)
+                         max_retries, backoff)
     import torch
     from transformers import AutoTokenizer
     from model import load_model
     cuda = torch.cuda.is_available()
     model = load_model(spec, device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
-    return make_local_llm(model, AutoTokenizer.from_pretrained(spec), batch_size=batch_size, kv_budget=kv_budget)
+    return make_local_llm(model, AutoTokenizer.from_pretrained(spec), batch_size=batch_size)
 
 
-def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries, backoff, timeout):
+def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries, backoff):
     import requests
     session = requests.Session()
     stats = {"cache_hits": 0, "retries": 0}
@@ -402,7 +402,7 @@ def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries
             headers["Authorization"] = "Bearer " + os.environ[api_key_env]
         for attempt in range(max_retries + 1):
             try:
-                r = session.post(base + "/chat/completions", json=payload, headers=headers, timeout=timeout)
+                r = session.post(base + "/chat/completions", json=payload, headers=headers, timeout=600)
                 if r.status_code == 200:
                     return r.json()
                 err = f"HTTP {r.status_code}: {r.text[:300]}"
@@ -450,11 +450,10 @@ def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries
     return llm
 
 
-def make_local_llm(model, tokenizer, batch_size=64, kv_budget=None):
-    """The LLM callable over an already loaded model.py Transformer + tokenizer (sampler.generate, batched; kv_budget
-    bytes of KV cache a call, None: sampler.KV_BUDGET). Prompts are sorted by length so each batch wastes little
-    left padding."""
-    from sampler import KV_BUDGET, generate
+def make_local_llm(model, tokenizer, batch_size=64):
+    """The LLM callable over an already loaded model.py Transformer + tokenizer (sampler.generate, batched, within
+    sampler.KV_BUDGET). Prompts are sorted by length so each batch wastes little left padding."""
+    from sampler import generate
     stops, pad = eos_ids(tokenizer), pad_id(tokenizer)
 
     def llm(conversations, n=1, temperature=0.0, max_tokens=512, seed=0):
@@ -464,7 +463,7 @@ def make_local_llm(model, tokenizer, batch_size=64, kv_budget=None):
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             comps = generate(model, [prompts[i] for i in idx], max_tokens, temperature=temperature,
-                             eos_ids=stops, seed=seed + b, pad_id=pad, k=n, kv_budget=kv_budget or KV_BUDGET)
+                             eos_ids=stops, seed=seed + b, pad_id=pad, k=n)
             for j, i in enumerate(idx):
                 rows = comps[j * n:(j + 1) * n]
                 out[i] = [tokenizer.decode(r[:-1] if r and r[-1] in stops else r, skip_special_tokens=False)
