@@ -499,12 +499,6 @@ def mean_se(xs):
     return m, se
 
 
-
-def _fmt_secs(s):
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 class Progress:
     """Progress(total, name).update(n=1, **metrics) prints 'name 120/1000 12.3 it/s ETA 1m10s k=v' every ~2 s."""
 
@@ -519,9 +513,10 @@ class Progress:
             return
         self.last = now
         rate = self.done / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else 0
+        secs = int((self.total - self.done) / rate if rate > 0 else 0)
+        eta = f"{secs // 3600}h{secs % 3600 // 60:02d}m" if secs >= 3600 else f"{secs // 60}m{secs % 60:02d}s"
         extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-        print(f"{self.name} {self.done}/{self.total} {rate:.1f} it/s ETA {_fmt_secs(eta)} {extra}".strip(),
+        print(f"{self.name} {self.done}/{self.total} {rate:.1f} it/s ETA {eta} {extra}".strip(),
               file=sys.stderr, flush=True)
 
 
