@@ -24,8 +24,8 @@ from collections import defaultdict
 LETTERS = "ABCDEFGHIJKLMNOPQRSTU"  # JMED has 21 options, A..U
 DIFFICULTIES = ("easy", "moderate", "difficult")
 
-# ----------------------------------------------------------------------------------------------------------
-# JSONL I/O
+
+# ----------------------------------------------------------------------------------------------- JSONL I/O
 
 def iter_jsonl(path):
     """(line number, row) for each non-blank line; a line that is not JSON yields a ValueError in place of the
@@ -89,8 +89,8 @@ def read_appended(path):
         write_jsonl(path, rows)
     return rows
 
-# ----------------------------------------------------------------------------------------------------------
-# the unified record
+
+# ----------------------------------------------------------------------------------------------- the unified record
 
 def check_record(rec):
     """The first problem of a unified record as a string naming the field, or None if it is valid."""
@@ -133,8 +133,8 @@ def item_keys(rec):
     opts = frozenset(map(norm_text, rec["options"].values()))
     return (opts, norm_text(rec["question"])), (opts, "id", rec["id"])
 
-# ----------------------------------------------------------------------------------------------------------
-# the prompt
+
+# ----------------------------------------------------------------------------------------------- the prompt
 
 SYSTEM_PROMPT = ("You are a medical expert answering a multiple-choice question. First think step by step "
                  "inside <think> </think> tags, then give the single best option, its letter or its full text, inside "
@@ -181,12 +181,12 @@ def eos_ids(tokenizer):
         ids.append(tokenizer.eos_token_id)
     return ids
 
-# ----------------------------------------------------------------------------------------------------------
-# the answer rule and the reward
+
+# ------------------------------------------------------------------------------------- the answer rule and the reward
 
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
-_PREFIX = re.compile(r"^(?:(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|option|choice)(?:\s+is)?|答案|选项)\s*[:\-]?\s*",
-                     re.I)
+_PREFIX = re.compile(r"^(?:(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|option|choice)(?:\s+is)?|答案|选项)"
+                     r"\s*[:\-]?\s*", re.I)
 _LETTER = re.compile(r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=$|[.:)]))[.:)]?(.*)$", re.S)
 _OTHER_MARK = re.compile(r"(?:^|\s)(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])[.)])\s+\S")  # "B. text": another option?
 _FULLWIDTH = str.maketrans("（）【】：．", "()[]:.")
@@ -262,8 +262,8 @@ def reward(text, record):
         return -0.5
     return 1.0 if extract_answer(text, record["options"]) == record["answer"] else 0.0
 
-# ----------------------------------------------------------------------------------------------------------
-# the KG's facts in words: synth.py's questions, distill.py's KG-path chains and tiny.py's pretraining facts
+
+# ------------------------------------------------------------ the KG's facts in words (synth.py, distill.py, tiny.py)
 
 RELATION_SENTENCES = {  # relation -> (forward: head first, ends at the tail; reverse: tail first, ends at the head)
     "has_symptom": ("{h} can present with {t}", "{t} can be a sign of {h}"),
@@ -370,8 +370,8 @@ def difficulty_heuristic(recs, rare_quantile=0.5):
         m["difficulty_source"] = "heuristic"
     return cut
 
-# ----------------------------------------------------------------------------------------------------------
-# LLM client: llm(conversations, n, temperature, max_tokens, seed) -> [[text] * n per conversation]
+
+# ------------------ LLM client: llm(conversations, n, temperature, max_tokens, seed) -> [[text] * n per conversation]
 
 def make_llm(spec, model_name=None, cache_dir=None, concurrency=4, api_key_env="OPENAI_API_KEY", max_retries=5,
              backoff=1.0, batch_size=64):
@@ -471,8 +471,8 @@ def make_local_llm(model, tokenizer, batch_size=64):
         return out
     return llm
 
-# ----------------------------------------------------------------------------------------------------------
-# the --tiny presets, statistics, progress and metrics
+
+# --------------------------------------------------------------- the --tiny presets, statistics, progress and metrics
 
 def parse_with_preset(parser, argv, tiny, variant=None):
     """parser.parse_args(argv), where --tiny makes `tiny` (the stage's TINY preset: the tiny CPU run's values)
