@@ -65,7 +65,8 @@ def pack_batch(seqs, starts, pad_id, device="cpu"):
     for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
         b = next((b for b in bins if b[0] + len(seqs[i]) <= T), None)
         if b is None:
-            bins.append(b := [0, []])
+            b = [0, []]
+            bins.append(b)
         b[0] += len(seqs[i])
         b[1].append(i)
     x, y = pad_batch([sum((seqs[i] for i in b), []) for _, b in bins], [T + 1] * len(bins), pad_id)  # y all -100
