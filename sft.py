@@ -114,8 +114,6 @@ def encode(tokenizer, row, where, specials):
     if not isinstance(last, dict) or last.get("role") != "assistant" or not str(last.get("content", "")).strip():
         raise ValueError(f"{where}: field 'messages' must end with a non-empty assistant turn (got role "
                          f"{last.get('role') if isinstance(last, dict) else last!r})")
-    if not tokenizer.chat_template:
-        raise ValueError(f"{where}: the tokenizer has no chat template")
     prompt_text = tokenizer.apply_chat_template(msgs[:-1], add_generation_prompt=True, tokenize=False)
     full_text = tokenizer.apply_chat_template(msgs, tokenize=False)
     if not full_text.startswith(prompt_text):
