@@ -192,13 +192,11 @@ def token_loss_sum(model, data, idx, pad_id, device, amp, shared):
 def evaluate(model, data, rank, world, micro, pad_id, device, amp):
     """Held-out loss per token over all of `data`, sharded over ranks."""
     lengths, shared = [len(d[0]) for d in data], shares_prefix(data, range(len(data)))
-    loss_sum, n_tok = 0.0, 0
+    loss_sum = 0.0
     for idx in split_for_rank(list(range(len(data))), lengths, rank, world, micro):
-        loss, _ = token_loss_sum(model, data, idx, pad_id, device, amp, shared)
-        loss_sum += loss.item()
-        n_tok += 0 if idx is None else sum(len(data[i][0]) - max(data[i][1], 1) for i in idx)
-    loss_sum, n_tok = M.all_sum([loss_sum, n_tok], device)
-    return loss_sum / n_tok
+        loss_sum += token_loss_sum(model, data, idx, pad_id, device, amp, shared)[0].item()
+    n_tok = sum(len(ids) - max(start, 1) for ids, start in data)  # every rank holds all of `data`
+    return M.all_sum([loss_sum], device)[0] / n_tok
 
 
 def train(a):
