@@ -24,8 +24,8 @@ from collections import defaultdict
 LETTERS = "ABCDEFGHIJKLMNOPQRSTU"  # JMED has 21 options, A..U
 DIFFICULTIES = ("easy", "moderate", "difficult")
 
-# ----------------------------------------------------------------------------------------------------------
-# JSONL I/O
+
+# ----------------------------------------------------------------------------------------------- JSONL I/O
 
 def iter_jsonl(path):
     """(line number, row) for each non-blank line; a line that is not JSON yields a ValueError in place of the
@@ -89,8 +89,8 @@ def read_appended(path):
         write_jsonl(path, rows)
     return rows
 
-# ----------------------------------------------------------------------------------------------------------
-# the unified record
+
+# ----------------------------------------------------------------------------------------------- the unified record
 
 def check_record(rec):
     """The first problem of a unified record as a string naming the field, or None if it is valid."""
@@ -133,8 +133,8 @@ def item_keys(rec):
     opts = frozenset(map(norm_text, rec["options"].values()))
     return (opts, norm_text(rec["question"])), (opts, "id", rec["id"])
 
-# ----------------------------------------------------------------------------------------------------------
-# the prompt
+
+# ----------------------------------------------------------------------------------------------- the prompt
 
 SYSTEM_PROMPT = ("You are a medical expert answering a multiple-choice question. First think step by step "
                  "inside <think> </think> tags, then give the single best option, its letter or its full text, inside "
@@ -181,12 +181,12 @@ def eos_ids(tokenizer):
         ids.append(tokenizer.eos_token_id)
     return ids
 
-# ----------------------------------------------------------------------------------------------------------
-# the answer rule and the reward
+
+# ------------------------------------------------------------------------------------- the answer rule and the reward
 
 _ANSWER_OPEN, _ANSWER_CLOSE = "<answer>", "</answer>"
-_PREFIX = re.compile(r"^(?:(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|option|choice)(?:\s+is)?|答案|选项)\s*[:\-]?\s*",
-                     re.I)
+_PREFIX = re.compile(r"^(?:(?:the\s+)?(?:final\s+|correct\s+)?(?:answer|option|choice)(?:\s+is)?|答案|选项)"
+                     r"\s*[:\-]?\s*", re.I)
 _LETTER = re.compile(r"^(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])(?=$|[.:)]))[.:)]?(.*)$", re.S)
 _OTHER_MARK = re.compile(r"(?:^|\s)(?:\(([A-Z])\)|\[([A-Z])\]|([A-Z])[.)])\s+\S")  # "B. text": another option?
 _FULLWIDTH = str.maketrans("（）【】：．", "()[]:.")
@@ -262,8 +262,8 @@ def reward(text, record):
         return -0.5
     return 1.0 if extract_answer(text, record["options"]) == record["answer"] else 0.0
 
-# ----------------------------------------------------------------------------------------------------------
-# the KG's facts in words: synth.py's questions, distill.py's KG-path chains and tiny.py's pretraining facts
+
+# ------------------------------------------------------------ the KG's facts in words (synth.py, distill.py, tiny.py)
 
 RELATION_SENTENCES = {  # relation -> (forward: head first, ends at the tail; reverse: tail first, ends at the head)
     "has_symptom": ("{h} can present with {t}", "{t} can be a sign of {h}"),
@@ -320,12 +320,10 @@ HEAD_TYPE = {"has_symptom": "disease", "risk_factor": "disease", "diagnosed_by":
 def load_kg(kg_dir):
     """kg.py's KG_DIR -> entities by id, adjacency out[rel][head] -> {tail: source} (synth.py's questions, distill.py's
     checks and tiny.py's facts read the same graph); edges with unknown ids are skipped."""
-    path, ents = os.path.join(kg_dir, "entities.jsonl"), {}
-    for i, e in enumerate(read_jsonl(path), 1):
-        bad = next((k for k in ("id", "name", "type") if not isinstance(e.get(k), str) or not e[k].strip()), None)
-        if bad:
-            raise ValueError(f"{path}: entity row {i}: field {bad!r} must be a non-empty string")
-        ents[e["id"]] = e
+    def check(e):
+        return next((f"field {k!r} must be a non-empty string" for k in ("id", "name", "type")
+                     if not isinstance(e.get(k), str) or not e[k].strip()), None)
+    ents = {e["id"]: e for e in read_jsonl(os.path.join(kg_dir, "entities.jsonl"), check)}
     out = defaultdict(lambda: defaultdict(dict))
     for e in read_jsonl(os.path.join(kg_dir, "edges.jsonl")):
         h, r, t = e.get("head"), e.get("relation"), e.get("tail")
@@ -372,27 +370,27 @@ def difficulty_heuristic(recs, rare_quantile=0.5):
         m["difficulty_source"] = "heuristic"
     return cut
 
-# ----------------------------------------------------------------------------------------------------------
-# LLM client: llm(conversations, n, temperature, max_tokens, seed) -> [[text] * n per conversation]
+
+# ------------------ LLM client: llm(conversations, n, temperature, max_tokens, seed) -> [[text] * n per conversation]
 
 def make_llm(spec, model_name=None, cache_dir=None, concurrency=4, api_key_env="OPENAI_API_KEY", max_retries=5,
-             backoff=1.0, timeout=600, batch_size=64, kv_budget=None):
+             backoff=1.0, batch_size=64):
     """An LLM callable over an OpenAI-compatible API (`spec` an http(s) base URL) or a local HF-format folder
     (model.load_model + sampler.generate). HTTP: the key from env var `api_key_env` (never logged or cached);
     429/5xx/connection errors retried with exponential backoff; `concurrency` requests in parallel; with
     `cache_dir` each call is cached as a JSON file keyed by its inputs, so a killed run resumes without paying twice."""
     if re.match(r"https?://", spec):
         return _http_llm(spec.rstrip("/"), model_name or "default", cache_dir, concurrency, api_key_env,
-                         max_retries, backoff, timeout)
+                         max_retries, backoff)
     import torch
     from transformers import AutoTokenizer
     from model import load_model
     cuda = torch.cuda.is_available()
     model = load_model(spec, device="cuda" if cuda else "cpu", dtype=torch.bfloat16 if cuda else torch.float32)
-    return make_local_llm(model, AutoTokenizer.from_pretrained(spec), batch_size=batch_size, kv_budget=kv_budget)
+    return make_local_llm(model, AutoTokenizer.from_pretrained(spec), batch_size=batch_size)
 
 
-def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries, backoff, timeout):
+def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries, backoff):
     import requests
     session = requests.Session()
     stats = {"cache_hits": 0, "retries": 0}
@@ -404,7 +402,7 @@ def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries
             headers["Authorization"] = "Bearer " + os.environ[api_key_env]
         for attempt in range(max_retries + 1):
             try:
-                r = session.post(base + "/chat/completions", json=payload, headers=headers, timeout=timeout)
+                r = session.post(base + "/chat/completions", json=payload, headers=headers, timeout=600)
                 if r.status_code == 200:
                     return r.json()
                 err = f"HTTP {r.status_code}: {r.text[:300]}"
@@ -452,11 +450,10 @@ def _http_llm(base, model_name, cache_dir, concurrency, api_key_env, max_retries
     return llm
 
 
-def make_local_llm(model, tokenizer, batch_size=64, kv_budget=None):
-    """The LLM callable over an already loaded model.py Transformer + tokenizer (sampler.generate, batched; kv_budget
-    bytes of KV cache a call, None: sampler.KV_BUDGET). Prompts are sorted by length so each batch wastes little
-    left padding."""
-    from sampler import KV_BUDGET, generate
+def make_local_llm(model, tokenizer, batch_size=64):
+    """The LLM callable over an already loaded model.py Transformer + tokenizer (sampler.generate, batched, within
+    sampler.KV_BUDGET). Prompts are sorted by length so each batch wastes little left padding."""
+    from sampler import generate
     stops, pad = eos_ids(tokenizer), pad_id(tokenizer)
 
     def llm(conversations, n=1, temperature=0.0, max_tokens=512, seed=0):
@@ -466,7 +463,7 @@ def make_local_llm(model, tokenizer, batch_size=64, kv_budget=None):
         for b in range(0, len(order), batch_size):
             idx = order[b:b + batch_size]
             comps = generate(model, [prompts[i] for i in idx], max_tokens, temperature=temperature,
-                             eos_ids=stops, seed=seed + b, pad_id=pad, k=n, kv_budget=kv_budget or KV_BUDGET)
+                             eos_ids=stops, seed=seed + b, pad_id=pad, k=n)
             for j, i in enumerate(idx):
                 rows = comps[j * n:(j + 1) * n]
                 out[i] = [tokenizer.decode(r[:-1] if r and r[-1] in stops else r, skip_special_tokens=False)
@@ -474,8 +471,8 @@ def make_local_llm(model, tokenizer, batch_size=64, kv_budget=None):
         return out
     return llm
 
-# ----------------------------------------------------------------------------------------------------------
-# the --tiny presets, statistics, progress and metrics
+
+# --------------------------------------------------------------- the --tiny presets, statistics, progress and metrics
 
 def parse_with_preset(parser, argv, tiny, variant=None):
     """parser.parse_args(argv), where --tiny makes `tiny` (the stage's TINY preset: the tiny CPU run's values)
@@ -502,12 +499,6 @@ def mean_se(xs):
     return m, se
 
 
-
-def _fmt_secs(s):
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 class Progress:
     """Progress(total, name).update(n=1, **metrics) prints 'name 120/1000 12.3 it/s ETA 1m10s k=v' every ~2 s."""
 
@@ -522,9 +513,10 @@ class Progress:
             return
         self.last = now
         rate = self.done / max(now - self.t0, 1e-9)
-        eta = (self.total - self.done) / rate if rate > 0 else 0
+        secs = int((self.total - self.done) / rate if rate > 0 else 0)
+        eta = f"{secs // 3600}h{secs % 3600 // 60:02d}m" if secs >= 3600 else f"{secs // 60}m{secs % 60:02d}s"
         extra = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
-        print(f"{self.name} {self.done}/{self.total} {rate:.1f} it/s ETA {_fmt_secs(eta)} {extra}".strip(),
+        print(f"{self.name} {self.done}/{self.total} {rate:.1f} it/s ETA {eta} {extra}".strip(),
               file=sys.stderr, flush=True)
 
 

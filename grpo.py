@@ -286,7 +286,7 @@ def rollout(policy, tok, batch, args, seed, stops, pad_id):
     """k samples per prompt -> prompts (token ids), completions (rows i*k .. i*k+k-1: prompt i), seconds."""
     prompts = [common.prompt_ids(tok, r) for r in batch]
     t0 = time.time()
-    comps = sampler.generate(policy, prompts, args.max_new_tokens, temperature=args.temperature, top_p=1.0,
+    comps = sampler.generate(policy, prompts, args.max_new_tokens, temperature=args.temperature,
                              eos_ids=stops, seed=seed, pad_id=pad_id, k=args.k, kv_budget=args.kv_cache_gb * 2**30)
     return prompts, comps, seconds_since(t0)
 

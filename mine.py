@@ -53,7 +53,7 @@ def mine(model, tokenizer, records, n, batch_size=64, max_new_tokens=512, temper
     for c in range(calls):
         part = idx[c * batch_size:(c + 1) * batch_size]
         prompts = [common.prompt_ids(tokenizer, records[i]) for i in (part or [0])]
-        comps = sampler.generate(model, prompts, max_new_tokens, temperature=temperature, top_p=1.0, eos_ids=stops,
+        comps = sampler.generate(model, prompts, max_new_tokens, temperature=temperature, eos_ids=stops,
                                  seed=seed * 1_000_003 + c * world + rank, pad_id=pad, k=n, kv_budget=kv_budget)
         for j, i in enumerate(part):
             rec = records[i]

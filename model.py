@@ -5,7 +5,6 @@ model.safetensors.index.json): parameter names match HF 1:1, so `transformers` l
 logits and vice versa. The model's log-probs of chosen tokens (SFT's loss, GRPO's eq. 1), the optimizer, gradient
 clipping and lr schedule sft.py and grpo.py share, tiny-mode builders (a byte-level BPE tokenizer with ChatML, a
 fresh tiny Qwen2-shaped model) and the distributed helpers (FSDP2 sharding, resumable safetensors checkpoints).
-This is the policy network of Fleming-R1 (arXiv 2509.15279, sec. 3: the Qwen2.5 / Qwen3 backbones).
 """
 import datetime, json, math, os, random, shutil, sys
 from dataclasses import asdict, dataclass, fields
@@ -320,24 +319,6 @@ def _swap_in(tmp, path):
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_hf(d, model, sd, tokenizer):
-    dtype = str(next(iter(sd.values())).dtype).removeprefix("torch.")
-    gen = {}  # the ids transformers' / vLLM's generate() stop on (else it runs to max_new_tokens) and pad with
-    if tokenizer is not None:  # both ChatML ends, as in Qwen's generation_config.json and our sampler
-        gen = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids(tokenizer),
-                   pad_token_id=tokenizer.pad_token_id)
-        gen = {k: v for k, v in gen.items() if v not in (None, [])}
-    with open(os.path.join(d, "config.json"), "w") as f:
-        json.dump({**model.config.to_hf(), "dtype": dtype, **gen}, f, indent=2)
-    if gen:
-        with open(os.path.join(d, "generation_config.json"), "w") as f:
-            json.dump(gen, f, indent=2)
-    save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(d, "model.safetensors"),
-              metadata={"format": "pt"})
-    if tokenizer is not None:
-        tokenizer.save_pretrained(d)
-
-
 def save_model(model, path, tokenizer=None, dtype=None):
     """Write an HF folder (config.json + model.safetensors [+ tokenizer, generation_config.json]), in `dtype` if
     given (bf16 after mixed precision training: what HF Qwen checkpoints hold). Every rank calls it; rank 0 writes.
@@ -354,7 +335,21 @@ def save_model(model, path, tokenizer=None, dtype=None):
         tmp = f"{path}.tmp{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-        _write_hf(tmp, model, sd, tokenizer)
+        gen = {}  # the ids transformers' / vLLM's generate() stop on (else it runs to max_new_tokens) and pad with
+        if tokenizer is not None:  # both ChatML ends, as in Qwen's generation_config.json and our sampler
+            gen = dict(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_ids(tokenizer),
+                       pad_token_id=tokenizer.pad_token_id)
+            gen = {k: v for k, v in gen.items() if v not in (None, [])}
+        saved_dtype = str(next(iter(sd.values())).dtype).removeprefix("torch.")
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump({**model.config.to_hf(), "dtype": saved_dtype, **gen}, f, indent=2)
+        if gen:
+            with open(os.path.join(tmp, "generation_config.json"), "w") as f:
+                json.dump(gen, f, indent=2)
+        save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(tmp, "model.safetensors"),
+                  metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
         _swap_in(tmp, path)
     if _is_dist():
         torch.distributed.barrier()
@@ -410,12 +405,9 @@ def init_weights(model):
 
 # ----------------------------------------------------------------------------------------------- optimisation
 
-def make_optimizer(model, lr, weight_decay=0.0, betas=(0.9, 0.95)):
-    """AdamW; no weight decay on norms and biases (1-D tensors)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=1e-8)
+def make_optimizer(model, lr, betas=(0.9, 0.95)):
+    """AdamW without weight decay (AdamW's default is 0.01)."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=betas, weight_decay=0.0)
 
 
 def clip_grad(model, max_norm):

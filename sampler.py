@@ -2,7 +2,6 @@
 
 gpt-fast style: a preallocated KV cache, left-padded prompts, one batched prefill, then one token a step for every
 unfinished row. Group mode (k samples per prompt: GRPO) prefills each prompt once and replicates its cache k times.
-Under FSDP2 the weights are all-gathered once per call, not once per decode step.
 
     generate(model, [[5, 6, 7], [8]], max_new_tokens=4, eos_ids=[2])
     -> e.g. [[11, 12, 2], [9, 9, 9, 9]]: row 0 stopped at its EOS (kept), row 1 hit max_new_tokens
@@ -31,20 +30,15 @@ def unsharded(model):
             m.set_reshard_after_forward(m is not model, recurse=False)  # FSDP's defaults: root keeps its weights
 
 
-def sample(logits, temperature, top_p, u):
-    """logits (N, V) fp32, u (N, 1) uniform in [0, 1) -> tokens (N,) drawn from softmax(logits / temperature),
-    restricted to the top_p nucleus (greedy at temperature 0, where u is not used)."""
+def sample(logits, temperature, u):
+    """logits (N, V) fp32, u (N, 1) uniform in [0, 1) -> tokens (N,) drawn from softmax(logits / temperature)
+    (greedy at temperature 0, where u is not used)."""
     if temperature == 0:
         return logits.max(-1).indices  # argmax's first-index tie rule, and 3x faster than argmax on CPU (measured)
     probs = (logits / temperature).log_softmax(-1).exp()  # (N, V)
-    if top_p < 1.0:  # nucleus: keep the smallest prefix of the sorted distribution with mass >= top_p
-        probs, order = probs.sort(-1, descending=True)  # draw in sorted order, map back below
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p, 0.0)  # mass before it already reaches top_p
     # inverse-CDF draw, one uniform per row (CPU multinomial draws one per entry); fp32 cdf within 6e-8 of fp64 at 152k
-    cdf = probs.cumsum(-1)  # (N, V); unnormalised after top-p, so scale u by each row's total
+    cdf = probs.cumsum(-1)  # (N, V); its total is 1 only up to rounding, so scale u by each row's total
     tok = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=cdf.shape[1] - 1)  # (N, 1); mass 0: never
-    if top_p < 1.0:
-        tok = order.gather(1, tok)
     return tok[:, 0]
 
 
@@ -52,8 +46,8 @@ KV_BUDGET = 24 * 2**30  # bytes of KV cache a generate call may hold (7B on 80 G
 
 
 @torch.no_grad()
-def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids=(), seed=None, pad_id=0,
-             k=1, min_shared=16, kv_budget=KV_BUDGET):
+def generate(model, prompts, max_new_tokens, temperature=0.0, eos_ids=(), seed=None, pad_id=0, k=1, min_shared=16,
+             kv_budget=KV_BUDGET):
     """prompts: list of token-id lists -> len(prompts)*k completions (rows i*k .. i*k+k-1 belong to prompt i),
     each ending at its first EOS (kept) or after max_new_tokens. A prefix of >= min_shared tokens common to all
     prompts is prefilled once. A call whose KV cache would pass kv_budget bytes runs its prompts in consecutive
@@ -72,10 +66,10 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids
             (max(map(len, prompts)) + max_new_tokens)  # bytes of one row's cache
         n = max(1, int(kv_budget // (row * k)))  # prompts per chunk
         return [y for i in range(0, len(prompts), n) for y in _generate(
-            model, prompts[i:i + n], max_new_tokens, temperature, top_p, eos_ids, gen, pad_id, k, min_shared, dtype)]
+            model, prompts[i:i + n], max_new_tokens, temperature, eos_ids, gen, pad_id, k, min_shared, dtype)]
 
 
-def _generate(model, prompts, max_new_tokens, temperature, top_p, eos_ids, gen, pad_id, k, min_shared, dtype):
+def _generate(model, prompts, max_new_tokens, temperature, eos_ids, gen, pad_id, k, min_shared, dtype):
     c, dev = model.config, next(model.parameters()).device
     # The common prefix (system prompt, chat template) runs once, its keys/values copied to every row; each row keeps
     # a suffix, left-padded after it (positions come from the mask). Not in group mode, whose prefill is 1/k of the rows
@@ -116,7 +110,7 @@ def _generate(model, prompts, max_new_tokens, temperature, top_p, eos_ids, gen, 
     # time) once they are a quarter of it; each row's uniform comes from one (N,) draw a step, whoever has finished
     for t in range(max_new_tokens):
         u = torch.rand(N, 1, generator=gen, device=dev)[live] if temperature > 0 else None
-        tok = sample(logits, temperature, top_p, u)  # (n,)
+        tok = sample(logits, temperature, u)  # (n,)
         out[live, t] = tok
         done |= torch.isin(tok, eos)
         if t == max_new_tokens - 1 or bool(done.all()):

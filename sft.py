@@ -65,7 +65,8 @@ def pack_batch(seqs, starts, pad_id, device="cpu"):
     for i in sorted(range(len(seqs)), key=lambda i: -len(seqs[i])):
         b = next((b for b in bins if b[0] + len(seqs[i]) <= T), None)
         if b is None:
-            bins.append(b := [0, []])
+            b = [0, []]
+            bins.append(b)
         b[0] += len(seqs[i])
         b[1].append(i)
     x, y = pad_batch([sum((seqs[i] for i in b), []) for _, b in bins], [T + 1] * len(bins), pad_id)  # y all -100
@@ -113,8 +114,6 @@ def encode(tokenizer, row, where, specials):
     if not isinstance(last, dict) or last.get("role") != "assistant" or not str(last.get("content", "")).strip():
         raise ValueError(f"{where}: field 'messages' must end with a non-empty assistant turn (got role "
                          f"{last.get('role') if isinstance(last, dict) else last!r})")
-    if not tokenizer.chat_template:
-        raise ValueError(f"{where}: the tokenizer has no chat template")
     prompt_text = tokenizer.apply_chat_template(msgs[:-1], add_generation_prompt=True, tokenize=False)
     full_text = tokenizer.apply_chat_template(msgs, tokenize=False)
     if not full_text.startswith(prompt_text):
@@ -193,13 +192,11 @@ def token_loss_sum(model, data, idx, pad_id, device, amp, shared):
 def evaluate(model, data, rank, world, micro, pad_id, device, amp):
     """Held-out loss per token over all of `data`, sharded over ranks."""
     lengths, shared = [len(d[0]) for d in data], shares_prefix(data, range(len(data)))
-    loss_sum, n_tok = 0.0, 0
+    loss_sum = 0.0
     for idx in split_for_rank(list(range(len(data))), lengths, rank, world, micro):
-        loss, _ = token_loss_sum(model, data, idx, pad_id, device, amp, shared)
-        loss_sum += loss.item()
-        n_tok += 0 if idx is None else sum(len(data[i][0]) - max(data[i][1], 1) for i in idx)
-    loss_sum, n_tok = M.all_sum([loss_sum, n_tok], device)
-    return loss_sum / n_tok
+        loss_sum += token_loss_sum(model, data, idx, pad_id, device, amp, shared)[0].item()
+    n_tok = sum(len(ids) - max(start, 1) for ids, start in data)  # every rank holds all of `data`
+    return M.all_sum([loss_sum], device)[0] / n_tok
 
 
 def train(a):

@@ -5,9 +5,6 @@ GRPO (Fleming-R1, arXiv 2509.15279, eq. 1) needs log pi(y_t | x, y_<t) for every
 Qwen's 151,936-token vocabulary that is the first thing to run out of memory. This file computes the same
 numbers exactly in O(N + tile) extra memory.
 
-    token_logprobs(hidden (N, D), weight (V, D), targets (N,) int64, temperature=1.0, return_entropy=False, backend)
-        -> logp (N,) fp32  [, entropy (N,) fp32];  rows whose target is -100 give 0 and get no gradient.
-
 The math (one row i; z = h_i W^T / T are the tempered logits, y = targets[i]):
     lse   = log sum_j exp(z_j)            logp = z_y - lse            entropy = lse - sum_j p_j z_j,  p = exp(z - lse)
   Forward, streaming over vocab blocks (never more than one (rows x block) tile alive), per row keep
@@ -34,7 +31,6 @@ Two forwards of this one algorithm, one backward (`_Logprob`):
     fp32 tile (two with the entropy; 256 MB each at 8192 x 8192) and fp32 gradient accumulators (V x D: 2.2 GB at
     Qwen2.5-7B). Fixed summation order, no atomic adds: deterministic. Not Triton: registers cannot hold a row of
     D = 896..3584, so an atomics-free kernel recomputes each tile once per D block (17 matmuls at D = 3584).
-    Measured (tests/bench_logprob.py, N=4096 D=896 V=151936 fp32, 2 CPU cores): see the README.
 """
 import os
 

@@ -130,8 +130,6 @@ def test_seeds_temperature_and_groups():
     assert generate(m, PROMPTS, 8, seed=123) == generate(m, PROMPTS, 8, seed=7) == greedy
     # greedy group mode: every row of a group equals its prompt's greedy completion
     assert generate(m, PROMPTS, 8, k=3) == [g for g in greedy for _ in range(3)]
-    # top_p that keeps only the most likely token is greedy, whatever the seed
-    assert generate(m, PROMPTS, 8, temperature=1.0, top_p=1e-6, seed=5) == greedy
 
 
 def test_kv_budget_splits_the_call_into_chunks_that_fit():
@@ -181,20 +179,15 @@ def test_the_cache_is_never_copied_whole():
     assert big == [("aten.zeros.default", cache)] * 2, big
 
 
-def test_sample_draws_from_the_tempered_nucleus():
-    """sample(): token frequencies over 40,000 draws match softmax(logits / T), renormalised over the top-p nucleus."""
-    logits = torch.tensor([0.5, 2.0, -30.0, 0.0, 1.0, -1.0])  # unsorted: the nucleus is not a prefix of the ids
+def test_sample_draws_from_the_tempered_distribution():
+    """sample(): token frequencies over 40,000 draws match softmax(logits / T)."""
+    logits = torch.tensor([0.5, 2.0, -30.0, 0.0, 1.0, -1.0])
     gen = torch.Generator().manual_seed(0)
-    for T, top_p in [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8)]:
-        p = (logits / T).softmax(-1)
-        sp, si = p.sort(descending=True)
-        idx = si[sp.cumsum(0) - sp < top_p]  # the nucleus
-        want = torch.zeros_like(p)
-        want[idx] = p[idx] / p[idx].sum()
-        tok = sample(logits.repeat(40000, 1), T, top_p, torch.rand(40000, 1, generator=gen))
+    for T in (1.0, 0.7):
+        want = (logits / T).softmax(-1)
+        tok = sample(logits.repeat(40000, 1), T, torch.rand(40000, 1, generator=gen))
         freq = torch.bincount(tok, minlength=6) / 40000
-        assert (freq - want).abs().max() < 0.01, (T, top_p, freq, want)  # 4 SE of a proportion near 0.5 is 0.01
-        assert freq[want == 0].sum() == 0  # never outside the nucleus
+        assert (freq - want).abs().max() < 0.01, (T, freq, want)  # 4 SE of a proportion near 0.5 is 0.01
 
 
 def test_bad_input():

@@ -219,7 +219,7 @@ def test_bad_kg_row_names_file_row_and_field(tmp_path):
     rows = (tmp_path / "entities.jsonl").read_text().splitlines()
     rows[4] = json.dumps(dict(json.loads(rows[4]), name=""))
     (tmp_path / "entities.jsonl").write_text("\n".join(rows) + "\n")
-    with pytest.raises(ValueError, match=r"entities.jsonl: entity row 5: field 'name'"):
+    with pytest.raises(ValueError, match=r"entities.jsonl:5: field 'name' must be a non-empty string"):
         synth.synthesize(str(tmp_path), 10, 5)
 
 
