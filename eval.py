@@ -29,8 +29,7 @@ PAPER_MODELS = ("Qwen2.5-7B-Instruct", "Fleming-R1-7B", "Fleming-R1-32B")
 TINY = dict(max_new_tokens=112,  # --tiny: the tiny run's chains end within 112 tokens, as its rollouts do
             batch_size=256)  # prompts per generate call: the 1,200 test items in 5 calls
 
-# ----------------------------------------------------------------------------------------------------------
-# evaluation
+# --------------------------------------------------------------------------------------------------------- evaluation
 
 def summarize(rows, n):
     """Accuracy = mean over items of the per-item mean over samples; its standard error is over items."""
@@ -86,8 +85,7 @@ def evaluate(llm_or_model, records, predictions, n=1, temperature=0.0, max_new_t
         prog.update(len(part), acc=100 * sum(r["correct"] for r in rows) / max(len(rows), 1))
     return summarize(rows, n)
 
-# ----------------------------------------------------------------------------------------------------------
-# report
+# ------------------------------------------------------------------------------------------------------------- report
 
 def report(results, paper):
     """Markdown: one row per benchmark with accuracy ± SE and format rate, published numbers alongside."""
