@@ -321,10 +321,8 @@ def report(train, test, cands, supported, skipped, args):
     allq = train + test
     mean = lambda xs: round(sum(xs) / max(1, len(xs)), 3)
     frac = lambda cnt: {k: round(v / max(1, sum(cnt.values())), 3) for k, v in sorted(cnt.items())}
-    by_fam, d_fam = defaultdict(list), defaultdict(list)
-    for c in cands:
-        by_fam[c["family"]].append(c["inlinks"])
-        d_fam[c["family"]].append(c["d_inlinks"])
+    fams = dict.fromkeys(c["family"] for c in cands)  # uniform: alpha=0, hop_weight=1, each family equally likely
+    uniform = lambda key: mean([mean([c[key] for c in cands if c["family"] == f]) for f in fams])
     return {"args": args, "n_train": len(train), "n_test": len(test),
             "supported_instances": dict(supported, total=sum(supported.values())),
             "candidates": len(cands), "skipped": dict(skipped),
@@ -332,10 +330,9 @@ def report(train, test, cands, supported, skipped, args):
                         "hops": frac(Counter(q["meta"]["hops"] for q in allq)),
                         "answer_inlinks_mean": mean([q["meta"]["rarity"]["answer_inlinks"] for q in allq]),
                         "disease_inlinks_mean": mean([q["meta"]["rarity"]["disease_inlinks"] for q in allq])},
-            "uniform": {"family": frac(Counter({f: 1 for f in by_fam})),  # alpha=0, hop_weight=1
-                        "hops": frac(Counter(FAMILIES[f] for f in by_fam)),
-                        "answer_inlinks_mean": mean([mean(v) for v in by_fam.values()]),
-                        "disease_inlinks_mean": mean([mean(v) for v in d_fam.values()])},
+            "uniform": {"family": frac(Counter({f: 1 for f in fams})),
+                        "hops": frac(Counter(FAMILIES[f] for f in fams)),
+                        "answer_inlinks_mean": uniform("inlinks"), "disease_inlinks_mean": uniform("d_inlinks")},
             "answer_position": dict(sorted(Counter(q["answer"] for q in allq).items()))}
 
 
