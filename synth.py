@@ -282,8 +282,7 @@ def synthesize(kg_dir, n, test_n, seed=0, alpha=1.0, hop_weight=2.0, num_options
     while len(items) < n + test_n + val_n and cum[-1] > 0:
         if dead > 0.5 * cum[-1]:  # lazy deletion: rebuild the cumulative weights when half the mass is dead
             cum, dead = list(itertools.accumulate(weights)), 0.0
-            if cum[-1] <= 0:
-                break
+            continue  # back to the loop test: it stops if no mass is left, else the draw goes ahead (dead is 0 now)
         i = min(bisect.bisect(cum, rng.random() * cum[-1]), len(cum) - 1)
         if weights[i] == 0:
             continue
