@@ -170,7 +170,7 @@ def distractors(c, given, idx, out, ents, k, rng):
     why = {a: f"a treatment of {ents[d]['name']}, the disease itself" for a in pool}  # first source wins, as below
     for dd in rivals:  # the rival disease itself, or what the KG says about it along the same path
         if (fam, dd) not in idx["answers"]:  # memo: rivals recur across items
-            idx["answers"][fam, dd] = [dd] if fam == "diagnosis" else [a for a, _, _ in answers(fam, dd, out, ents)]
+            idx["answers"][fam, dd] = [a for a, _, _ in answers(fam, dd, out, ents)]
         alts = list(idx["answers"][fam, dd])
         rng.shuffle(alts)
         pool += alts
