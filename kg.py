@@ -16,8 +16,7 @@ Deliberate departures from the paper:
      of a Category:, or the pages transcluding Template:Infobox medical condition) and pass that XML.
   3. The tiny run reads the shipped sample dump (data/sample_wiki.xml, --tiny).
 
-  python kg.py --dump pages-articles.xml[.bz2] --out OUT
-  python kg.py --dump medical-pages-export.xml --out OUT
+  python kg.py --dump pages-articles.xml[.bz2] --out OUT   (or medical-pages-export.xml)
 """
 import argparse, bz2, hashlib, json, os, re, sys, time
 import xml.etree.ElementTree as ET
