@@ -252,16 +252,6 @@ class KG:
             self.red_f.write(f"{src}\t{dst}\n")
             self.stats["redirects"] += 1
 
-    def load_redirects(self):
-        """Keep the redirects from a title we reference (entity linking) or into one (aliases)."""
-        ref = set(self.pages) | set(self.slots) | set(self.inl) | {x for h, _, t in self.edges for x in (h, t)}
-        self.red_f.flush()
-        self.red_f.seek(0)
-        for line in self.red_f:
-            src, dst = line.rstrip("\n").split("\t")
-            if src in ref or dst in ref:
-                self.redirects[src] = dst
-
     def add_page(self, title, revid, text):
         """Parse one article and record it (or its reject)."""
         self.stats["pages_read"] += 1
@@ -337,7 +327,14 @@ class KG:
     def finish(self):
         """Resolve redirects, merge duplicates, type entities, count inlinks. -> (entities, edges, stats)."""
         self.flush_llm()
-        self.load_redirects()
+        # keep the redirects from a title we reference (entity linking) or into one (aliases)
+        ref = set(self.pages) | set(self.slots) | set(self.inl) | {x for h, _, t in self.edges for x in (h, t)}
+        self.red_f.flush()
+        self.red_f.seek(0)
+        for line in self.red_f:
+            src, dst = line.rstrip("\n").split("\t")
+            if src in ref or dst in ref:
+                self.redirects[src] = dst
         slots = {}
         for t, c in self.slots.items():  # merge slot votes of redirect titles into their targets
             slots.setdefault(self.canon(t), Counter()).update(c)
