@@ -25,7 +25,7 @@ from collections import Counter
 import mwparserfromhell as mwp
 import numpy as np
 
-from common import atomic_write, make_llm, parse_with_preset
+from common import atomic_write, make_llm, parse_with_preset, write_jsonl
 
 # --tiny: the shipped sample dump (data/README.md)
 TINY = dict(dump=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sample_wiki.xml"), out="out/kg_tiny")
@@ -384,8 +384,8 @@ class KG:
         ents, edges, st = self.finish()
         st.update(extra)
         self.rejects.flush()
-        for name, rows in (("entities.jsonl", ents), ("edges.jsonl", edges)):
-            atomic_write(os.path.join(self.out, name), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_jsonl(os.path.join(self.out, "entities.jsonl"), ents)  # atomic, like stats.json below
+        write_jsonl(os.path.join(self.out, "edges.jsonl"), edges)
         atomic_write(os.path.join(self.out, "stats.json"), json.dumps(st, indent=1) + "\n")
         self.red_f.close()
         os.remove(self.red_f.name)
