@@ -161,7 +161,7 @@ def lead_class(lead):
     return None
 
 
-def parse_page(title, text, plain=True):
+def parse_page(title, text):
     """Wikitext of one article -> {"type", "edges": [(head, rel, tail, field)], "slots": {title: slot type},
     "links": set of linked titles, "aliases", "lead", "lead_links", "error"}. type None = not medical."""
     title = norm_title(title)
@@ -189,7 +189,7 @@ def parse_page(title, text, plain=True):
     fields = {str(p.name).strip().lower(): p.value for p in box.params}
     for name, spec in FIELDS.get(ptype, {}).items():
         if name.lower() in fields:
-            add(field_items(fields[name.lower()], plain), spec, f"infobox:{name}")
+            add(field_items(fields[name.lower()]), spec, f"infobox:{name}")
     for name in [n for n in ("synonym", "synonyms", "other_names", "tradename") if n in fields]:  # fixed order
         r["aliases"] += [a for a in (s.strip(" '") for s in re.split(r"[,;]|<br\s*/?>", fields[name].strip_code()))
                          if 2 < len(a) < 60 and a.lower() not in ("others", "none")]
@@ -227,8 +227,8 @@ LLM_PROMPT = ("Read the opening of the Wikipedia article on {title} and list rel
 class KG:
     """Accumulates pages, redirects and edges; finish() links, types and dedupes; write() saves atomically."""
 
-    def __init__(self, out, plain=True, llm=None):
-        self.out, self.plain, self.llm, self.llm_buf = out, plain, llm, []
+    def __init__(self, out, llm=None):
+        self.out, self.llm, self.llm_buf = out, llm, []
         os.makedirs(out, exist_ok=True)
         self.pages = {}       # title -> {"type", "revid", "length"} for medical pages
         self.hint = {}        # title -> pathogen, from taxoboxes of non-medical pages
@@ -256,7 +256,7 @@ class KG:
         """Parse one article and record it (or its reject)."""
         self.stats["pages_read"] += 1
         try:
-            r = parse_page(title, text, self.plain)
+            r = parse_page(title, text)
         except Exception as e:  # one bad page must never lose the graph
             r = {"type": None, "error": f"parser failed: {type(e).__name__}: {e}"}
         title = norm_title(title)
@@ -427,11 +427,11 @@ def iter_dump(path):
         raise DumpError(f"{path}: corrupt or truncated file after page {n} ({last!r}): {e}") from None
 
 
-def build_from_dump(path, out, llm=None, plain=True):
+def build_from_dump(path, out, llm=None):
     """Dump -> OUT files. On a broken dump, writes the graph built so far, then raises DumpError."""
     if not os.path.isfile(path):
         raise DumpError(f"{path}: no such file")
-    kg, t0, err = KG(out, plain, llm), time.time(), None
+    kg, t0, err = KG(out, llm), time.time(), None
     tp = t0  # the last progress line
     try:
         for title, ns, revid, red, text in iter_dump(path):
@@ -455,7 +455,6 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--dump", help="pages-articles .xml or .xml.bz2 (or a Special:Export of the medical pages)")
     ap.add_argument("--out", help="output directory")
-    ap.add_argument("--links-only", action="store_true", help="drop unlinked plain-text infobox items")
     ap.add_argument("--llm", help="OpenAI-compatible base URL or local model dir: relations from the lead")
     ap.add_argument("--llm-model", help="model name for --llm")
     a = parse_with_preset(ap, argv, TINY)
@@ -463,7 +462,7 @@ def main(argv=None):
         ap.error("give --dump and --out (or --tiny)")
     llm = make_llm(a.llm, model_name=a.llm_model, cache_dir=os.path.join(a.out, "llm_cache")) if a.llm else None
     try:
-        st = build_from_dump(a.dump, a.out, llm, not a.links_only)
+        st = build_from_dump(a.dump, a.out, llm)
     except DumpError as e:
         sys.exit(f"kg: error: {e}")
     print(json.dumps({k: st[k] for k in ("pages_read", "pages_medical", "pages_rejected", "entities", "edges")}))
