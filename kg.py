@@ -203,8 +203,10 @@ def parse_page(title, text):
         r["links"].update(links)
         if i == 0 and not (heads and sec.startswith(str(heads[0]))):  # the lead
             r["lead"], r["lead_links"] = sec.strip_code().strip(), links
-            if ptype == "drug" and not any(e[1] == "drug_class" for e in r["edges"]) and (c := lead_class(str(sec))):
-                add([c], ("drug_class", "drug_class"), "lead")
+            if ptype == "drug" and not any(e[1] == "drug_class" for e in r["edges"]):
+                c = lead_class(str(sec))
+                if c:
+                    add([c], ("drug_class", "drug_class"), "lead")
             continue
         h = heads[0]
         name = h.title.strip_code().strip()
@@ -340,7 +342,10 @@ class KG:
             slots.setdefault(self.canon(t), Counter()).update(c)
         self.slots = slots
         edges, first, nonmed = {}, {}, np.sort(np.frombuffer(self.nonmed, dtype=np.int64))
-        isnon = lambda t: (i := np.searchsorted(nonmed, thash(t))) < len(nonmed) and nonmed[i] == thash(t)
+
+        def isnon(t):  # binary search in the sorted hashes of the pages read and found non-medical
+            i = np.searchsorted(nonmed, thash(t))
+            return i < len(nonmed) and nonmed[i] == thash(t)
         for (h, rel, t), (src, n) in self.edges.items():
             h, t = self.canon(h), self.canon(t)
             if h == t:
