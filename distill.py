@@ -11,9 +11,8 @@ rounds (backtracking, path exploration, self-correction, in that order) that sho
 the reasons. Teachers: `kg` (offline), an OpenAI-compatible URL (key from $OPENAI_API_KEY), or a local HF folder.
 
 Deliberate departures from the paper:
-  1. The tiny run's teacher is `kg`, deterministic (no refinement rounds, --kg needed): a chain that restates the
-     findings and checks every option against the KG's facts, a differential for a diagnosis, then concludes; its
-     answer block holds the option's text (docs/tiny_runs.md#checking-chains).
+  1. The tiny run's teacher is `kg` (--kg needed): kg_chain's checking chain, deterministic, so no refinement rounds;
+     its answer block holds the option's text (docs/tiny_runs.md#checking-chains).
   2. The check that a chain names the hidden entity (alignment with the KG) is ours.
 
     python distill.py --data cold_start.jsonl --teacher kg --kg KG_DIR --out sft.jsonl
@@ -99,7 +98,6 @@ def kg_chain(record, facts):
 
 
 def kg_teacher(facts):
-    """Deterministic: feedback cannot change its chain, so distill() runs it without refinement rounds."""
     return lambda records, k, feedback: [[c] if (c := kg_chain(r, facts)) else [] for r in records]
 
 # ------------------------------ the LLM teacher: shown the question and its gold answer, asked for the bridging chain
