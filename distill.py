@@ -98,7 +98,7 @@ def kg_chain(record, facts):
 
 
 def kg_teacher(facts):
-    return lambda records, k, feedback: [[c] if (c := kg_chain(r, facts)) else [] for r in records]
+    return lambda records, k, feedback: [[c] if c else [] for c in (kg_chain(r, facts) for r in records)]
 
 # ------------------------------ the LLM teacher: shown the question and its gold answer, asked for the bridging chain
 
