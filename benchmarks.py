@@ -6,6 +6,7 @@ filter.py mixes into the training pool.
 A row that cannot be read (a missing field, several gold letters, a duplicate id, ...) is skipped and appended to
 `rejects` with its reason and row number: nothing is repaired by guessing.
 """
+import argparse
 import csv
 import json
 import math
@@ -172,6 +173,15 @@ LOADERS = {"medqa": (load_medqa, iter_jsonl), "medmcqa": (load_medmcqa, iter_jso
            "careqa": (load_careqa, iter_jsonl), "jmed": (load_jmed, iter_jsonl),
            "cmexam": (load_cmexam, _csv_rows), "jsonl": (lambda i, r, n: _checked(r), iter_jsonl),
            "pubmedqa": (None, None), "pubmedqa500": (None, None)}
+
+
+def name_path(spec):
+    """'medqa=medqa/test.jsonl' -> ("medqa", "medqa/test.jsonl"): the argparse type of eval.py's --bench and
+    filter.py's --public and --decontaminate, so a bad item is named in the usage error."""
+    name, _, path = spec.partition("=")
+    if not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {spec!r}")
+    return name, path
 
 
 def load_benchmark(name, path, rejects=None):

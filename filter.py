@@ -26,7 +26,7 @@ import random
 import re
 from collections import Counter, defaultdict
 
-from benchmarks import load_benchmark
+from benchmarks import load_benchmark, name_path
 from common import (DIFFICULTIES, Progress, atomic_write, build_messages, check_record, difficulty_heuristic,
                     extract_answer, item_keys, iter_jsonl, make_llm, norm_text, parse_with_preset, write_jsonl)
 
@@ -341,18 +341,13 @@ def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=
     return stats
 
 
-def pairs(items, flag):
-    bad = [s for s in items if "=" not in s]
-    if bad:
-        raise SystemExit(f"{flag} expects name=path, got {bad[0]!r}")
-    return [tuple(s.split("=", 1)) for s in items]
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--synthetic", action="append", default=[], help="synth.py train.jsonl (repeatable)")
-    p.add_argument("--public", nargs="*", default=[], help="name=path, name as in eval.py (medqa, cmexam, ...)")
-    p.add_argument("--decontaminate", nargs="*", default=[], help="name=path of every evaluation benchmark")
+    p.add_argument("--public", nargs="*", default=[], type=name_path,
+                   help="name=path, name as in eval.py (medqa, cmexam, ...)")
+    p.add_argument("--decontaminate", nargs="*", default=[], type=name_path,
+                   help="name=path of every evaluation benchmark")
     p.add_argument("--no-decontaminate", action="store_true", help="allow --public without --decontaminate")
     p.add_argument("--out", required=True)
     p.add_argument("--verify", default=None, help="verifier: OpenAI-compatible base URL or model folder")
@@ -366,16 +361,15 @@ def main(argv=None):
                    "fraction of the pool, or a count (>= 1); the RL pool train.jsonl keeps the rest")
     p.add_argument("--seed", type=int, default=0)
     a = parse_with_preset(p, argv, TINY)
-    sources = [("synthetic", s) for s in a.synthetic] + pairs(a.public, "--public")
+    sources = [("synthetic", s) for s in a.synthetic] + a.public
     if not sources:
         p.error("give --synthetic and/or --public")
     if a.public and not a.decontaminate and not a.no_decontaminate:
         p.error("--public training sets can hold the very items eval.py scores (PubMedQA's 1,000 labelled ones are "
                 "both): name every benchmark you will evaluate on with --decontaminate name=path (as for eval.py "
                 "--bench), or pass --no-decontaminate to keep them unchecked")
-    run(sources, a.out, pairs(a.decontaminate, "--decontaminate"), a.verify, a.difficulty,
-        parse_mix(a.mix) if a.mix else None, a.k, a.seed, a.llm_model, judge_spec=a.judge, max_tokens=a.max_tokens,
-        cold_start=a.cold_start)
+    run(sources, a.out, a.decontaminate, a.verify, a.difficulty, parse_mix(a.mix) if a.mix else None, a.k, a.seed,
+        a.llm_model, judge_spec=a.judge, max_tokens=a.max_tokens, cold_start=a.cold_start)
 
 
 if __name__ == "__main__":
