@@ -6,6 +6,7 @@ filter.py mixes into the training pool.
 A row that cannot be read (a missing field, several gold letters, a duplicate id, ...) is skipped and appended to
 `rejects` with its reason and row number: nothing is repaired by guessing.
 """
+import argparse
 import csv
 import json
 import math
@@ -56,11 +57,6 @@ def _split_choices(question):
             break
         marks.append(j)
     return question[:at].strip(), [block[a + 4:b].strip() for a, b in zip(marks, marks[1:] + [len(block)])]
-
-
-def _jsonl_rows(path):
-    for i, row in iter_jsonl(path):
-        yield i, Reject(str(row)) if isinstance(row, ValueError) else row
 
 
 def _csv_rows(path):
@@ -170,13 +166,22 @@ def _pubmedqa(path, name):
                       "ABC"["yes no maybe".split().index(label)], year=r.get("YEAR"))
 
 
-LOADERS = {"medqa": (load_medqa, _jsonl_rows), "medmcqa": (load_medmcqa, _jsonl_rows),
-           "medmcqa_hf": (lambda i, r, n: load_medmcqa(i, r, n, zero_based=True), _jsonl_rows),
-           "medxpertqa": (load_medxpertqa, _jsonl_rows), "mmlu_pro_biology": (load_mmlu_pro, _jsonl_rows),
-           "mmlu_pro_health": (load_mmlu_pro, _jsonl_rows), "medbullets": (load_medbullets, _csv_rows),
-           "careqa": (load_careqa, _jsonl_rows), "jmed": (load_jmed, _jsonl_rows),
-           "cmexam": (load_cmexam, _csv_rows), "jsonl": (lambda i, r, n: _checked(r), _jsonl_rows),
+LOADERS = {"medqa": (load_medqa, iter_jsonl), "medmcqa": (load_medmcqa, iter_jsonl),
+           "medmcqa_hf": (lambda i, r, n: load_medmcqa(i, r, n, zero_based=True), iter_jsonl),
+           "medxpertqa": (load_medxpertqa, iter_jsonl), "mmlu_pro_biology": (load_mmlu_pro, iter_jsonl),
+           "mmlu_pro_health": (load_mmlu_pro, iter_jsonl), "medbullets": (load_medbullets, _csv_rows),
+           "careqa": (load_careqa, iter_jsonl), "jmed": (load_jmed, iter_jsonl),
+           "cmexam": (load_cmexam, _csv_rows), "jsonl": (lambda i, r, n: _checked(r), iter_jsonl),
            "pubmedqa": (None, None), "pubmedqa500": (None, None)}
+
+
+def name_path(spec):
+    """'medqa=medqa/test.jsonl' -> ("medqa", "medqa/test.jsonl"): the argparse type of eval.py's --bench and
+    filter.py's --public and --decontaminate, so a bad item is named in the usage error."""
+    name, _, path = spec.partition("=")
+    if not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {spec!r}")
+    return name, path
 
 
 def load_benchmark(name, path, rejects=None):
@@ -190,8 +195,8 @@ def load_benchmark(name, path, rejects=None):
     for i, r in items:
         total += 1
         try:
-            if isinstance(r, Exception):
-                raise r
+            if isinstance(r, Exception):  # a line that is not JSON (iter_jsonl), a PubMedQA label
+                raise Reject(str(r))
             rec = r if convert is None else convert(i, r, name.replace("_hf", ""))
             if rec is None:
                 continue

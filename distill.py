@@ -11,9 +11,8 @@ rounds (backtracking, path exploration, self-correction, in that order) that sho
 the reasons. Teachers: `kg` (offline), an OpenAI-compatible URL (key from $OPENAI_API_KEY), or a local HF folder.
 
 Deliberate departures from the paper:
-  1. The tiny run's teacher is `kg`, deterministic (no refinement rounds, --kg needed): a chain that restates the
-     findings and checks every option against the KG's facts, a differential for a diagnosis, then concludes; its
-     answer block holds the option's text (docs/tiny_runs.md#checking-chains).
+  1. The tiny run's teacher is `kg` (--kg needed): kg_chain's checking chain, deterministic, so no refinement rounds;
+     its answer block holds the option's text (docs/tiny_runs.md#checking-chains).
   2. The check that a chain names the hidden entity (alignment with the KG) is ours.
 
     python distill.py --data cold_start.jsonl --teacher kg --kg KG_DIR --out sft.jsonl
@@ -28,8 +27,7 @@ from common import (Progress, append_jsonl, build_messages, check_line, extract_
 
 TINY = dict(max_chars=800)  # --tiny: a checking chain of six options fits in 800 characters
 
-# ----------------------------------------------------------------------------------------------------------
-# the checks
+# --------------------------------------------------------------------------------------------------------- the checks
 
 HINT_PHRASES = re.compile(r"\b(as given|given answer|answer (?:provided|given|key)|(?:provided|stated|correct) answer"
                           r" is given|the answer provided|(?:we are|we're|i am|i was|we were) told|"
@@ -57,8 +55,7 @@ def check(text, record, max_chars):
 
 CHECKS = ["format", "answer", "no_hint", "length", "names_hidden"]  # what a passing row has passed
 
-# ----------------------------------------------------------------------------------------------------------
-# the KG teacher: a chain that checks the options against the KG's facts and concludes with one of them
+# -------------- the KG teacher: a chain that checks the options against the KG's facts and concludes with one of them
 
 
 def kg_chain(record, facts):
@@ -101,11 +98,9 @@ def kg_chain(record, facts):
 
 
 def kg_teacher(facts):
-    """Deterministic: feedback cannot change its chain, so distill() runs it without refinement rounds."""
-    return lambda records, k, feedback: [[c] if (c := kg_chain(r, facts)) else [] for r in records]
+    return lambda records, k, feedback: [[c] if c else [] for c in (kg_chain(r, facts) for r in records)]
 
-# ----------------------------------------------------------------------------------------------------------
-# the LLM teacher: shown the question and its gold answer, asked for the bridging chain
+# ------------------------------ the LLM teacher: shown the question and its gold answer, asked for the bridging chain
 
 TEACHER_PROMPT = """Question:
 {question}
@@ -145,8 +140,7 @@ def llm_teacher(llm, temperature=0.8, max_tokens=1024, seed=0):
         return llm(convs, n=k, temperature=temperature if k > 1 else 0.0, max_tokens=max_tokens, seed=seed)
     return teacher
 
-# ----------------------------------------------------------------------------------------------------------
-# selection and refinement
+# ------------------------------------------------------------------------------------------- selection and refinement
 
 
 def distill(records, teacher, k, rounds, max_chars, name):

@@ -20,7 +20,7 @@ import json
 import os
 from collections import Counter
 
-from benchmarks import LOADERS, load_benchmark
+from benchmarks import LOADERS, load_benchmark, name_path
 from common import Progress, append_jsonl, atomic_write, build_messages, extract_answer, is_well_formed, make_llm, \
     make_local_llm, mean_se, parse_with_preset, read_appended, write_jsonl
 
@@ -29,8 +29,7 @@ PAPER_MODELS = ("Qwen2.5-7B-Instruct", "Fleming-R1-7B", "Fleming-R1-32B")
 TINY = dict(max_new_tokens=112,  # --tiny: the tiny run's chains end within 112 tokens, as its rollouts do
             batch_size=256)  # prompts per generate call: the 1,200 test items in 5 calls
 
-# ----------------------------------------------------------------------------------------------------------
-# evaluation
+# --------------------------------------------------------------------------------------------------------- evaluation
 
 def summarize(rows, n):
     """Accuracy = mean over items of the per-item mean over samples; its standard error is over items."""
@@ -86,8 +85,7 @@ def evaluate(llm_or_model, records, predictions, n=1, temperature=0.0, max_new_t
         prog.update(len(part), acc=100 * sum(r["correct"] for r in rows) / max(len(rows), 1))
     return summarize(rows, n)
 
-# ----------------------------------------------------------------------------------------------------------
-# report
+# ------------------------------------------------------------------------------------------------------------- report
 
 def report(results, paper):
     """Markdown: one row per benchmark with accuracy ± SE and format rate, published numbers alongside."""
@@ -132,7 +130,8 @@ def main(argv=None):
                    help="HF-format folder(s), or http(s) base URL of an OpenAI-compatible API; several models are "
                    "evaluated one after the other in this process, each into its --out")
     p.add_argument("--model-name", default=None, help="model name sent to the API")
-    p.add_argument("--bench", nargs="+", required=True, metavar="NAME=PATH", help=f"names: {', '.join(LOADERS)}")
+    p.add_argument("--bench", nargs="+", required=True, type=name_path, metavar="NAME=PATH",
+                   help=f"names: {', '.join(LOADERS)}")
     p.add_argument("--out", nargs="+", required=True, help="one output folder per --model")
     p.add_argument("--n", type=int, default=1, help="samples per item (1 = greedy)")
     p.add_argument("--temperature", type=float, default=None, help="default 0 for n=1, else 0.6")
@@ -146,12 +145,8 @@ def main(argv=None):
     if len(a.model) != len(a.out):
         p.error(f"{len(a.model)} --model but {len(a.out)} --out: give one output folder per model")
     temperature = a.temperature if a.temperature is not None else (0.0 if a.n == 1 else 0.6)
-    benches = [spec.partition("=")[::2] for spec in a.bench]
-    for spec, (_, path) in zip(a.bench, benches):
-        if not path:
-            p.error(f"--bench {spec!r}: expected NAME=PATH")
     paper = json.load(open(a.paper, encoding="utf-8")) if a.paper else {}
-    return [run(a, model, out, benches, temperature, paper) for model, out in zip(a.model, a.out)]
+    return [run(a, model, out, a.bench, temperature, paper) for model, out in zip(a.model, a.out)]
 
 
 def run(a, model, out, benches, temperature, paper):

@@ -26,15 +26,14 @@ import random
 import re
 from collections import Counter, defaultdict
 
-from benchmarks import load_benchmark
+from benchmarks import load_benchmark, name_path
 from common import (DIFFICULTIES, Progress, atomic_write, build_messages, check_record, difficulty_heuristic,
                     extract_answer, item_keys, iter_jsonl, make_llm, norm_text, parse_with_preset, write_jsonl)
 
 TINY = dict(difficulty="heuristic",  # --tiny: the tiny CPU run has no LLM judge: tiers from hops x rarity
             cold_start=2000)  # chains for 2,000 items; RL on the other ~5,000 (docs/tiny_runs.md#cold-start-subset)
 
-# ----------------------------------------------------------------------------------------------------------
-# loading
+# ------------------------------------------------------------------------------------------------------------ loading
 
 def load_unified(path, source):
     """Unified-record JSONL (synth.py output); bad JSON and non-objects go to rejects instead of stopping the run."""
@@ -64,8 +63,7 @@ def load_source(name, path):
         r.setdefault("meta", {})["origin"] = f"{path}:{r['id']}"
     return recs, [{"source": name, "where": f"{path}:{b['row']}", "reason": "load: " + b["reason"]} for b in bad]
 
-# ----------------------------------------------------------------------------------------------------------
-# format filter
+# ------------------------------------------------------------------------------------------------------ format filter
 
 MOJIBAKE = re.compile(r"Ã[\x80-\xbf]|â€|Â[\xa0-\xbf]|\ufffd|ï¿½")  # UTF-8 decoded as Latin-1 / cp1252
 CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -105,8 +103,7 @@ def check_format(rec):
     problem = check_record(rec)
     return f"invalid_record: {problem}" if problem else None
 
-# ----------------------------------------------------------------------------------------------------------
-# anonymisation: personal data only; numbers with units, ages, doses and lab values do not match these
+# --------------- anonymisation: personal data only; numbers with units, ages, doses and lab values do not match these
 
 _MONTH = r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|" \
          r"Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
@@ -131,8 +128,7 @@ def anonymise(text):
         found[kind] += n
     return text, +found
 
-# ----------------------------------------------------------------------------------------------------------
-# duplicates and contamination
+# --------------------------------------------------------------------------------------- duplicates and contamination
 
 def tokens(text):
     """Words, and single CJK characters (Chinese has no spaces), of normalised text."""
@@ -193,8 +189,7 @@ def decontaminate(recs, benches, n=13, min_frac=0.2):
             kept.append(rec)
     return kept, dropped, dict(per)
 
-# ----------------------------------------------------------------------------------------------------------
-# label verification and difficulty
+# ---------------------------------------------------------------------------------- label verification and difficulty
 
 def verify(recs, llm, k=5, temperature=0.7, max_tokens=1024, chunk=256, key="verify"):
     """k independent trials per item; meta[key] = {"k", "correct"}. Returns (kept, review rows). The client
@@ -230,8 +225,7 @@ def difficulty_llm(recs, llm):
         r["difficulty"] = word.group(0) if word else "moderate"
         r["meta"]["difficulty_source"] = "llm" if word else "llm_unparsed"
 
-# ----------------------------------------------------------------------------------------------------------
-# mixing and the report
+# ---------------------------------------------------------------------------------------------- mixing and the report
 
 def parse_mix(spec):
     """'public=0.6,synthetic=0.4' (fractions) or 'medqa=2000,synthetic=5000' (counts) -> dict."""
@@ -347,18 +341,13 @@ def run(sources, out, benches=(), verify_spec=None, difficulty="heuristic", mix=
     return stats
 
 
-def pairs(items, flag):
-    bad = [s for s in items if "=" not in s]
-    if bad:
-        raise SystemExit(f"{flag} expects name=path, got {bad[0]!r}")
-    return [tuple(s.split("=", 1)) for s in items]
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--synthetic", action="append", default=[], help="synth.py train.jsonl (repeatable)")
-    p.add_argument("--public", nargs="*", default=[], help="name=path, name as in eval.py (medqa, cmexam, ...)")
-    p.add_argument("--decontaminate", nargs="*", default=[], help="name=path of every evaluation benchmark")
+    p.add_argument("--public", nargs="*", default=[], type=name_path,
+                   help="name=path, name as in eval.py (medqa, cmexam, ...)")
+    p.add_argument("--decontaminate", nargs="*", default=[], type=name_path,
+                   help="name=path of every evaluation benchmark")
     p.add_argument("--no-decontaminate", action="store_true", help="allow --public without --decontaminate")
     p.add_argument("--out", required=True)
     p.add_argument("--verify", default=None, help="verifier: OpenAI-compatible base URL or model folder")
@@ -372,16 +361,15 @@ def main(argv=None):
                    "fraction of the pool, or a count (>= 1); the RL pool train.jsonl keeps the rest")
     p.add_argument("--seed", type=int, default=0)
     a = parse_with_preset(p, argv, TINY)
-    sources = [("synthetic", s) for s in a.synthetic] + pairs(a.public, "--public")
+    sources = [("synthetic", s) for s in a.synthetic] + a.public
     if not sources:
         p.error("give --synthetic and/or --public")
     if a.public and not a.decontaminate and not a.no_decontaminate:
         p.error("--public training sets can hold the very items eval.py scores (PubMedQA's 1,000 labelled ones are "
                 "both): name every benchmark you will evaluate on with --decontaminate name=path (as for eval.py "
                 "--bench), or pass --no-decontaminate to keep them unchecked")
-    run(sources, a.out, pairs(a.decontaminate, "--decontaminate"), a.verify, a.difficulty,
-        parse_mix(a.mix) if a.mix else None, a.k, a.seed, a.llm_model, judge_spec=a.judge, max_tokens=a.max_tokens,
-        cold_start=a.cold_start)
+    run(sources, a.out, a.decontaminate, a.verify, a.difficulty, parse_mix(a.mix) if a.mix else None, a.k, a.seed,
+        a.llm_model, judge_spec=a.judge, max_tokens=a.max_tokens, cold_start=a.cold_start)
 
 
 if __name__ == "__main__":

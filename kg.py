@@ -16,8 +16,7 @@ Deliberate departures from the paper:
      of a Category:, or the pages transcluding Template:Infobox medical condition) and pass that XML.
   3. The tiny run reads the shipped sample dump (data/sample_wiki.xml, --tiny).
 
-  python kg.py --dump pages-articles.xml[.bz2] --out OUT
-  python kg.py --dump medical-pages-export.xml --out OUT
+  python kg.py --dump pages-articles.xml[.bz2] --out OUT   (or medical-pages-export.xml)
 """
 import argparse, bz2, hashlib, json, os, re, sys, time
 import xml.etree.ElementTree as ET
@@ -26,7 +25,7 @@ from collections import Counter
 import mwparserfromhell as mwp
 import numpy as np
 
-from common import atomic_write, make_llm, parse_with_preset
+from common import atomic_write, make_llm, parse_with_preset, write_jsonl
 
 # --tiny: the shipped sample dump (data/README.md)
 TINY = dict(dump=os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "sample_wiki.xml"), out="out/kg_tiny")
@@ -162,7 +161,7 @@ def lead_class(lead):
     return None
 
 
-def parse_page(title, text, plain=True):
+def parse_page(title, text):
     """Wikitext of one article -> {"type", "edges": [(head, rel, tail, field)], "slots": {title: slot type},
     "links": set of linked titles, "aliases", "lead", "lead_links", "error"}. type None = not medical."""
     title = norm_title(title)
@@ -190,7 +189,7 @@ def parse_page(title, text, plain=True):
     fields = {str(p.name).strip().lower(): p.value for p in box.params}
     for name, spec in FIELDS.get(ptype, {}).items():
         if name.lower() in fields:
-            add(field_items(fields[name.lower()], plain), spec, f"infobox:{name}")
+            add(field_items(fields[name.lower()]), spec, f"infobox:{name}")
     for name in [n for n in ("synonym", "synonyms", "other_names", "tradename") if n in fields]:  # fixed order
         r["aliases"] += [a for a in (s.strip(" '") for s in re.split(r"[,;]|<br\s*/?>", fields[name].strip_code()))
                          if 2 < len(a) < 60 and a.lower() not in ("others", "none")]
@@ -204,8 +203,10 @@ def parse_page(title, text, plain=True):
         r["links"].update(links)
         if i == 0 and not (heads and sec.startswith(str(heads[0]))):  # the lead
             r["lead"], r["lead_links"] = sec.strip_code().strip(), links
-            if ptype == "drug" and not any(e[1] == "drug_class" for e in r["edges"]) and (c := lead_class(str(sec))):
-                add([c], ("drug_class", "drug_class"), "lead")
+            if ptype == "drug" and not any(e[1] == "drug_class" for e in r["edges"]):
+                c = lead_class(str(sec))
+                if c:
+                    add([c], ("drug_class", "drug_class"), "lead")
             continue
         h = heads[0]
         name = h.title.strip_code().strip()
@@ -228,8 +229,8 @@ LLM_PROMPT = ("Read the opening of the Wikipedia article on {title} and list rel
 class KG:
     """Accumulates pages, redirects and edges; finish() links, types and dedupes; write() saves atomically."""
 
-    def __init__(self, out, plain=True, llm=None):
-        self.out, self.plain, self.llm, self.llm_buf = out, plain, llm, []
+    def __init__(self, out, llm=None):
+        self.out, self.llm, self.llm_buf = out, llm, []
         os.makedirs(out, exist_ok=True)
         self.pages = {}       # title -> {"type", "revid", "length"} for medical pages
         self.hint = {}        # title -> pathogen, from taxoboxes of non-medical pages
@@ -253,21 +254,11 @@ class KG:
             self.red_f.write(f"{src}\t{dst}\n")
             self.stats["redirects"] += 1
 
-    def load_redirects(self):
-        """Keep the redirects from a title we reference (entity linking) or into one (aliases)."""
-        ref = set(self.pages) | set(self.slots) | set(self.inl) | {x for h, _, t in self.edges for x in (h, t)}
-        self.red_f.flush()
-        self.red_f.seek(0)
-        for line in self.red_f:
-            src, dst = line.rstrip("\n").split("\t")
-            if src in ref or dst in ref:
-                self.redirects[src] = dst
-
     def add_page(self, title, revid, text):
         """Parse one article and record it (or its reject)."""
         self.stats["pages_read"] += 1
         try:
-            r = parse_page(title, text, self.plain)
+            r = parse_page(title, text)
         except Exception as e:  # one bad page must never lose the graph
             r = {"type": None, "error": f"parser failed: {type(e).__name__}: {e}"}
         title = norm_title(title)
@@ -338,13 +329,23 @@ class KG:
     def finish(self):
         """Resolve redirects, merge duplicates, type entities, count inlinks. -> (entities, edges, stats)."""
         self.flush_llm()
-        self.load_redirects()
+        # keep the redirects from a title we reference (entity linking) or into one (aliases)
+        ref = set(self.pages) | set(self.slots) | set(self.inl) | {x for h, _, t in self.edges for x in (h, t)}
+        self.red_f.flush()
+        self.red_f.seek(0)
+        for line in self.red_f:
+            src, dst = line.rstrip("\n").split("\t")
+            if src in ref or dst in ref:
+                self.redirects[src] = dst
         slots = {}
         for t, c in self.slots.items():  # merge slot votes of redirect titles into their targets
             slots.setdefault(self.canon(t), Counter()).update(c)
         self.slots = slots
         edges, first, nonmed = {}, {}, np.sort(np.frombuffer(self.nonmed, dtype=np.int64))
-        isnon = lambda t: (i := np.searchsorted(nonmed, thash(t))) < len(nonmed) and nonmed[i] == thash(t)
+
+        def isnon(t):  # binary search in the sorted hashes of the pages read and found non-medical
+            i = np.searchsorted(nonmed, thash(t))
+            return i < len(nonmed) and nonmed[i] == thash(t)
         for (h, rel, t), (src, n) in self.edges.items():
             h, t = self.canon(h), self.canon(t)
             if h == t:
@@ -388,8 +389,8 @@ class KG:
         ents, edges, st = self.finish()
         st.update(extra)
         self.rejects.flush()
-        for name, rows in (("entities.jsonl", ents), ("edges.jsonl", edges)):
-            atomic_write(os.path.join(self.out, name), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        write_jsonl(os.path.join(self.out, "entities.jsonl"), ents)  # atomic, like stats.json below
+        write_jsonl(os.path.join(self.out, "edges.jsonl"), edges)
         atomic_write(os.path.join(self.out, "stats.json"), json.dumps(st, indent=1) + "\n")
         self.red_f.close()
         os.remove(self.red_f.name)
@@ -431,11 +432,11 @@ def iter_dump(path):
         raise DumpError(f"{path}: corrupt or truncated file after page {n} ({last!r}): {e}") from None
 
 
-def build_from_dump(path, out, llm=None, plain=True):
+def build_from_dump(path, out, llm=None):
     """Dump -> OUT files. On a broken dump, writes the graph built so far, then raises DumpError."""
     if not os.path.isfile(path):
         raise DumpError(f"{path}: no such file")
-    kg, t0, err = KG(out, plain, llm), time.time(), None
+    kg, t0, err = KG(out, llm), time.time(), None
     tp = t0  # the last progress line
     try:
         for title, ns, revid, red, text in iter_dump(path):
@@ -459,7 +460,6 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--dump", help="pages-articles .xml or .xml.bz2 (or a Special:Export of the medical pages)")
     ap.add_argument("--out", help="output directory")
-    ap.add_argument("--links-only", action="store_true", help="drop unlinked plain-text infobox items")
     ap.add_argument("--llm", help="OpenAI-compatible base URL or local model dir: relations from the lead")
     ap.add_argument("--llm-model", help="model name for --llm")
     a = parse_with_preset(ap, argv, TINY)
@@ -467,7 +467,7 @@ def main(argv=None):
         ap.error("give --dump and --out (or --tiny)")
     llm = make_llm(a.llm, model_name=a.llm_model, cache_dir=os.path.join(a.out, "llm_cache")) if a.llm else None
     try:
-        st = build_from_dump(a.dump, a.out, llm, not a.links_only)
+        st = build_from_dump(a.dump, a.out, llm)
     except DumpError as e:
         sys.exit(f"kg: error: {e}")
     print(json.dumps({k: st[k] for k in ("pages_read", "pages_medical", "pages_rejected", "entities", "edges")}))

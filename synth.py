@@ -170,7 +170,7 @@ def distractors(c, given, idx, out, ents, k, rng):
     why = {a: f"a treatment of {ents[d]['name']}, the disease itself" for a in pool}  # first source wins, as below
     for dd in rivals:  # the rival disease itself, or what the KG says about it along the same path
         if (fam, dd) not in idx["answers"]:  # memo: rivals recur across items
-            idx["answers"][fam, dd] = [dd] if fam == "diagnosis" else [a for a, _, _ in answers(fam, dd, out, ents)]
+            idx["answers"][fam, dd] = [a for a, _, _ in answers(fam, dd, out, ents)]
         alts = list(idx["answers"][fam, dd])
         rng.shuffle(alts)
         pool += alts
@@ -282,8 +282,7 @@ def synthesize(kg_dir, n, test_n, seed=0, alpha=1.0, hop_weight=2.0, num_options
     while len(items) < n + test_n + val_n and cum[-1] > 0:
         if dead > 0.5 * cum[-1]:  # lazy deletion: rebuild the cumulative weights when half the mass is dead
             cum, dead = list(itertools.accumulate(weights)), 0.0
-            if cum[-1] <= 0:
-                break
+            continue  # back to the loop test: it stops if no mass is left, else the draw goes ahead (dead is 0 now)
         i = min(bisect.bisect(cum, rng.random() * cum[-1]), len(cum) - 1)
         if weights[i] == 0:
             continue
@@ -321,10 +320,8 @@ def report(train, test, cands, supported, skipped, args):
     allq = train + test
     mean = lambda xs: round(sum(xs) / max(1, len(xs)), 3)
     frac = lambda cnt: {k: round(v / max(1, sum(cnt.values())), 3) for k, v in sorted(cnt.items())}
-    by_fam, d_fam = defaultdict(list), defaultdict(list)
-    for c in cands:
-        by_fam[c["family"]].append(c["inlinks"])
-        d_fam[c["family"]].append(c["d_inlinks"])
+    fams = dict.fromkeys(c["family"] for c in cands)  # uniform: alpha=0, hop_weight=1, each family equally likely
+    uniform = lambda key: mean([mean([c[key] for c in cands if c["family"] == f]) for f in fams])
     return {"args": args, "n_train": len(train), "n_test": len(test),
             "supported_instances": dict(supported, total=sum(supported.values())),
             "candidates": len(cands), "skipped": dict(skipped),
@@ -332,10 +329,9 @@ def report(train, test, cands, supported, skipped, args):
                         "hops": frac(Counter(q["meta"]["hops"] for q in allq)),
                         "answer_inlinks_mean": mean([q["meta"]["rarity"]["answer_inlinks"] for q in allq]),
                         "disease_inlinks_mean": mean([q["meta"]["rarity"]["disease_inlinks"] for q in allq])},
-            "uniform": {"family": frac(Counter({f: 1 for f in by_fam})),  # alpha=0, hop_weight=1
-                        "hops": frac(Counter(FAMILIES[f] for f in by_fam)),
-                        "answer_inlinks_mean": mean([mean(v) for v in by_fam.values()]),
-                        "disease_inlinks_mean": mean([mean(v) for v in d_fam.values()])},
+            "uniform": {"family": frac(Counter({f: 1 for f in fams})),
+                        "hops": frac(Counter(FAMILIES[f] for f in fams)),
+                        "answer_inlinks_mean": uniform("inlinks"), "disease_inlinks_mean": uniform("d_inlinks")},
             "answer_position": dict(sorted(Counter(q["answer"] for q in allq).items()))}
 
 
