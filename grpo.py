@@ -7,7 +7,7 @@ Writes RUN_DIR/metrics.jsonl, RUN_DIR/final and RUN_DIR/best (HF folders; best: 
 Stage 2 re-mines with the current weights by design (the paper's adaptive mining): this file imports mine.py, the
 one stage file another stage file imports.
 
-The objective. For a prompt x, k completions y_i are sampled at --temperature (top_p 1: the log-probs describe the
+The objective. For a prompt x, k completions y_i are sampled at --temperature (no top-p: the log-probs describe the
 sampling distribution), scored by common.reward (correctness + format) and given group advantages A_i = r_i -
 mean_j r_j (eq. 2-3). The loss (eq. 1), one update per rollout batch, over the N completions of the global batch:
     L = -(1/N) * sum_i A_i * sum_t log pi(y_i,t | x, y_i,<t) / loss_norm

@@ -32,7 +32,7 @@ def fake_generate(tok, recs, calls):
     answer (temperature 0) is right iff i % 3 == 0."""
     by_prompt = {tuple(common.prompt_ids(tok, r)): i for i, r in enumerate(recs)}
 
-    def generate(model, prompts, max_new_tokens, temperature=0.0, top_p=1.0, eos_ids=(), seed=None, pad_id=0, k=1,
+    def generate(model, prompts, max_new_tokens, temperature=0.0, eos_ids=(), seed=None, pad_id=0, k=1,
                  kv_budget=None):
         calls.append(len(prompts))
         out = []
