@@ -344,8 +344,9 @@ class KG:
         edges, first, nonmed = {}, {}, np.sort(np.frombuffer(self.nonmed, dtype=np.int64))
 
         def isnon(t):  # binary search in the sorted hashes of the pages read and found non-medical
-            i = np.searchsorted(nonmed, thash(t))
-            return i < len(nonmed) and nonmed[i] == thash(t)
+            x = thash(t)
+            i = np.searchsorted(nonmed, x)
+            return i < len(nonmed) and nonmed[i] == x
         for (h, rel, t), (src, n) in self.edges.items():
             h, t = self.canon(h), self.canon(t)
             if h == t:

@@ -5,8 +5,8 @@
 #   cold start) -> grpo.py --stage 1 -> mine.py -> grpo.py --stage 2 -> eval.py of every model on the held-out test
 #   set -> tiny.py report (the ablation table) -> report.py (the audit page).
 # Usage: bash run_tiny.sh            (RUN=runs/tiny SEEDS="0 1 2" by default; SMOKE=1 for the CI-sized run;
-#        CONTROLS=1 adds the controls (docs/tiny_runs.md#controls): per seed the cold start trained on for RL stage 1's time, and on the
-#        first seed RL stage 1 with shuffled rewards)
+#        CONTROLS=1 adds the controls (docs/tiny_runs.md#controls): per seed the cold start trained on for RL stage
+#        1's time, and on the first seed RL stage 1 with shuffled rewards)
 # Re-running skips every stage whose output exists; the training stages resume from their last checkpoint.
 set -euo pipefail
 cd "$(dirname "$0")"

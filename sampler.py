@@ -73,6 +73,7 @@ def _generate(model, prompts, max_new_tokens, temperature, eos_ids, gen, pad_id,
     c, dev = model.config, next(model.parameters()).device
     # The common prefix (system prompt, chat template) runs once, its keys/values copied to every row; each row keeps
     # a suffix, left-padded after it (positions come from the mask). Not in group mode, whose prefill is 1/k of the rows
+    # already (docs/old_design.md#speed)
     Ls = common_prefix(prompts, min(len(p) for p in prompts) - 1)
     Ls = Ls if Ls >= min_shared and k == 1 else 0
     B, N, P = len(prompts), len(prompts) * k, max(map(len, prompts))

@@ -53,8 +53,8 @@ def scan_drills(pool, n, rng):
     rows = []
     for i in range(n):
         opts = rng.choice(pool)["options"]
-        checks = [f"Looking for {x}: {check_line(opts, {x})}." for x in (opts[rng.choice(list(opts))]
-                                                                         for _ in range(2))]
+        names = [opts[rng.choice(list(opts))] for _ in range(2)]
+        checks = [f"Looking for {x}: {check_line(opts, {x})}." for x in names]
         rows.append({"id": f"drill-{i}", "text": "\n".join([options_text(opts)] + checks)})
     return rows
 
